@@ -1,0 +1,129 @@
+//! Every failure of the HTTP API, and its one mapping to an OCI error response
+//! (`{"errors":[{"code","message","detail"}]}` with the matching status).
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use berth_meta::MetaError;
+use berth_oci::{DigestError, ErrorCode, ManifestError, NameError};
+use berth_storage::StorageError;
+use http::{header, HeaderValue, StatusCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A spec error code with a human detail for the client.
+    #[error("{code:?}: {detail}")]
+    Oci { code: ErrorCode, detail: String },
+    /// A Range header that cannot be served; carries the blob size for `Content-Range`.
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("no such endpoint")]
+    NoRoute,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ApiError::Oci {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// The OCI code this error is reported with; internal failures count as `None`.
+    pub fn code(&self) -> ErrorCode {
+        self.wire().1.unwrap_or(ErrorCode::Unsupported)
+    }
+
+    /// Status, spec code (None for internal errors) and detail: the single mapping.
+    fn wire(&self) -> (StatusCode, Option<ErrorCode>, String) {
+        let oci = |code: ErrorCode, detail: String| {
+            let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, Some(code), detail)
+        };
+        match self {
+            ApiError::Oci { code, detail } => oci(*code, detail.clone()),
+            ApiError::RangeNotSatisfiable { size } => {
+                oci(ErrorCode::RangeInvalid, format!("blob size is {size}"))
+            }
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, None, "no such endpoint".into()),
+            ApiError::Storage(e) => match e {
+                StorageError::BlobNotFound => oci(ErrorCode::BlobUnknown, e.to_string()),
+                StorageError::UploadNotFound => oci(ErrorCode::BlobUploadUnknown, e.to_string()),
+                StorageError::OffsetMismatch { .. } => oci(ErrorCode::RangeInvalid, e.to_string()),
+                StorageError::Client(_) => oci(ErrorCode::BlobUploadInvalid, e.to_string()),
+                StorageError::Io(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    "storage error".into(),
+                ),
+            },
+            ApiError::Meta(e) => match e {
+                MetaError::MissingReferences(missing) => oci(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!("not in this repository: {}", missing.join(", ")),
+                ),
+                _ => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    "metadata error".into(),
+                ),
+            },
+        }
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> Self {
+        let code = match e {
+            NameError::InvalidName(_) | NameError::NameTooLong => ErrorCode::NameInvalid,
+            NameError::InvalidTag(_) => ErrorCode::TagInvalid,
+            NameError::Digest(_) => ErrorCode::DigestInvalid,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<DigestError> for ApiError {
+    fn from(e: DigestError) -> Self {
+        ApiError::new(ErrorCode::DigestInvalid, e.to_string())
+    }
+}
+
+impl From<ManifestError> for ApiError {
+    fn from(e: ManifestError) -> Self {
+        ApiError::new(ErrorCode::ManifestInvalid, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = self.wire();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let (code_str, message) = match code {
+            Some(c) => (c.as_str(), c.message()),
+            None if status == StatusCode::NOT_FOUND => ("NOT_FOUND", "not found"),
+            None => ("UNKNOWN", "internal server error"),
+        };
+        let body = serde_json::json!({
+            "errors": [{ "code": code_str, "message": message, "detail": detail }]
+        });
+        let mut response = Response::new(Body::from(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let ApiError::RangeNotSatisfiable { size } = self {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                headers.insert(header::CONTENT_RANGE, v);
+            }
+        }
+        response
+    }
+}

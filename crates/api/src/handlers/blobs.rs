@@ -1,0 +1,165 @@
+//! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`, with single byte ranges (RFC 9110).
+
+use std::ops::Range;
+
+use axum::body::Body;
+use axum::response::Response;
+use berth_oci::{Digest, ErrorCode, Reference, RepositoryName};
+use http::{header, HeaderMap, StatusCode};
+
+use super::{empty, etag, etag_matches, header_str, no_content, ResponseExt};
+use crate::error::ApiError;
+use crate::Registry;
+
+pub async fn get(
+    registry: &Registry,
+    name: &RepositoryName,
+    digest: &Digest,
+    head: bool,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(size) = registry.meta.repository_blob(name, digest).await? else {
+        // Clients may fetch a manifest through the blob endpoint by its digest.
+        let reference = Reference::Digest(digest.clone());
+        if let Some(m) = registry.meta.get_manifest(name, &reference).await? {
+            let len = m.content.len();
+            let body = if head {
+                Body::empty()
+            } else {
+                Body::from(m.content)
+            };
+            return Ok(empty(StatusCode::OK, body)
+                .with_header(header::CONTENT_LENGTH, len.to_string())
+                .with_header(header::CONTENT_TYPE, m.media_type)
+                .with_header("docker-content-digest", digest.as_str())
+                .with_header(header::ETAG, etag(digest)));
+        }
+        return Err(ApiError::new(
+            ErrorCode::BlobUnknown,
+            format!("{digest} is not in {name}"),
+        ));
+    };
+    if etag_matches(headers, digest) {
+        return Ok(no_content(StatusCode::NOT_MODIFIED)
+            .with_header("docker-content-digest", digest.as_str())
+            .with_header(header::ETAG, etag(digest)));
+    }
+    let range = match header_str(headers, header::RANGE) {
+        Some(value) => {
+            Some(parse_range(value, size).ok_or(ApiError::RangeNotSatisfiable { size })?)
+        }
+        None => None,
+    };
+    let (status, span) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone()),
+        None => (StatusCode::OK, 0..size),
+    };
+    let body = if head || span.is_empty() {
+        Body::empty()
+    } else {
+        Body::from_stream(registry.blobs.read_blob(digest, span.clone()).await?)
+    };
+    let mut response = empty(status, body)
+        .with_header(header::CONTENT_LENGTH, (span.end - span.start).to_string())
+        .with_header(header::CONTENT_TYPE, "application/octet-stream")
+        .with_header(header::ACCEPT_RANGES, "bytes")
+        .with_header("docker-content-digest", digest.as_str())
+        .with_header(header::ETAG, etag(digest));
+    if range.is_some() {
+        response = response.with_header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", span.start, span.end.saturating_sub(1)),
+        );
+    }
+    Ok(response)
+}
+
+pub async fn delete(
+    registry: &Registry,
+    name: &RepositoryName,
+    digest: &Digest,
+) -> Result<Response, ApiError> {
+    if !registry.config.delete_enabled {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "deletes are disabled on this registry",
+        ));
+    }
+    // Unlinking is the delete: the bytes stay until garbage collection finds no repository and
+    // no manifest still using them.
+    if registry.meta.unlink_blob(name, digest).await? {
+        Ok(no_content(StatusCode::ACCEPTED).with_header("docker-content-digest", digest.as_str()))
+    } else {
+        Err(ApiError::new(
+            ErrorCode::BlobUnknown,
+            format!("{digest} is not in {name}"),
+        ))
+    }
+}
+
+/// Parses one `bytes=` range against a blob of `size` bytes. `None` means 416.
+pub fn parse_range(value: &str, size: u64) -> Option<Range<u64>> {
+    let spec = value.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    let number = |s: &str| -> Option<u64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            None
+        } else {
+            s.parse().ok()
+        }
+    };
+    if first.is_empty() {
+        // Suffix range: the last N bytes.
+        let n = number(last)?;
+        if n == 0 || size == 0 {
+            return None;
+        }
+        return Some(size.saturating_sub(n)..size);
+    }
+    let start = number(first)?;
+    if start >= size {
+        return None;
+    }
+    let end = if last.is_empty() {
+        size
+    } else {
+        let end = number(last)?;
+        if end < start {
+            return None;
+        }
+        end.saturating_add(1).min(size)
+    };
+    Some(start..end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(0..10));
+        assert_eq!(parse_range("bytes=90-", 100), Some(90..100));
+        assert_eq!(parse_range("bytes=-10", 100), Some(90..100));
+        assert_eq!(parse_range("bytes=-1000", 100), Some(0..100));
+        assert_eq!(
+            parse_range("bytes=50-5000", 100),
+            Some(50..100),
+            "clamped to what exists"
+        );
+        assert_eq!(parse_range("bytes=500-0", 1000), None, "end before start");
+        assert_eq!(
+            parse_range("bytes=100-200", 100),
+            None,
+            "start past the end"
+        );
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=a-b", 100), None);
+        assert_eq!(parse_range("bytes=-0", 100), None);
+    }
+}

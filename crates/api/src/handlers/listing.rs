@@ -1,0 +1,141 @@
+//! Listings: `/v2/_catalog`, `/v2/<name>/tags/list` (with `n`/`last` and `Link`), and the
+//! referrers API.
+
+use axum::body::Body;
+use axum::response::Response;
+use berth_meta::Page;
+use berth_oci::manifest::OCI_INDEX;
+use berth_oci::{Digest, ErrorCode, RepositoryName};
+use http::{header, StatusCode};
+use serde_json::{json, Map, Value};
+
+use super::{empty, Query, ResponseExt};
+use crate::error::ApiError;
+use crate::Registry;
+
+/// Largest page served; larger `n` values are clamped, and `Link` points to the rest.
+const MAX_PAGE: u32 = 10_000;
+
+fn page_size(query: &Query) -> Result<Option<u32>, ApiError> {
+    query
+        .get("n")
+        .map(|n| {
+            n.parse::<u32>().map(|n| n.min(MAX_PAGE)).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::PaginationNumberInvalid,
+                    format!("n={n:?} is not a count"),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn json_response(value: Value) -> Response {
+    empty(StatusCode::OK, Body::from(value.to_string()))
+        .with_header(header::CONTENT_TYPE, "application/json")
+}
+
+/// Fetches one extra entry to learn whether a next page exists.
+fn paginate(mut items: Vec<String>, n: Option<u32>) -> (Vec<String>, Option<String>) {
+    match n {
+        Some(n) if items.len() > n as usize => {
+            items.truncate(n as usize);
+            let last = items.last().cloned();
+            (items, last)
+        }
+        _ => (items, None),
+    }
+}
+
+fn link(path: &str, n: Option<u32>, last: &str) -> String {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("n", &n.unwrap_or(MAX_PAGE).to_string())
+        .append_pair("last", last)
+        .finish();
+    format!("<{path}?{q}>; rel=\"next\"")
+}
+
+pub async fn catalog(registry: &Registry, query: &Query) -> Result<Response, ApiError> {
+    let n = page_size(query)?;
+    if n == Some(0) {
+        return Ok(json_response(json!({ "repositories": [] })));
+    }
+    let page = Page {
+        last: query.get("last"),
+        limit: Some(n.unwrap_or(MAX_PAGE) + 1),
+    };
+    let repos = registry.meta.list_repositories(page).await?;
+    let (repos, next) = paginate(repos, Some(n.unwrap_or(MAX_PAGE)));
+    let mut response = json_response(json!({ "repositories": repos }));
+    if let Some(last) = next {
+        response = response.with_header(header::LINK, link("/v2/_catalog", n, &last));
+    }
+    Ok(response)
+}
+
+pub async fn tags(
+    registry: &Registry,
+    name: &RepositoryName,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let n = page_size(query)?;
+    let limit = n.map(|n| n.saturating_add(1));
+    let page = Page {
+        last: query.get("last"),
+        limit: if n == Some(0) { Some(0) } else { limit },
+    };
+    let Some(tags) = registry.meta.list_tags(name, page).await? else {
+        return Err(ApiError::new(
+            ErrorCode::NameUnknown,
+            format!("repository {name} is not known"),
+        ));
+    };
+    let (tags, next) = paginate(tags, n);
+    let mut response = json_response(json!({ "name": name.as_str(), "tags": tags }));
+    if let Some(last) = next {
+        response = response.with_header(
+            header::LINK,
+            link(&format!("/v2/{name}/tags/list"), n, &last),
+        );
+    }
+    Ok(response)
+}
+
+pub async fn referrers(
+    registry: &Registry,
+    name: &RepositoryName,
+    subject: &Digest,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let artifact_type = query.get("artifactType").filter(|t| !t.is_empty());
+    let referrers = registry
+        .meta
+        .referrers(name, subject, artifact_type)
+        .await?;
+    let manifests: Vec<Value> = referrers
+        .into_iter()
+        .map(|r| {
+            let mut d = Map::new();
+            d.insert("mediaType".into(), r.media_type.into());
+            d.insert("digest".into(), r.digest.into());
+            d.insert("size".into(), r.size.into());
+            if let Some(t) = r.artifact_type {
+                d.insert("artifactType".into(), t.into());
+            }
+            if let Some(a) = r
+                .annotations_json
+                .and_then(|a| serde_json::from_str::<Value>(&a).ok())
+            {
+                d.insert("annotations".into(), a);
+            }
+            Value::Object(d)
+        })
+        .collect();
+    let body = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+    let mut response = empty(StatusCode::OK, Body::from(body.to_string()))
+        .with_header(header::CONTENT_TYPE, OCI_INDEX);
+    if artifact_type.is_some() {
+        response = response.with_header("oci-filters-applied", "artifactType");
+    }
+    Ok(response)
+}

@@ -1,0 +1,165 @@
+//! Request handlers, one module per resource. `handle` picks the handler for an endpoint and
+//! method; everything shared by several handlers (query parsing, common headers) is here.
+
+mod blobs;
+mod listing;
+mod manifests;
+mod uploads;
+
+use std::io;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use berth_oci::{Digest, ErrorCode};
+use berth_storage::ByteStream;
+use futures_util::TryStreamExt;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+
+use crate::error::ApiError;
+use crate::route::Endpoint;
+use crate::Registry;
+
+pub async fn handle(
+    registry: &Registry,
+    endpoint: Endpoint,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let method = request.method().clone();
+    let query = Query::parse(request.uri().query());
+    match (endpoint, method) {
+        (Endpoint::Base, Method::GET | Method::HEAD) => Ok(empty(StatusCode::OK, Body::from("{}"))
+            .with_header(header::CONTENT_TYPE, "application/json")),
+        (Endpoint::Catalog, Method::GET) => listing::catalog(registry, &query).await,
+        (Endpoint::Tags { name }, Method::GET) => listing::tags(registry, &name, &query).await,
+        (Endpoint::Referrers { name, digest }, Method::GET) => {
+            listing::referrers(registry, &name, &digest, &query).await
+        }
+        (Endpoint::Manifest { name, reference }, m @ (Method::GET | Method::HEAD)) => {
+            manifests::get(
+                registry,
+                &name,
+                &reference,
+                m == Method::HEAD,
+                request.headers(),
+            )
+            .await
+        }
+        (Endpoint::Manifest { name, reference }, Method::PUT) => {
+            manifests::put(registry, &name, &reference, &query, request).await
+        }
+        (Endpoint::Manifest { name, reference }, Method::DELETE) => {
+            manifests::delete(registry, &name, &reference).await
+        }
+        (Endpoint::Blob { name, digest }, m @ (Method::GET | Method::HEAD)) => {
+            blobs::get(
+                registry,
+                &name,
+                &digest,
+                m == Method::HEAD,
+                request.headers(),
+            )
+            .await
+        }
+        (Endpoint::Blob { name, digest }, Method::DELETE) => {
+            blobs::delete(registry, &name, &digest).await
+        }
+        (Endpoint::UploadStart { name }, Method::POST) => {
+            uploads::start(registry, &name, &query, request).await
+        }
+        (Endpoint::Upload { name, id }, Method::PATCH) => {
+            uploads::patch(registry, &name, &id, request).await
+        }
+        (Endpoint::Upload { name, id }, Method::PUT) => {
+            uploads::finish(registry, &name, &id, &query, request).await
+        }
+        (Endpoint::Upload { name, id }, Method::GET) => uploads::status(registry, &name, &id).await,
+        (Endpoint::Upload { name, id }, Method::DELETE) => {
+            uploads::cancel(registry, &name, &id).await
+        }
+        (_, method) => Err(ApiError::new(
+            ErrorCode::Unsupported,
+            format!("method {method} is not allowed here"),
+        )),
+    }
+}
+
+/// Query parameters, in order, repeated keys kept (`?tag=a&tag=b`).
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn digest(&self, key: &str) -> Result<Option<Digest>, ApiError> {
+        self.get(key)
+            .map(|d| d.parse().map_err(ApiError::from))
+            .transpose()
+    }
+}
+
+/// Builder sugar for responses assembled by hand.
+pub trait ResponseExt {
+    fn with_header(self, name: impl header::IntoHeaderName, value: impl AsRef<str>) -> Self;
+}
+
+impl ResponseExt for Response {
+    fn with_header(mut self, name: impl header::IntoHeaderName, value: impl AsRef<str>) -> Self {
+        // Every value we set is ASCII we built ourselves; an invalid one is dropped, never panics.
+        if let Ok(v) = HeaderValue::from_str(value.as_ref()) {
+            self.headers_mut().insert(name, v);
+        }
+        self
+    }
+}
+
+pub fn empty(status: StatusCode, body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+}
+
+/// A response with no body and an explicit `Content-Length: 0`.
+pub fn no_content(status: StatusCode) -> Response {
+    empty(status, Body::empty()).with_header(header::CONTENT_LENGTH, "0")
+}
+
+/// The request body as a stream for the blob store.
+pub fn body_stream(body: Body) -> ByteStream {
+    Box::pin(body.into_data_stream().map_err(io::Error::other))
+}
+
+pub fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `If-None-Match` against a digest ETag.
+pub fn etag_matches(headers: &HeaderMap, digest: &Digest) -> bool {
+    header_str(headers, header::IF_NONE_MATCH).is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim().trim_matches('"') == digest.as_str() || t.trim() == "*")
+    })
+}
+
+pub fn etag(digest: &Digest) -> String {
+    format!("\"{digest}\"")
+}

@@ -1,0 +1,87 @@
+//! The registry's HTTP API: the OCI Distribution Spec (v1.1 and what spec main adds) and the
+//! Docker v2 API, over a [`BlobStore`] and a [`MetadataStore`].
+//!
+//! Flow of a request: the tower stack (headers, limits) → [`route::parse`] turns the path into an
+//! [`route::Endpoint`] → `handlers` run the registry rules for it → an [`error::ApiError`] or a
+//! response. Handlers never touch SQL or files directly.
+
+pub mod error;
+mod handlers;
+pub mod route;
+mod uploads;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use berth_meta::MetadataStore;
+use berth_storage::BlobStore;
+use http::HeaderValue;
+
+pub use error::ApiError;
+
+/// Behaviour switches of the API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Allow DELETE of manifests, tags and blobs (`REGISTRY_STORAGE_DELETE_ENABLED`).
+    pub delete_enabled: bool,
+    /// Largest manifest accepted; bigger pushes get 413.
+    pub max_manifest_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            delete_enabled: true,
+            max_manifest_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything a request handler may use.
+pub struct Registry {
+    pub blobs: Arc<dyn BlobStore>,
+    pub meta: Arc<dyn MetadataStore>,
+    pub config: ApiConfig,
+    uploads: uploads::HashStates,
+}
+
+impl Registry {
+    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetadataStore>, config: ApiConfig) -> Self {
+        Registry {
+            blobs,
+            meta,
+            config,
+            uploads: uploads::HashStates::default(),
+        }
+    }
+}
+
+/// The complete API as an axum router.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .with_state(registry)
+        .layer(axum::middleware::map_response(api_version_header))
+}
+
+async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Response {
+    let endpoint = match route::parse(request.uri().path()) {
+        Ok(Some(endpoint)) => endpoint,
+        Ok(None) => return ApiError::NoRoute.into_response(),
+        Err(e) => return e.into_response(),
+    };
+    match handlers::handle(&registry, endpoint, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn api_version_header(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}

@@ -1,0 +1,74 @@
+//! Hash states of uploads in progress.
+//!
+//! Hashing happens while bytes stream to storage, so finishing an upload costs nothing extra.
+//! The state after the last accepted chunk is kept in memory per upload; when it is missing
+//! (restart, another replica took the previous chunk) it is rebuilt by re-reading the bytes
+//! already stored, so no upload depends on this process surviving. Each upload also has a lock
+//! here, so two requests never append to the same upload at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use berth_oci::{Algorithm, Hasher};
+use berth_storage::BlobStore;
+use futures_util::StreamExt;
+
+use crate::error::ApiError;
+
+/// The hash of an upload's first `offset` bytes.
+pub struct HashState {
+    pub offset: u64,
+    pub hasher: Hasher,
+}
+
+pub type UploadSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
+
+#[derive(Default)]
+pub struct HashStates {
+    slots: Mutex<HashMap<String, UploadSlot>>,
+}
+
+impl HashStates {
+    /// The slot of upload `id`; hold its lock for the whole request.
+    pub fn slot(&self, id: &str) -> UploadSlot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(id.to_owned()).or_default().clone()
+    }
+
+    pub fn forget(&self, id: &str) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.remove(id);
+    }
+}
+
+/// The hash of upload `id`'s stored bytes with `algorithm`: from `cached` when it matches
+/// `size`, else by reading the bytes back.
+pub async fn hasher_at(
+    blobs: &dyn BlobStore,
+    id: &str,
+    size: u64,
+    algorithm: Algorithm,
+    cached: Option<HashState>,
+) -> Result<Hasher, ApiError> {
+    if let Some(state) = cached {
+        if state.offset == size && state.hasher.algorithm() == algorithm {
+            return Ok(state.hasher);
+        }
+    }
+    let mut hasher = algorithm.hasher();
+    let mut stream = blobs.read_upload(id).await?;
+    let mut seen = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(berth_storage::StorageError::Io)?;
+        seen += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    if seen != size {
+        return Err(berth_storage::StorageError::OffsetMismatch {
+            expected: size,
+            actual: seen,
+        }
+        .into());
+    }
+    Ok(hasher)
+}

@@ -1,0 +1,96 @@
+//! `berth`: the command-line shell over the registry libraries. It parses arguments, loads the
+//! configuration, wires the stores into the HTTP API and runs it.
+
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A private OCI container image registry in one binary"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by every command that touches the store.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// TOML configuration file (every key also has a BERTH_<SECTION>_<KEY> variable).
+    #[arg(long, short = 'c', env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides storage.root).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref(), |k| std::env::var(k).ok())?;
+        if let Some(data) = &self.data {
+            config.storage.root = data.clone();
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the registry.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Listen address (overrides server.addr).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Inspect configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print the effective result.
+    Check {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { store, addr } => store.load().and_then(|mut config| {
+            if let Some(addr) = addr {
+                config.server.addr = addr;
+                config.validate()?;
+            }
+            serve::run(config)
+        }),
+        Command::Config {
+            command: ConfigCommand::Check { store },
+        } => store.load().map(|config| {
+            print!("{}", config.to_toml());
+            eprintln!("configuration is valid");
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

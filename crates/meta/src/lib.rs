@@ -1,0 +1,151 @@
+//! The metadata store: the registry's index of what exists and who may see it.
+//!
+//! Storage holds the bytes; this store knows repositories, tags, manifests (their exact bytes
+//! and media type), what each manifest references, which repository may serve which blob,
+//! referrers by subject, and upload sessions. Every request path answers from here and never
+//! lists the blob store. [`MetadataStore`] is the interface; [`SqliteStore`] the embedded
+//! default. All SQL lives in the backend modules and is written to run on PostgreSQL too.
+
+mod migrations;
+mod sqlite;
+
+use async_trait::async_trait;
+use berth_oci::{Digest, Reference, RepositoryName, Tag};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("manifest references content missing from the repository: {0:?}")]
+    MissingReferences(Vec<String>),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("metadata database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("metadata migration failed: {0}")]
+    Migration(String),
+}
+
+pub type Result<T> = std::result::Result<T, MetaError>;
+
+/// A manifest as stored: its bytes exactly as pushed.
+#[derive(Clone, Debug)]
+pub struct StoredManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub content: Vec<u8>,
+}
+
+/// Everything recorded, in one transaction, when a manifest is pushed.
+#[derive(Debug)]
+pub struct NewManifest<'a> {
+    pub repository: &'a RepositoryName,
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub content: &'a [u8],
+    pub blobs: &'a [Digest],
+    pub children: &'a [Digest],
+    pub subject: Option<&'a Digest>,
+    pub artifact_type: Option<&'a str>,
+    /// The manifest's annotations as a JSON object, for the referrers API.
+    pub annotations_json: Option<String>,
+    pub tags: &'a [Tag],
+}
+
+/// A manifest that names another as its subject.
+#[derive(Clone, Debug)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    pub artifact_type: Option<String>,
+    pub annotations_json: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct UploadSession {
+    pub id: String,
+    pub repository: RepositoryName,
+    pub algorithm: berth_oci::Algorithm,
+    pub created_at: i64,
+}
+
+/// One page of a lexically ordered listing.
+#[derive(Clone, Copy, Debug)]
+pub struct Page<'a> {
+    /// Start after this entry (exclusive).
+    pub last: Option<&'a str>,
+    pub limit: Option<u32>,
+}
+
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Cheap reachability probe for readiness checks.
+    async fn check(&self) -> Result<()>;
+
+    /// Size of `digest` if the repository may serve it.
+    async fn repository_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<Option<u64>>;
+
+    /// Records a committed blob as pushed to `repo`, and ends the upload session `upload_id`,
+    /// in one transaction.
+    async fn add_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+        upload_id: Option<&str>,
+    ) -> Result<()>;
+
+    /// Makes a blob of `from` visible in `to`; `None` when `from` does not have it.
+    async fn mount_blob(
+        &self,
+        from: &RepositoryName,
+        to: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<u64>>;
+
+    /// Unlinks a blob from a repository; `false` when it was not linked.
+    async fn unlink_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool>;
+
+    /// Stores a manifest, its references and its tags atomically. Fails with
+    /// [`MetaError::MissingReferences`] when a blob or child manifest is not in the repository.
+    async fn put_manifest(&self, manifest: NewManifest<'_>) -> Result<()>;
+
+    async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>>;
+
+    /// Deletes a manifest and every tag pointing at it; `false` when it did not exist.
+    async fn delete_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool>;
+
+    /// Removes a tag only; `false` when it did not exist.
+    async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<bool>;
+
+    /// Tags of a repository in lexical order; `None` when the repository is unknown.
+    async fn list_tags(&self, repo: &RepositoryName, page: Page<'_>)
+        -> Result<Option<Vec<String>>>;
+
+    /// Repository names in lexical order.
+    async fn list_repositories(&self, page: Page<'_>) -> Result<Vec<String>>;
+
+    async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>>;
+
+    async fn create_upload(&self, session: &UploadSession) -> Result<()>;
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>>;
+    async fn delete_upload(&self, id: &str) -> Result<()>;
+}
+
+/// Seconds since the Unix epoch, as stored in every `*_at` column.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

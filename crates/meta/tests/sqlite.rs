@@ -1,0 +1,228 @@
+//! The metadata store's behaviour, against a real SQLite file.
+
+use berth_meta::{MetaError, MetadataStore, NewManifest, Page, SqliteStore, UploadSession};
+use berth_oci::{Algorithm, Digest, Reference, RepositoryName, Tag};
+
+fn repo(s: &str) -> RepositoryName {
+    s.parse().unwrap()
+}
+
+fn tag(s: &str) -> Tag {
+    s.parse().unwrap()
+}
+
+async fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("meta.sqlite"))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+fn manifest<'a>(
+    repository: &'a RepositoryName,
+    digest: &'a Digest,
+    content: &'a [u8],
+    blobs: &'a [Digest],
+    subject: Option<&'a Digest>,
+    tags: &'a [Tag],
+) -> NewManifest<'a> {
+    NewManifest {
+        repository,
+        digest,
+        media_type: "application/vnd.oci.image.manifest.v1+json",
+        content,
+        blobs,
+        children: &[],
+        subject,
+        artifact_type: Some("application/x-test"),
+        annotations_json: None,
+        tags,
+    }
+}
+
+#[tokio::test]
+async fn blobs_are_scoped_to_repositories() {
+    let (_dir, store) = open().await;
+    let (a, b) = (repo("team/a"), repo("team/b"));
+    let d = Digest::sha256_of(b"layer");
+    store.add_blob(&a, &d, 5, None).await.unwrap();
+    assert_eq!(store.repository_blob(&a, &d).await.unwrap(), Some(5));
+    assert_eq!(store.repository_blob(&b, &d).await.unwrap(), None);
+    assert_eq!(
+        store
+            .mount_blob(&b, &a, &Digest::sha256_of(b"x"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), Some(5));
+    assert_eq!(store.repository_blob(&b, &d).await.unwrap(), Some(5));
+    assert!(store.unlink_blob(&a, &d).await.unwrap());
+    assert!(!store.unlink_blob(&a, &d).await.unwrap());
+    assert_eq!(store.repository_blob(&a, &d).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn manifests_tags_and_referrers() {
+    let (_dir, store) = open().await;
+    let r = repo("app");
+    let layer = Digest::sha256_of(b"layer");
+    let content = b"{\"manifest\":1}";
+    let md = Digest::sha256_of(content);
+
+    let missing = store
+        .put_manifest(manifest(
+            &r,
+            &md,
+            content,
+            std::slice::from_ref(&layer),
+            None,
+            &[tag("v1")],
+        ))
+        .await;
+    assert!(
+        matches!(missing, Err(MetaError::MissingReferences(ref m)) if m == &[layer.to_string()])
+    );
+    assert!(store
+        .get_manifest(&r, &Reference::Tag(tag("v1")))
+        .await
+        .unwrap()
+        .is_none());
+
+    store.add_blob(&r, &layer, 5, None).await.unwrap();
+    let tags = [tag("v1"), tag("latest")];
+    store
+        .put_manifest(manifest(
+            &r,
+            &md,
+            content,
+            std::slice::from_ref(&layer),
+            None,
+            &tags,
+        ))
+        .await
+        .unwrap();
+    let got = store
+        .get_manifest(&r, &Reference::Tag(tag("latest")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.content, content);
+    assert_eq!(got.digest, md);
+
+    let all = store
+        .list_tags(
+            &r,
+            Page {
+                last: None,
+                limit: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all, vec!["latest", "v1"]);
+    let after = store
+        .list_tags(
+            &r,
+            Page {
+                last: Some("latest"),
+                limit: Some(5),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, vec!["v1"]);
+    assert!(store
+        .list_tags(
+            &repo("nope"),
+            Page {
+                last: None,
+                limit: None
+            }
+        )
+        .await
+        .unwrap()
+        .is_none());
+
+    let sig = b"{\"sig\":1}";
+    let sd = Digest::sha256_of(sig);
+    store
+        .put_manifest(manifest(&r, &sd, sig, &[], Some(&md), &[]))
+        .await
+        .unwrap();
+    let refs = store.referrers(&r, &md, None).await.unwrap();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].digest, sd.to_string());
+    assert_eq!(refs[0].size, sig.len() as u64);
+    assert!(store
+        .referrers(&r, &md, Some("other/type"))
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert!(store.delete_tag(&r, &tag("v1")).await.unwrap());
+    assert!(store
+        .get_manifest(&r, &Reference::Digest(md.clone()))
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store.delete_manifest(&r, &md).await.unwrap());
+    assert!(store
+        .get_manifest(&r, &Reference::Tag(tag("latest")))
+        .await
+        .unwrap()
+        .is_none());
+    let none = store
+        .list_tags(
+            &r,
+            Page {
+                last: None,
+                limit: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn uploads_and_catalog() {
+    let (dir, store) = open().await;
+    let session = UploadSession {
+        id: "abc".into(),
+        repository: repo("x/y"),
+        algorithm: Algorithm::Sha512,
+        created_at: 7,
+    };
+    store.create_upload(&session).await.unwrap();
+    drop(store);
+    let store = SqliteStore::open(&dir.path().join("meta.sqlite"))
+        .await
+        .unwrap();
+    let back = store.get_upload("abc").await.unwrap().unwrap();
+    assert_eq!(back.repository, repo("x/y"));
+    assert_eq!(back.algorithm, Algorithm::Sha512);
+    store
+        .add_blob(&repo("x/y"), &Digest::sha256_of(b"1"), 1, Some("abc"))
+        .await
+        .unwrap();
+    assert!(store.get_upload("abc").await.unwrap().is_none());
+    for name in ["c", "a", "b/z"] {
+        store
+            .add_blob(&repo(name), &Digest::sha256_of(b"1"), 1, None)
+            .await
+            .unwrap();
+    }
+    let page = store
+        .list_repositories(Page {
+            last: Some("a"),
+            limit: Some(2),
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, vec!["b/z", "c"]);
+}

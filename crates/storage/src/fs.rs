@@ -1,0 +1,336 @@
+//! The filesystem backend: a directory laid out like Distribution's (see `paths`).
+//!
+//! Writes stream through a blocking worker thread that hashes and appends each chunk, then
+//! `fdatasync`s before acknowledging. A commit is a `rename` into the blob path followed by an
+//! fsync of the directories it touched, so a blob is either complete and durable under its
+//! digest, or absent.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use berth_oci::{Digest, Hasher};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::{is_valid_upload_id, paths, Appended, BlobStore, ByteStream, StorageError};
+
+/// Size of each read from disk when serving a blob: large enough that per-chunk overhead
+/// vanishes against the copy, small enough to keep memory per download bounded.
+const READ_CHUNK: usize = 512 * 1024;
+/// Chunks in flight between the network and the disk worker, per request.
+const PIPELINE_DEPTH: usize = 8;
+
+#[derive(Clone, Debug)]
+pub struct FsBlobStore {
+    root: PathBuf,
+}
+
+impl FsBlobStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<Self, StorageError> {
+        let root = root.into();
+        tokio::fs::create_dir_all(paths::uploads_dir(&root)).await?;
+        tokio::fs::create_dir_all(root.join("docker/registry/v2/blobs")).await?;
+        Ok(FsBlobStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn upload_path(&self, id: &str) -> Result<PathBuf, StorageError> {
+        if is_valid_upload_id(id) {
+            Ok(paths::upload_data(&self.root, id))
+        } else {
+            Err(StorageError::UploadNotFound)
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Io(io::Error::other(e)))?
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn not_found_as<T>(e: io::Error, err: StorageError) -> Result<T, StorageError> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Err(err)
+    } else {
+        Err(StorageError::Io(e))
+    }
+}
+
+/// Streams `range` of `file` from a blocking thread through a bounded channel.
+fn stream_file(file: File, range: Range<u64>) -> ByteStream {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut pos = range.start;
+        while pos < range.end {
+            let want = READ_CHUNK.min((range.end - pos) as usize);
+            let mut buf = BytesMut::zeroed(want);
+            let item = match file.read_at(&mut buf, pos) {
+                Ok(0) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob shorter than expected",
+                )),
+                Ok(n) => {
+                    buf.truncate(n);
+                    pos += n as u64;
+                    Ok(buf.freeze())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                break;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+enum Chunk {
+    Data(Bytes),
+    End,
+}
+
+/// The disk side of an append: runs on a blocking thread, hashes and writes every chunk, and
+/// either syncs (on `End`) or cuts the file back to `offset` (stream ended early).
+fn append_worker(
+    path: &Path,
+    offset: u64,
+    mut hasher: Hasher,
+    mut rx: mpsc::Receiver<Chunk>,
+) -> Result<Appended, StorageError> {
+    let mut file = match OpenOptions::new().append(true).open(path) {
+        Ok(f) => f,
+        Err(e) => return not_found_as(e, StorageError::UploadNotFound),
+    };
+    let actual = file.metadata()?.len();
+    if actual != offset {
+        return Err(StorageError::OffsetMismatch {
+            expected: offset,
+            actual,
+        });
+    }
+    let mut size = offset;
+    let outcome: io::Result<bool> = (|| {
+        while let Some(chunk) = rx.blocking_recv() {
+            match chunk {
+                Chunk::Data(bytes) => {
+                    hasher.update(&bytes);
+                    file.write_all(&bytes)?;
+                    size += bytes.len() as u64;
+                }
+                Chunk::End => {
+                    file.sync_data()?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    })();
+    match outcome {
+        Ok(true) => Ok(Appended { size, hasher }),
+        Ok(false) => {
+            file.set_len(offset)?;
+            Err(StorageError::Client(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "request body ended early",
+            )))
+        }
+        Err(e) => {
+            let _ = file.set_len(offset);
+            Err(StorageError::Io(e))
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for FsBlobStore {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
+        match tokio::fs::metadata(paths::blob_data(&self.root, digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read_blob(
+        &self,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<ByteStream, StorageError> {
+        let path = paths::blob_data(&self.root, digest);
+        let file = blocking(move || {
+            File::open(path).or_else(|e| not_found_as(e, StorageError::BlobNotFound))
+        })
+        .await?;
+        Ok(stream_file(file, range))
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> Result<bool, StorageError> {
+        let path = paths::blob_data(&self.root, digest);
+        blocking(move || match fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    let _ = fs::remove_dir(dir);
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    async fn create_upload(&self, id: &str) -> Result<(), StorageError> {
+        let path = self.upload_path(id)?;
+        blocking(move || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
+            if let Some(dir) = path.parent() {
+                fsync_dir(dir)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload_size(&self, id: &str) -> Result<Option<u64>, StorageError> {
+        let path = self.upload_path(id)?;
+        match tokio::fs::metadata(path).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn append_upload(
+        &self,
+        id: &str,
+        offset: u64,
+        mut data: ByteStream,
+        hasher: Hasher,
+    ) -> Result<Appended, StorageError> {
+        let path = self.upload_path(id)?;
+        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+        let worker = tokio::task::spawn_blocking(move || append_worker(&path, offset, hasher, rx));
+        let mut client_error = None;
+        while let Some(item) = data.next().await {
+            match item {
+                Ok(bytes) if bytes.is_empty() => {}
+                Ok(bytes) => {
+                    if tx.send(Chunk::Data(bytes)).await.is_err() {
+                        break; // the worker stopped; its result says why
+                    }
+                }
+                Err(e) => {
+                    client_error = Some(e);
+                    break;
+                }
+            }
+        }
+        if client_error.is_none() {
+            let _ = tx.send(Chunk::End).await;
+        }
+        drop(tx);
+        let result = worker
+            .await
+            .map_err(|e| StorageError::Io(io::Error::other(e)))?;
+        match (client_error, result) {
+            (Some(e), Err(StorageError::Client(_))) => Err(StorageError::Client(e)),
+            (_, result) => result,
+        }
+    }
+
+    async fn read_upload(&self, id: &str) -> Result<ByteStream, StorageError> {
+        let path = self.upload_path(id)?;
+        let (file, len) = blocking(move || {
+            let file =
+                File::open(path).or_else(|e| not_found_as(e, StorageError::UploadNotFound))?;
+            let len = file.metadata()?.len();
+            Ok((file, len))
+        })
+        .await?;
+        Ok(stream_file(file, 0..len))
+    }
+
+    async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<(), StorageError> {
+        let upload = self.upload_path(id)?;
+        let target = paths::blob_data(&self.root, digest);
+        blocking(move || {
+            if !upload.exists() {
+                return Err(StorageError::UploadNotFound);
+            }
+            if target.exists() {
+                fs::remove_file(&upload)?;
+                return Ok(());
+            }
+            let dir = target
+                .parent()
+                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+            fs::create_dir_all(dir)?;
+            fs::rename(&upload, &target)?;
+            fsync_dir(dir)?;
+            if let Some(parent) = dir.parent() {
+                fsync_dir(parent)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<(), StorageError> {
+        let path = self.upload_path(id)?;
+        match tokio::fs::remove_file(path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        tokio::fs::metadata(paths::uploads_dir(&self.root)).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_shared_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        crate::testsuite::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn committed_blob_uses_distribution_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        let digest = crate::testsuite::put_blob(&store, "layout", b"hello").await;
+        let path = paths::blob_data(dir.path(), &digest);
+        assert_eq!(std::fs::read(path).unwrap(), b"hello");
+        assert!(!paths::upload_data(dir.path(), "layout").exists());
+    }
+}

@@ -1,0 +1,170 @@
+//! The suite every [`BlobStore`] backend must pass (in the spirit of Distribution's driver
+//! `testsuites`): a backend is correct when this passes, with no per-backend test drift.
+
+use std::io;
+
+use berth_oci::{Algorithm, Digest};
+use bytes::Bytes;
+use futures_util::{stream, StreamExt};
+
+use crate::{BlobStore, ByteStream, StorageError};
+
+fn body(chunks: Vec<&'static [u8]>) -> ByteStream {
+    Box::pin(stream::iter(
+        chunks.into_iter().map(|c| Ok(Bytes::from_static(c))),
+    ))
+}
+
+async fn collect(mut s: ByteStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.expect("stream chunk"));
+    }
+    out
+}
+
+/// Uploads `data` as upload `id` and commits it; returns its digest.
+pub async fn put_blob(store: &dyn BlobStore, id: &str, data: &'static [u8]) -> Digest {
+    store.create_upload(id).await.expect("create upload");
+    let appended = store
+        .append_upload(id, 0, body(vec![data]), Algorithm::Sha256.hasher())
+        .await
+        .expect("append");
+    let digest = appended.hasher.finish();
+    store.commit_upload(id, &digest).await.expect("commit");
+    digest
+}
+
+/// Runs every check against `store`.
+pub async fn run_all(store: &dyn BlobStore) {
+    roundtrip_and_ranges(store).await;
+    chunked_append_and_offsets(store).await;
+    failed_append_is_rolled_back(store).await;
+    missing_things(store).await;
+    dedupe_and_delete(store).await;
+    bad_upload_ids(store).await;
+    store.check().await.expect("check");
+}
+
+async fn roundtrip_and_ranges(store: &dyn BlobStore) {
+    let digest = put_blob(store, "suite-rt", b"0123456789").await;
+    assert_eq!(digest, Digest::sha256_of(b"0123456789"));
+    assert_eq!(store.blob_size(&digest).await.unwrap(), Some(10));
+    let all = collect(store.read_blob(&digest, 0..10).await.unwrap()).await;
+    assert_eq!(all, b"0123456789");
+    let part = collect(store.read_blob(&digest, 3..7).await.unwrap()).await;
+    assert_eq!(part, b"3456");
+    assert_eq!(store.upload_size("suite-rt").await.unwrap(), None);
+}
+
+async fn chunked_append_and_offsets(store: &dyn BlobStore) {
+    let id = "suite-chunks";
+    store.create_upload(id).await.unwrap();
+    assert_eq!(store.upload_size(id).await.unwrap(), Some(0));
+    let a = store
+        .append_upload(
+            id,
+            0,
+            body(vec![b"hello ", b"wor"]),
+            Algorithm::Sha512.hasher(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.size, 9);
+    let wrong = store
+        .append_upload(id, 3, body(vec![b"x"]), Algorithm::Sha512.hasher())
+        .await;
+    assert!(matches!(
+        wrong,
+        Err(StorageError::OffsetMismatch {
+            expected: 3,
+            actual: 9
+        })
+    ));
+    let b = store
+        .append_upload(id, 9, body(vec![b"ld"]), a.hasher)
+        .await
+        .unwrap();
+    assert_eq!(b.size, 11);
+    assert_eq!(
+        collect(store.read_upload(id).await.unwrap()).await,
+        b"hello world"
+    );
+    let digest = b.hasher.finish();
+    assert_eq!(digest, Digest::of(Algorithm::Sha512, b"hello world"));
+    store.commit_upload(id, &digest).await.unwrap();
+    assert_eq!(store.blob_size(&digest).await.unwrap(), Some(11));
+}
+
+async fn failed_append_is_rolled_back(store: &dyn BlobStore) {
+    let id = "suite-broken";
+    store.create_upload(id).await.unwrap();
+    store
+        .append_upload(id, 0, body(vec![b"keep"]), Algorithm::Sha256.hasher())
+        .await
+        .unwrap();
+    let broken: ByteStream = Box::pin(stream::iter(vec![
+        Ok(Bytes::from_static(b"lost")),
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
+    ]));
+    let r = store
+        .append_upload(id, 4, broken, Algorithm::Sha256.hasher())
+        .await;
+    assert!(matches!(r, Err(StorageError::Client(_))), "{r:?}");
+    assert_eq!(store.upload_size(id).await.unwrap(), Some(4));
+    store.delete_upload(id).await.unwrap();
+    assert_eq!(store.upload_size(id).await.unwrap(), None);
+    store
+        .delete_upload(id)
+        .await
+        .expect("deleting twice is fine");
+}
+
+async fn missing_things(store: &dyn BlobStore) {
+    let absent = Digest::sha256_of(b"never stored");
+    assert_eq!(store.blob_size(&absent).await.unwrap(), None);
+    assert!(matches!(
+        store.read_blob(&absent, 0..1).await,
+        Err(StorageError::BlobNotFound)
+    ));
+    assert!(!store.delete_blob(&absent).await.unwrap());
+    assert!(matches!(
+        store
+            .append_upload(
+                "suite-none",
+                0,
+                body(vec![b"x"]),
+                Algorithm::Sha256.hasher()
+            )
+            .await,
+        Err(StorageError::UploadNotFound)
+    ));
+    assert!(matches!(
+        store.commit_upload("suite-none", &absent).await,
+        Err(StorageError::UploadNotFound)
+    ));
+}
+
+async fn dedupe_and_delete(store: &dyn BlobStore) {
+    let first = put_blob(store, "suite-d1", b"same bytes").await;
+    let second = put_blob(store, "suite-d2", b"same bytes").await;
+    assert_eq!(first, second);
+    assert_eq!(store.upload_size("suite-d2").await.unwrap(), None);
+    assert!(store.delete_blob(&first).await.unwrap());
+    assert_eq!(store.blob_size(&first).await.unwrap(), None);
+}
+
+async fn bad_upload_ids(store: &dyn BlobStore) {
+    for bad in ["../escape", "a/b", "", "dot.dot"] {
+        assert!(
+            matches!(
+                store.create_upload(bad).await,
+                Err(StorageError::UploadNotFound)
+            ),
+            "{bad:?} accepted"
+        );
+    }
+}
