@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -32,7 +32,7 @@ pub struct StorageConfig {
     pub delete_enabled: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
     /// SQLite database file; empty means `<storage.root>/berth/metadata.sqlite`.
@@ -55,18 +55,6 @@ pub struct LogConfig {
     pub format: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            metadata: MetadataConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -80,14 +68,6 @@ impl Default for StorageConfig {
         StorageConfig {
             root: PathBuf::from("./data"),
             delete_enabled: true,
-        }
-    }
-}
-
-impl Default for MetadataConfig {
-    fn default() -> Self {
-        MetadataConfig {
-            sqlite_path: String::new(),
         }
     }
 }

@@ -11,7 +11,7 @@ use berth_meta::NewManifest;
 use berth_oci::manifest::MANIFEST_MEDIA_TYPES;
 use berth_oci::{Digest, ErrorCode, Manifest, Reference, RepositoryName, Tag};
 use http::{header, HeaderMap, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use super::{empty, etag, etag_matches, header_str, no_content, Query, ResponseExt};
 use crate::error::ApiError;
@@ -48,6 +48,10 @@ pub async fn get(
         .with_header(header::ETAG, etag(&m.digest)))
 }
 
+/// Reading past the limit before answering 413 lets clients that send the whole body see the
+/// error instead of a reset connection; beyond this much, the connection is simply closed.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
 async fn read_limited(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -55,19 +59,31 @@ async fn read_limited(request: Request, limit: usize) -> Result<bytes::Bytes, Ap
             format!("manifests are limited to {limit} bytes"),
         )
     };
-    let declared =
-        header_str(request.headers(), header::CONTENT_LENGTH).and_then(|l| l.parse::<usize>().ok());
-    if declared.is_some_and(|l| l > limit) {
+    let mut body = request.into_body();
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!("reading the manifest failed: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+        if seen <= limit {
+            collected.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::new(
-            ErrorCode::ManifestInvalid,
-            format!("reading the manifest failed: {e}"),
-        )),
-    }
+    Ok(collected.freeze())
 }
 
 pub async fn put(

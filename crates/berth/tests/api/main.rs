@@ -1,0 +1,12 @@
+//! End-to-end tests of the registry API against the real `berth` binary: every endpoint,
+//! every error code, and each kind of bad input.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod blobs;
+mod cli;
+mod listing;
+mod manifests;
+mod restart;
+mod uploads;

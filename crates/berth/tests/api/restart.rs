@@ -1,0 +1,62 @@
+use reqwest::{Method, StatusCode};
+
+use crate::common::*;
+
+/// A chunked upload survives the server being killed between chunks.
+#[tokio::test]
+async fn chunked_upload_resumes_after_crash() {
+    let mut s = Server::start().await;
+    let data = random_bytes(2_000_000);
+    let r = s
+        .req(Method::POST, "/v2/resume/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    let loc = header(&r, "location");
+    let r = s
+        .req(Method::PATCH, &loc)
+        .header("content-range", "0-999999")
+        .body(data[..1_000_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    s.crash_and_restart().await;
+
+    let r = s.get(&loc).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "session survives");
+    assert_eq!(header(&r, "range"), "0-999999");
+    let r = s
+        .req(Method::PATCH, &loc)
+        .header("content-range", "1000000-1999999")
+        .body(data[1_000_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let d = sha256(&data);
+    let r = s
+        .req(Method::PUT, &format!("{loc}?digest={d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = s
+        .get(&format!("/v2/resume/blobs/{d}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.as_ref(), &data[..]);
+}
+
+#[tokio::test]
+async fn content_survives_restart() {
+    let mut s = Server::start().await;
+    let d = s.push_image("durable", "v1").await;
+    s.crash_and_restart().await;
+    let r = s.get("/v2/durable/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "docker-content-digest"), d);
+}

@@ -1,0 +1,218 @@
+//! Test harness: starts the real `berth` binary on an ephemeral loopback port with its own data
+//! directory, and offers small helpers to push content with plain HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::{Client, Method, Response, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+    pub client: Client,
+}
+
+fn spawn(data: &Path, env: &[(String, String)]) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("BERTH_LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn berth");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(url) = line.strip_prefix("berth listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("berth did not report its address");
+    (child, base)
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Server::start_with_env(&[]).await
+    }
+
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, base) = spawn(tmp.path(), &env);
+        Server {
+            child: Some(child),
+            base,
+            data: tmp.path().to_owned(),
+            _tmp: Some(tmp),
+            env,
+            client: Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// Kills the process without warning (SIGKILL) and starts it again on the same data.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let (child, base) = spawn(&self.data, &self.env);
+        self.child = Some(child);
+        self.base = base;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.req(Method::GET, path).send().await.expect("request")
+    }
+
+    pub async fn head(&self, path: &str) -> Response {
+        self.req(Method::HEAD, path).send().await.expect("request")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.req(Method::DELETE, path)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Single-request monolithic blob push; returns the digest.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let digest = sha256(data);
+        let r = self
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            )
+            .body(data.to_vec())
+            .send()
+            .await
+            .expect("push blob");
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "push blob: {}",
+            r.text().await.unwrap_or_default()
+        );
+        digest
+    }
+
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Response {
+        self.req(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("content-type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("put manifest")
+    }
+
+    /// Pushes a config and one random layer, and returns the manifest bytes (not pushed).
+    pub async fn image_manifest(&self, repo: &str, extra: Value) -> Vec<u8> {
+        let config = serde_json::to_vec(
+            &json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}),
+        )
+        .unwrap();
+        let layer: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+        let cd = self.push_blob(repo, &config).await;
+        let ld = self.push_blob(repo, &layer).await;
+        let mut m = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": layer.len()}],
+        });
+        if let (Some(m), Some(extra)) = (m.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::to_vec(&m).unwrap()
+    }
+
+    /// Pushes a complete image under `tag`; returns the manifest digest.
+    pub async fn push_image(&self, repo: &str, tag: &str) -> String {
+        let body = self.image_manifest(repo, json!({})).await;
+        let r = self.put_manifest(repo, tag, OCI_MANIFEST, &body).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        sha256(&body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+pub fn sha512(data: &[u8]) -> String {
+    format!("sha512:{}", hex::encode(sha2::Sha512::digest(data)))
+}
+
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(|_| rand::random::<u8>()).collect()
+}
+
+pub fn header(r: &Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Asserts an OCI error response with the given status and code.
+pub async fn assert_error(r: Response, status: u16, code: &str) {
+    assert_eq!(r.status().as_u16(), status, "unexpected status for {code}");
+    assert_eq!(header(&r, "content-type"), "application/json");
+    let body: Value = r.json().await.expect("OCI error body is JSON");
+    assert_eq!(body["errors"][0]["code"], code, "body: {body}");
+    assert!(body["errors"][0]["message"].is_string(), "body: {body}");
+}
