@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, lints, the Rust unit and integration suites (which
+# start the real binary), and the interoperability suite with real clients.
+# Run scripts/install-test-deps.sh once first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --locked
+
+step "Rust tests (unit + integration against the real binary)"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+
+step "interoperability with skopeo, podman, containerd and oras"
+BERTH_BIN="${CARGO_TARGET_DIR:-target}/debug/berth" .venv/bin/pytest -q tests/interop
+
+step "all tests passed"
