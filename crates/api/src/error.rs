@@ -18,6 +18,11 @@ pub enum ApiError {
     RangeNotSatisfiable { size: u64 },
     #[error("no such endpoint")]
     NoRoute,
+    /// The caller must (re-)authenticate; `challenge` is the `WWW-Authenticate` value.
+    #[error("unauthorized: {detail}")]
+    Unauthorized { challenge: String, detail: String },
+    #[error("denied: {0}")]
+    Denied(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -49,6 +54,8 @@ impl ApiError {
                 oci(ErrorCode::RangeInvalid, format!("blob size is {size}"))
             }
             ApiError::NoRoute => (StatusCode::NOT_FOUND, None, "no such endpoint".into()),
+            ApiError::Unauthorized { detail, .. } => oci(ErrorCode::Unauthorized, detail.clone()),
+            ApiError::Denied(detail) => oci(ErrorCode::Denied, detail.clone()),
             ApiError::Storage(e) => match e {
                 StorageError::BlobNotFound => oci(ErrorCode::BlobUnknown, e.to_string()),
                 StorageError::UploadNotFound => oci(ErrorCode::BlobUploadUnknown, e.to_string()),
@@ -119,10 +126,18 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let ApiError::RangeNotSatisfiable { size } = self {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                headers.insert(header::CONTENT_RANGE, v);
+        match &self {
+            ApiError::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
             }
+            ApiError::Unauthorized { challenge, .. } if !challenge.is_empty() => {
+                if let Ok(v) = HeaderValue::from_str(challenge) {
+                    headers.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            _ => {}
         }
         response
     }

@@ -1,10 +1,12 @@
 //! The registry's HTTP API: the OCI Distribution Spec (v1.1 and what spec main adds) and the
 //! Docker v2 API, over a [`BlobStore`] and a [`MetadataStore`].
 //!
-//! Flow of a request: the tower stack (headers, limits) → [`route::parse`] turns the path into an
-//! [`route::Endpoint`] → `handlers` run the registry rules for it → an [`error::ApiError`] or a
-//! response. Handlers never touch SQL or files directly.
+//! Flow of a request, as tower layers: `resolve` turns the path into a [`route::Endpoint`] →
+//! [`access::authorize`] identifies the caller and decides whether the endpoint is allowed →
+//! `handlers` run the registry rules → a response or an [`error::ApiError`], mapped to the wire
+//! in one place. Handlers never touch SQL or files directly.
 
+pub mod access;
 pub mod error;
 mod handlers;
 pub mod route;
@@ -13,12 +15,14 @@ mod uploads;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use berth_meta::MetadataStore;
 use berth_storage::BlobStore;
 use http::HeaderValue;
 
+pub use access::Authenticator;
 pub use error::ApiError;
 
 /// Behaviour switches of the API.
@@ -44,33 +48,55 @@ pub struct Registry {
     pub blobs: Arc<dyn BlobStore>,
     pub meta: Arc<dyn MetadataStore>,
     pub config: ApiConfig,
+    pub auth: Authenticator,
     uploads: uploads::HashStates,
 }
 
 impl Registry {
-    pub fn new(blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetadataStore>, config: ApiConfig) -> Self {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetadataStore>,
+        config: ApiConfig,
+        auth: Authenticator,
+    ) -> Self {
         Registry {
             blobs,
             meta,
             config,
+            auth,
             uploads: uploads::HashStates::default(),
         }
     }
 }
 
-/// The complete API as an axum router.
+/// The complete API as an axum router: resolve the endpoint, authorize, dispatch.
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .fallback(dispatch)
-        .with_state(registry)
+        .layer(axum::middleware::from_fn_with_state(
+            registry.clone(),
+            access::authorize,
+        ))
+        .layer(axum::middleware::from_fn(resolve))
         .layer(axum::middleware::map_response(api_version_header))
+        .with_state(registry)
 }
 
-async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Response {
-    let endpoint = match route::parse(request.uri().path()) {
-        Ok(Some(endpoint)) => endpoint,
-        Ok(None) => return ApiError::NoRoute.into_response(),
-        Err(e) => return e.into_response(),
+/// Parses the path into an [`route::Endpoint`] stored in the request's extensions.
+async fn resolve(mut request: Request, next: Next) -> Response {
+    match route::parse(request.uri().path()) {
+        Ok(Some(endpoint)) => {
+            request.extensions_mut().insert(endpoint);
+            next.run(request).await
+        }
+        Ok(None) => ApiError::NoRoute.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(State(registry): State<Arc<Registry>>, mut request: Request) -> Response {
+    let Some(endpoint) = request.extensions_mut().remove::<route::Endpoint>() else {
+        return ApiError::NoRoute.into_response();
     };
     match handlers::handle(&registry, endpoint, request).await {
         Ok(response) => response,

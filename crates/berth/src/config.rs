@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::compat;
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -14,6 +16,8 @@ pub struct Config {
     pub metadata: MetadataConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -53,6 +57,36 @@ pub struct LogConfig {
     pub level: String,
     /// `text` or `json`.
     pub format: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `none` (anyone may do anything) or `htpasswd` (Basic auth, every request needs a user).
+    pub mode: String,
+    /// Realm announced in `WWW-Authenticate`.
+    pub realm: String,
+    /// htpasswd file with bcrypt entries (create one with `berth htpasswd`); re-read on change.
+    pub htpasswd_path: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: "none".into(),
+            realm: "Registry Realm".into(),
+            htpasswd_path: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`, the server speaks HTTPS (and HTTP/2).
+    pub certificate: String,
+    /// PEM private key.
+    pub key: String,
 }
 
 impl Default for ServerConfig {
@@ -100,7 +134,7 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
-fn invalid(origin: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
+pub(crate) fn invalid(origin: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         origin: origin.into(),
         message: message.to_string(),
@@ -113,11 +147,13 @@ pub fn env_name(section: &str, key: &str) -> String {
 }
 
 impl Config {
-    /// Loads defaults, then `file` (if any), then the environment given by `env`.
+    /// Loads defaults, then `file` (if any), then `registry:2`'s `REGISTRY_*` variables, then
+    /// `BERTH_*` variables, from the environment given as `env`. Also returns the notes and
+    /// warnings about `REGISTRY_*` variables that are reported at startup.
     pub fn load(
         file: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+        env: &[(String, String)],
+    ) -> Result<(Config, Vec<compat::Notice>), ConfigError> {
         let mut value =
             toml::Value::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
         if let Some(path) = file {
@@ -129,13 +165,15 @@ impl Config {
                 toml::from_str(&text).map_err(|e| invalid(path.display().to_string(), e))?;
             merge(&mut value, toml::Value::Table(from_file));
         }
-        apply_env(&mut value, env)?;
+        let notices = compat::apply_registry_env(&mut value, env)?;
+        let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        apply_env(&mut value, lookup)?;
         let origin = file
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "configuration".into());
         let config: Config = value.try_into().map_err(|e| invalid(origin, e))?;
         config.validate()?;
-        Ok(config)
+        Ok((config, notices))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -148,6 +186,25 @@ impl Config {
                 "limits.max_manifest_bytes",
                 "must be at least 1024",
             ));
+        }
+        match self.auth.mode.as_str() {
+            "none" => {}
+            "htpasswd" if self.auth.htpasswd_path.is_empty() => {
+                return Err(invalid(
+                    "auth.htpasswd_path",
+                    "auth.mode = htpasswd needs a file",
+                ));
+            }
+            "htpasswd" => {}
+            other => {
+                return Err(invalid(
+                    "auth.mode",
+                    format!("{other:?} is neither none nor htpasswd"),
+                ))
+            }
+        }
+        if self.tls.certificate.is_empty() != self.tls.key.is_empty() {
+            return Err(invalid("tls", "certificate and key must be given together"));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(invalid(
@@ -219,7 +276,7 @@ fn apply_env(
     Ok(())
 }
 
-fn parse_bool(s: &str) -> Option<bool> {
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
         "false" | "0" | "no" | "off" => Some(false),
@@ -230,19 +287,21 @@ fn parse_bool(s: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
+            .collect()
+    }
+
+    fn load(file: Option<&Path>, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(file, &env(pairs)).map(|(c, _)| c)
     }
 
     #[test]
     fn defaults_need_no_file() {
-        let c = Config::load(None, env(&[])).unwrap();
+        let c = load(None, &[]).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.server.addr, "0.0.0.0:5000");
         assert_eq!(
@@ -260,12 +319,12 @@ mod tests {
             "[server]\naddr = \"127.0.0.1:6000\"\n[storage]\ndelete_enabled = false\n",
         )
         .unwrap();
-        let c = Config::load(
+        let c = load(
             Some(&path),
-            env(&[
+            &[
                 ("BERTH_STORAGE_DELETE_ENABLED", "true"),
                 ("BERTH_LIMITS_MAX_MANIFEST_BYTES", "8192"),
-            ]),
+            ],
         )
         .unwrap();
         assert_eq!(c.server.addr, "127.0.0.1:6000");
@@ -278,15 +337,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[server]\nport = 1\n").unwrap();
-        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        let err = load(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("bad.toml") && err.contains("port"), "{err}");
-        let err = Config::load(None, env(&[("BERTH_STORAGE_DELETE_ENABLED", "maybe")]))
+        let err = load(None, &[("BERTH_STORAGE_DELETE_ENABLED", "maybe")])
             .unwrap_err()
             .to_string();
         assert!(err.contains("BERTH_STORAGE_DELETE_ENABLED"), "{err}");
-        let err = Config::load(None, env(&[("BERTH_SERVER_ADDR", "nowhere")]))
+        let err = load(None, &[("BERTH_SERVER_ADDR", "nowhere")])
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.addr"), "{err}");
+    }
+
+    #[test]
+    fn registry_env_is_honoured_and_berth_env_wins() {
+        let (c, notices) = Config::load(
+            None,
+            &env(&[
+                ("REGISTRY_HTTP_ADDR", ":5000"),
+                ("REGISTRY_AUTH", "htpasswd"),
+                ("REGISTRY_AUTH_HTPASSWD_REALM", "Registry Realm"),
+                ("REGISTRY_AUTH_HTPASSWD_PATH", "/auth/htpasswd"),
+                (
+                    "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+                    "/var/lib/registry",
+                ),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "false"),
+                ("REGISTRY_HTTP_SECRET", "s3cr3t"),
+                ("REGISTRY_NOTIFICATIONS_ENDPOINTS", "x"),
+                ("BERTH_STORAGE_DELETE_ENABLED", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.addr, "0.0.0.0:5000");
+        assert_eq!(c.auth.mode, "htpasswd");
+        assert_eq!(c.auth.htpasswd_path, "/auth/htpasswd");
+        assert_eq!(c.storage.root, PathBuf::from("/var/lib/registry"));
+        assert!(c.storage.delete_enabled, "BERTH_* beats REGISTRY_*");
+        let unsupported: Vec<_> = notices.iter().filter(|n| n.unsupported).collect();
+        assert_eq!(unsupported.len(), 1);
+        assert!(unsupported[0]
+            .message
+            .contains("REGISTRY_NOTIFICATIONS_ENDPOINTS"));
+        assert!(
+            !notices.iter().any(|n| n.message.contains("s3cr3t")),
+            "no secret in notices"
+        );
+    }
+
+    #[test]
+    fn auth_needs_a_file() {
+        let err = load(None, &[("BERTH_AUTH_MODE", "htpasswd")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("htpasswd_path"), "{err}");
+        let err = load(None, &[("REGISTRY_AUTH", "silly")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REGISTRY_AUTH"), "{err}");
     }
 }

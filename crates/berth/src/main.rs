@@ -1,7 +1,9 @@
 //! `berth`: the command-line shell over the registry libraries. It parses arguments, loads the
 //! configuration, wires the stores into the HTTP API and runs it.
 
+mod compat;
 mod config;
+mod htpasswd;
 mod serve;
 
 use std::path::PathBuf;
@@ -34,12 +36,13 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn load(&self) -> anyhow::Result<Config> {
-        let mut config = Config::load(self.config.as_deref(), |k| std::env::var(k).ok())?;
+    fn load(&self) -> anyhow::Result<(Config, Vec<compat::Notice>)> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let (mut config, notices) = Config::load(self.config.as_deref(), &env)?;
         if let Some(data) = &self.data {
             config.storage.root = data.clone();
         }
-        Ok(config)
+        Ok((config, notices))
     }
 }
 
@@ -53,6 +56,8 @@ enum Command {
         #[arg(long)]
         addr: Option<String>,
     },
+    /// Create or update htpasswd files (bcrypt), like Apache's `htpasswd -B`.
+    Htpasswd(htpasswd::HtpasswdArgs),
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
@@ -72,17 +77,22 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { store, addr } => store.load().and_then(|mut config| {
+        Command::Serve { store, addr } => store.load().and_then(|(mut config, notices)| {
             if let Some(addr) = addr {
                 config.server.addr = addr;
                 config.validate()?;
             }
-            serve::run(config)
+            serve::run(config, notices)
         }),
+        Command::Htpasswd(args) => htpasswd::run(args),
         Command::Config {
             command: ConfigCommand::Check { store },
-        } => store.load().map(|config| {
+        } => store.load().map(|(config, notices)| {
             print!("{}", config.to_toml());
+            for n in notices {
+                let kind = if n.unsupported { "warning" } else { "note" };
+                eprintln!("{kind}: {}", n.message);
+            }
             eprintln!("configuration is valid");
         }),
     };

@@ -3,11 +3,13 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_api::{ApiConfig, Registry};
+use berth_api::{ApiConfig, Authenticator, Registry};
+use berth_auth::Htpasswd;
 use berth_meta::SqliteStore;
 use berth_storage::FsBlobStore;
 use tracing_subscriber::EnvFilter;
 
+use crate::compat::Notice;
 use crate::config::Config;
 
 fn init_logging(config: &Config) {
@@ -22,8 +24,15 @@ fn init_logging(config: &Config) {
     }
 }
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, notices: Vec<Notice>) -> anyhow::Result<()> {
     init_logging(&config);
+    for n in &notices {
+        if n.unsupported {
+            tracing::warn!("{}", n.message);
+        } else {
+            tracing::info!("{}", n.message);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,6 +48,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let meta = SqliteStore::open(&sqlite_path)
         .await
         .with_context(|| format!("opening metadata at {}", sqlite_path.display()))?;
+    let auth = authenticator(&config)?;
     let registry = Registry::new(
         Arc::new(blobs),
         Arc::new(meta),
@@ -47,6 +57,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes)
                 .unwrap_or(usize::MAX),
         },
+        auth,
     );
     let app = berth_api::router(Arc::new(registry));
     let listener = tokio::net::TcpListener::bind(&config.server.addr)
@@ -62,6 +73,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("serving")?;
     tracing::info!("berth stopped");
     Ok(())
+}
+
+/// How often the htpasswd file is checked for changes (a rotated Kubernetes Secret).
+const HTPASSWD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
+    if config.auth.mode != "htpasswd" {
+        return Ok(Authenticator::Open);
+    }
+    let file = Arc::new(Htpasswd::open(&config.auth.htpasswd_path)?);
+    let watched = file.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HTPASSWD_POLL);
+        loop {
+            tick.tick().await;
+            match watched.reload_if_changed() {
+                Ok(true) => tracing::info!(path = %watched.path().display(), "htpasswd reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!("htpasswd not reloaded, previous users stay: {e}"),
+            }
+        }
+    });
+    tracing::info!(path = %config.auth.htpasswd_path, "basic authentication with htpasswd");
+    Ok(Authenticator::Htpasswd {
+        realm: config.auth.realm.clone(),
+        file,
+    })
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,94 @@
+//! `registry:2` compatibility: the `REGISTRY_*` environment variables of CNCF Distribution,
+//! mapped onto Berth's configuration, so an existing Deployment switches by changing only its
+//! image. Variables Berth does not implement are reported at startup, never silently ignored.
+
+use crate::config::{invalid, parse_bool, ConfigError};
+
+/// Something to tell the operator about a `REGISTRY_*` variable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// `true` when the setting has no effect in Berth.
+    pub unsupported: bool,
+    pub message: String,
+}
+
+fn set(value: &mut toml::Value, section: &str, key: &str, v: toml::Value) {
+    if let Some(table) = value.get_mut(section).and_then(|t| t.as_table_mut()) {
+        table.insert(key.to_owned(), v);
+    }
+}
+
+fn string(s: &str) -> toml::Value {
+    toml::Value::String(s.to_owned())
+}
+
+/// Distribution accepts `:5000` for "all interfaces".
+fn listen_addr(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_owned(),
+    }
+}
+
+/// Applies every `REGISTRY_*` variable in `env` to `value`; returns the notices to report.
+pub fn apply_registry_env(
+    value: &mut toml::Value,
+    env: &[(String, String)],
+) -> Result<Vec<Notice>, ConfigError> {
+    let mut notices = Vec::new();
+    let mut vars: Vec<&(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("REGISTRY_"))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let note = |message: String| Notice {
+            unsupported: false,
+            message,
+        };
+        match name.as_str() {
+            "REGISTRY_HTTP_ADDR" => set(value, "server", "addr", string(&listen_addr(raw))),
+            "REGISTRY_HTTP_TLS_CERTIFICATE" => set(value, "tls", "certificate", string(raw)),
+            "REGISTRY_HTTP_TLS_KEY" => set(value, "tls", "key", string(raw)),
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY" => {
+                set(value, "storage", "root", string(raw))
+            }
+            "REGISTRY_STORAGE_DELETE_ENABLED" => {
+                let b = parse_bool(raw)
+                    .ok_or_else(|| invalid(name, format!("{raw:?} is not a boolean")))?;
+                set(value, "storage", "delete_enabled", toml::Value::Boolean(b));
+            }
+            "REGISTRY_STORAGE" if raw == "filesystem" => {}
+            "REGISTRY_AUTH" => match raw.as_str() {
+                "htpasswd" => set(value, "auth", "mode", string("htpasswd")),
+                other => {
+                    return Err(invalid(
+                        name,
+                        format!("auth {other:?} is not supported (htpasswd is)"),
+                    ))
+                }
+            },
+            "REGISTRY_AUTH_HTPASSWD_REALM" => set(value, "auth", "realm", string(raw)),
+            "REGISTRY_AUTH_HTPASSWD_PATH" => {
+                set(value, "auth", "htpasswd_path", string(raw));
+                set(value, "auth", "mode", string("htpasswd"));
+            }
+            "REGISTRY_LOG_LEVEL" => set(value, "log", "level", string(raw)),
+            "REGISTRY_LOG_FORMATTER" => {
+                let format = if raw == "json" { "json" } else { "text" };
+                set(value, "log", "format", string(format));
+            }
+            "REGISTRY_HTTP_SECRET" => notices.push(note(format!(
+                "{name} is accepted and not needed: upload state is kept server-side"
+            ))),
+            "REGISTRY_HTTP_RELATIVEURLS" | "REGISTRY_HTTP_HOST" => notices.push(note(format!(
+                "{name}: Berth always sends relative Location headers, so it works behind proxies"
+            ))),
+            _ => notices.push(Notice {
+                unsupported: true,
+                message: format!("{name} is not supported by Berth and has no effect"),
+            }),
+        }
+    }
+    Ok(notices)
+}
