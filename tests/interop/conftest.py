@@ -44,8 +44,8 @@ class Berth:
         deadline = time.time() + 20
         while time.time() < deadline:
             line = self.proc.stdout.readline()
-            if line.startswith("berth listening on http://"):
-                self.host = line.strip().split("http://", 1)[1]
+            if line.startswith("berth listening on "):
+                self.host = line.strip().split("://", 1)[1]
                 # keep draining stdout so the server never blocks on a full pipe
                 threading.Thread(target=self.proc.stdout.read, daemon=True).start()
                 return
@@ -159,3 +159,20 @@ def layout_manifest(layout, tag):
         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
             return m
     raise KeyError(tag)
+
+
+@pytest.fixture
+def berth_tls(tmp_path):
+    """berth serving HTTPS with a CA and certificate made by `berth tls init`; yields
+    (server, ca_dir) where ca_dir holds only ca.crt, as clients' certs.d directories do."""
+    tls = tmp_path / "tls"
+    run(berth_binary(), "tls", "init", "--host", "localhost", "--ip", "127.0.0.1", "--out", tls)
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    shutil.copy(tls / "ca.crt", ca_dir / "ca.crt")
+    server = Berth(tmp_path / "data", env={
+        "REGISTRY_HTTP_TLS_CERTIFICATE": str(tls / "server.crt"),
+        "REGISTRY_HTTP_TLS_KEY": str(tls / "server.key"),
+    })
+    yield server, ca_dir
+    server.stop()

@@ -5,6 +5,7 @@ mod compat;
 mod config;
 mod htpasswd;
 mod serve;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,10 +59,37 @@ enum Command {
     },
     /// Create or update htpasswd files (bcrypt), like Apache's `htpasswd -B`.
     Htpasswd(htpasswd::HtpasswdArgs),
+    /// Make a CA and a server certificate, and print how to trust them.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Create `ca.crt`/`ca.key` (kept if present) and `server.crt`/`server.key` for the given
+    /// names and addresses.
+    Init {
+        /// DNS names the registry is reached by (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// IP addresses the registry is reached by (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<std::net::IpAddr>,
+        /// Output directory (default: <data>/tls).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The port clients use, for the printed instructions.
+        #[arg(long, default_value_t = 5000)]
+        port: u16,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -85,6 +113,35 @@ fn main() -> ExitCode {
             serve::run(config, notices)
         }),
         Command::Htpasswd(args) => htpasswd::run(args),
+        Command::Tls {
+            command:
+                TlsCommand::Init {
+                    hosts,
+                    ips,
+                    out,
+                    port,
+                    store,
+                },
+        } => store.load().and_then(|(config, _)| {
+            if hosts.is_empty() && ips.is_empty() {
+                anyhow::bail!("give at least one --host or --ip");
+            }
+            let dir = out.unwrap_or_else(|| config.storage.root.join("tls"));
+            let issued = tls::init(&dir, &hosts, &ips)?;
+            let name = hosts
+                .first()
+                .cloned()
+                .or_else(|| ips.first().map(|i| i.to_string()));
+            let registry = format!("{}:{port}", name.unwrap_or_default());
+            println!(
+                "Wrote {}, {} and {}\n",
+                issued.ca_cert.display(),
+                issued.server_cert.display(),
+                issued.server_key.display()
+            );
+            print!("{}", tls::trust_instructions(&issued, &registry));
+            Ok(())
+        }),
         Command::Config {
             command: ConfigCommand::Check { store },
         } => store.load().map(|(config, notices)| {

@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::compat::Notice;
 use crate::config::Config;
+use crate::tls;
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -64,37 +65,118 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.server.addr))?;
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, root = %config.storage.root.display(), "berth is ready");
-    // A plain line on stdout that scripts and tests can wait for.
-    println!("berth listening on http://{local}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")?;
+    let scheme = if config.tls.certificate.is_empty() {
+        "http"
+    } else {
+        "https"
+    };
+    tracing::info!(addr = %local, scheme, root = %config.storage.root.display(), "berth is ready");
+    if config.tls.certificate.is_empty() {
+        // A plain line on stdout that scripts and tests can wait for.
+        println!("berth listening on http://{local}");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving")?;
+    } else {
+        let cert =
+            tls::ReloadingCert::load(config.tls.certificate.as_ref(), config.tls.key.as_ref())?;
+        watch(
+            FILE_POLL,
+            cert.clone(),
+            |c| c.reload_if_changed(),
+            "TLS certificate",
+        );
+        let tls_config = tls::server_config(cert)?;
+        println!("berth listening on https://{local}");
+        serve_tls(listener, app, tls_config).await;
+    }
     tracing::info!("berth stopped");
     Ok(())
 }
 
-/// How often the htpasswd file is checked for changes (a rotated Kubernetes Secret).
-const HTPASSWD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Accepts TLS connections and serves each with HTTP/1.1 or HTTP/2, as ALPN decided, until a
+/// shutdown signal; then lets open connections finish.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls_config: Arc<rustls::ServerConfig>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::debug!("TLS handshake failed: {e}");
+                    return;
+                }
+            };
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+    graceful.shutdown().await;
+}
+
+/// Re-checks a watched file every `every`, logging reloads and errors.
+fn watch<T: Send + Sync + 'static, E: std::fmt::Display>(
+    every: std::time::Duration,
+    target: Arc<T>,
+    reload: impl Fn(&T) -> Result<bool, E> + Send + 'static,
+    what: &'static str,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match reload(&target) {
+                Ok(true) => tracing::info!("{what} reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::error!("{what} not reloaded, the previous one stays: {e}"),
+            }
+        }
+    });
+}
+
+/// How often watched files (htpasswd, TLS certificate) are checked for changes: a rotated
+/// Kubernetes Secret takes effect within this time, without a restart.
+const FILE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
     if config.auth.mode != "htpasswd" {
         return Ok(Authenticator::Open);
     }
     let file = Arc::new(Htpasswd::open(&config.auth.htpasswd_path)?);
-    let watched = file.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HTPASSWD_POLL);
-        loop {
-            tick.tick().await;
-            match watched.reload_if_changed() {
-                Ok(true) => tracing::info!(path = %watched.path().display(), "htpasswd reloaded"),
-                Ok(false) => {}
-                Err(e) => tracing::error!("htpasswd not reloaded, previous users stay: {e}"),
-            }
-        }
-    });
+    watch(
+        FILE_POLL,
+        file.clone(),
+        |f| f.reload_if_changed(),
+        "htpasswd file",
+    );
     tracing::info!(path = %config.auth.htpasswd_path, "basic authentication with htpasswd");
     Ok(Authenticator::Htpasswd {
         realm: config.auth.realm.clone(),

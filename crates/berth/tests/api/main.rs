@@ -10,4 +10,5 @@ mod cli;
 mod listing;
 mod manifests;
 mod restart;
+mod tls;
 mod uploads;
