@@ -23,6 +23,11 @@ pub enum ApiError {
     Unauthorized { challenge: String, detail: String },
     #[error("denied: {0}")]
     Denied(String),
+    /// A malformed request to a non-registry API (admin, token).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("not found: {0}")]
+    NotFound(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -56,6 +61,8 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, None, "no such endpoint".into()),
             ApiError::Unauthorized { detail, .. } => oci(ErrorCode::Unauthorized, detail.clone()),
             ApiError::Denied(detail) => oci(ErrorCode::Denied, detail.clone()),
+            ApiError::InvalidRequest(detail) => (StatusCode::BAD_REQUEST, None, detail.clone()),
+            ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, None, detail.clone()),
             ApiError::Storage(e) => match e {
                 StorageError::BlobNotFound => oci(ErrorCode::BlobUnknown, e.to_string()),
                 StorageError::UploadNotFound => oci(ErrorCode::BlobUploadUnknown, e.to_string()),
@@ -114,6 +121,7 @@ impl IntoResponse for ApiError {
         let (code_str, message) = match code {
             Some(c) => (c.as_str(), c.message()),
             None if status == StatusCode::NOT_FOUND => ("NOT_FOUND", "not found"),
+            None if status == StatusCode::BAD_REQUEST => ("INVALID_REQUEST", "invalid request"),
             None => ("UNKNOWN", "internal server error"),
         };
         let body = serde_json::json!({

@@ -7,9 +7,12 @@
 //! in one place. Handlers never touch SQL or files directly.
 
 pub mod access;
+mod admin;
+pub mod audit;
 pub mod error;
 mod handlers;
 pub mod route;
+mod token_service;
 mod uploads;
 
 use std::sync::Arc;
@@ -22,7 +25,8 @@ use berth_meta::MetadataStore;
 use berth_storage::BlobStore;
 use http::HeaderValue;
 
-pub use access::Authenticator;
+pub use access::{Authenticator, TokenAuth};
+pub use audit::AuditLog;
 pub use error::ApiError;
 
 /// Behaviour switches of the API.
@@ -32,6 +36,8 @@ pub struct ApiConfig {
     pub delete_enabled: bool,
     /// Largest manifest accepted; bigger pushes get 413.
     pub max_manifest_bytes: usize,
+    /// Served over TLS (for absolute URLs such as the token realm).
+    pub tls: bool,
 }
 
 impl Default for ApiConfig {
@@ -39,6 +45,7 @@ impl Default for ApiConfig {
         ApiConfig {
             delete_enabled: true,
             max_manifest_bytes: 4 * 1024 * 1024,
+            tls: false,
         }
     }
 }
@@ -49,6 +56,7 @@ pub struct Registry {
     pub meta: Arc<dyn MetadataStore>,
     pub config: ApiConfig,
     pub auth: Authenticator,
+    pub audit: AuditLog,
     uploads: uploads::HashStates,
 }
 
@@ -58,12 +66,14 @@ impl Registry {
         meta: Arc<dyn MetadataStore>,
         config: ApiConfig,
         auth: Authenticator,
+        audit: AuditLog,
     ) -> Self {
         Registry {
             blobs,
             meta,
             config,
             auth,
+            audit,
             uploads: uploads::HashStates::default(),
         }
     }
@@ -72,6 +82,11 @@ impl Registry {
 /// The complete API as an axum router: resolve the endpoint, authorize, dispatch.
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
+        .route(
+            "/auth/token",
+            axum::routing::get(token_service::token).post(token_service::token),
+        )
+        .merge(admin::router())
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
             registry.clone(),
@@ -89,7 +104,8 @@ async fn resolve(mut request: Request, next: Next) -> Response {
             request.extensions_mut().insert(endpoint);
             next.run(request).await
         }
-        Ok(None) => ApiError::NoRoute.into_response(),
+        // Not a registry path: the token service, the admin API, or nothing.
+        Ok(None) => next.run(request).await,
         Err(e) => e.into_response(),
     }
 }

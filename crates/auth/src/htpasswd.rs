@@ -2,20 +2,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-
-use crate::secret::constant_time_eq;
+use crate::logins::LoginCache;
 
 /// Cost of hashes written by `berth htpasswd` (Apache's default for `-B` is 5; 10 is what
 /// Distribution's docs recommend and what Go's bcrypt uses by default).
 pub const DEFAULT_COST: u32 = 10;
-
-/// How long a verified login is trusted without running bcrypt again.
-const LOGIN_CACHE_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HtpasswdError {
@@ -85,20 +79,10 @@ impl HtpasswdFile {
         self.users.is_empty()
     }
 
-    /// Runs bcrypt for `user`, or against a fixed dummy hash when the user does not exist, so
-    /// that unknown and known users take the same time.
+    /// Runs bcrypt for `user`, or against a dummy hash when the user does not exist, so that
+    /// unknown and known users take the same time.
     pub fn verify(&self, user: &str, password: &str) -> bool {
-        static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        match self.users.get(user) {
-            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
-            None => {
-                let dummy = DUMMY.get_or_init(|| {
-                    bcrypt::hash("berth-dummy-password", DEFAULT_COST).unwrap_or_default()
-                });
-                let _ = bcrypt::verify(password, dummy);
-                false
-            }
-        }
+        verify_bcrypt(self.users.get(user).map(String::as_str), password)
     }
 
     /// Sets (adds or replaces) a user's password.
@@ -117,6 +101,21 @@ impl HtpasswdFile {
         let mut users: Vec<_> = self.users.iter().collect();
         users.sort();
         users.iter().map(|(u, h)| format!("{u}:{h}\n")).collect()
+    }
+}
+
+/// Checks `password` against a bcrypt `hash`; with no hash, spends the same time and fails.
+pub fn verify_bcrypt(hash: Option<&str>, password: &str) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match hash {
+        Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
+        None => {
+            let dummy = DUMMY.get_or_init(|| {
+                bcrypt::hash("berth-dummy-password", DEFAULT_COST).unwrap_or_default()
+            });
+            let _ = bcrypt::verify(password, dummy);
+            false
+        }
     }
 }
 
@@ -144,22 +143,14 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 struct Loaded {
     file: Arc<HtpasswdFile>,
     stamp: Option<FileStamp>,
-    generation: u64,
-}
-
-struct CachedLogin {
-    fingerprint: [u8; 32],
-    generation: u64,
-    verified_at: Instant,
+    generation: i64,
 }
 
 /// Basic-auth checking against an htpasswd file that may change while the server runs.
 pub struct Htpasswd {
     path: PathBuf,
     loaded: RwLock<Loaded>,
-    logins: Mutex<HashMap<String, CachedLogin>>,
-    /// Per-process key so cached fingerprints are useless outside this process.
-    key: [u8; 32],
+    logins: LoginCache,
 }
 
 impl Htpasswd {
@@ -167,8 +158,6 @@ impl Htpasswd {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, HtpasswdError> {
         let path = path.into();
         let file = HtpasswdFile::load(&path)?;
-        let mut key = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut key);
         Ok(Htpasswd {
             loaded: RwLock::new(Loaded {
                 file: Arc::new(file),
@@ -176,8 +165,7 @@ impl Htpasswd {
                 generation: 0,
             }),
             path,
-            logins: Mutex::new(HashMap::new()),
-            key,
+            logins: LoginCache::default(),
         })
     }
 
@@ -203,48 +191,32 @@ impl Htpasswd {
         Ok(true)
     }
 
-    fn fingerprint(&self, user: &str, password: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update(self.key);
-        h.update(user.as_bytes());
-        h.update([0]);
-        h.update(password.as_bytes());
-        h.finalize().into()
+    /// Whether `user` is in the file.
+    pub fn contains(&self, user: &str) -> bool {
+        self.loaded
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .file
+            .users
+            .contains_key(user)
     }
 
-    /// Checks a user's password. Verified logins are remembered (keyed by a salted
-    /// fingerprint, never the password) until the file changes or the entry ages out.
+    /// Checks a user's password; verified logins are remembered until the file changes.
     pub async fn verify(&self, user: &str, password: &str) -> bool {
-        let fingerprint = self.fingerprint(user, password);
+        let fingerprint = self.logins.fingerprint(user, password);
         let (file, generation) = {
             let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
             (loaded.file.clone(), loaded.generation)
         };
-        {
-            let logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = logins.get(user) {
-                if c.generation == generation
-                    && c.verified_at.elapsed() < LOGIN_CACHE_TTL
-                    && constant_time_eq(&c.fingerprint, &fingerprint)
-                {
-                    return true;
-                }
-            }
+        if self.logins.hit(user, &fingerprint, generation) {
+            return true;
         }
         let (u, p) = (user.to_owned(), password.to_owned());
         let ok = tokio::task::spawn_blocking(move || file.verify(&u, &p))
             .await
             .unwrap_or(false);
         if ok {
-            let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
-            logins.insert(
-                user.to_owned(),
-                CachedLogin {
-                    fingerprint,
-                    generation,
-                    verified_at: Instant::now(),
-                },
-            );
+            self.logins.remember(user, fingerprint, generation);
         }
         ok
     }

@@ -18,6 +18,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub audit: AuditConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -62,12 +63,30 @@ pub struct LogConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// `none` (anyone may do anything) or `htpasswd` (Basic auth, every request needs a user).
+    /// `none` (anyone may do anything), `htpasswd` (Basic auth, every user may do everything,
+    /// as registry:2), or `token` (users, projects, roles, robots; Docker bearer tokens).
     pub mode: String,
-    /// Realm announced in `WWW-Authenticate`.
+    /// Realm announced in `WWW-Authenticate` for Basic auth.
     pub realm: String,
     /// htpasswd file with bcrypt entries (create one with `berth htpasswd`); re-read on change.
+    /// In token mode, its users log in too, as ordinary (non-admin) users.
     pub htpasswd_path: String,
+    /// Token mode: the `service` clients ask tokens for.
+    pub token_service: String,
+    /// Token mode: the `iss` of issued tokens.
+    pub token_issuer: String,
+    /// Token mode: lifetime of issued tokens, in seconds.
+    pub token_ttl_seconds: u64,
+    /// Token mode: the token endpoint URL to announce; empty = `<this server>/auth/token`.
+    pub token_realm: String,
+    /// Token mode: signing key (PEM, created on first start); empty = `<root>/berth/token.key`.
+    pub token_key_path: String,
+    /// Accept tokens of an external issuer: its public key (PEM) …
+    pub external_public_key_path: String,
+    /// … and its `iss` (its tokens must name `token_service` as audience).
+    pub external_issuer: String,
+    /// Token mode: when no user exists yet, create `admin` with this password at startup.
+    pub bootstrap_admin_password: String,
 }
 
 impl Default for AuthConfig {
@@ -76,6 +95,32 @@ impl Default for AuthConfig {
             mode: "none".into(),
             realm: "Registry Realm".into(),
             htpasswd_path: String::new(),
+            token_service: "berth-registry".into(),
+            token_issuer: "berth".into(),
+            token_ttl_seconds: 300,
+            token_realm: String::new(),
+            token_key_path: String::new(),
+            external_public_key_path: String::new(),
+            external_issuer: String::new(),
+            bootstrap_admin_password: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Also stream audit events as JSON lines: empty (off), `stdout`, or a file path.
+    pub stream: String,
+    /// Record every manifest pull (logins, pushes, deletes and changes are always recorded).
+    pub pulls: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            stream: String::new(),
+            pulls: true,
         }
     }
 }
@@ -195,13 +240,19 @@ impl Config {
                     "auth.mode = htpasswd needs a file",
                 ));
             }
-            "htpasswd" => {}
+            "htpasswd" | "token" => {}
             other => {
                 return Err(invalid(
                     "auth.mode",
-                    format!("{other:?} is neither none nor htpasswd"),
+                    format!("{other:?} is not none, htpasswd or token"),
                 ))
             }
+        }
+        if self.auth.external_issuer.is_empty() != self.auth.external_public_key_path.is_empty() {
+            return Err(invalid(
+                "auth.external_issuer",
+                "external_issuer and external_public_key_path go together",
+            ));
         }
         if self.tls.certificate.is_empty() != self.tls.key.is_empty() {
             return Err(invalid("tls", "certificate and key must be given together"));
@@ -223,8 +274,21 @@ impl Config {
         }
     }
 
+    pub fn token_key_path(&self) -> PathBuf {
+        if self.auth.token_key_path.is_empty() {
+            self.storage.root.join("berth/token.key")
+        } else {
+            PathBuf::from(&self.auth.token_key_path)
+        }
+    }
+
+    /// The effective configuration, with secrets masked.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_default()
+        let mut shown = self.clone();
+        if !shown.auth.bootstrap_admin_password.is_empty() {
+            shown.auth.bootstrap_admin_password = "********".into();
+        }
+        toml::to_string_pretty(&shown).unwrap_or_default()
     }
 }
 

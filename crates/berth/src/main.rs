@@ -1,6 +1,7 @@
 //! `berth`: the command-line shell over the registry libraries. It parses arguments, loads the
 //! configuration, wires the stores into the HTTP API and runs it.
 
+mod access_cmd;
 mod compat;
 mod config;
 mod htpasswd;
@@ -59,6 +60,23 @@ enum Command {
     },
     /// Create or update htpasswd files (bcrypt), like Apache's `htpasswd -B`.
     Htpasswd(htpasswd::HtpasswdArgs),
+    /// Users (token auth): add, list, passwd, rm.
+    User {
+        #[command(subcommand)]
+        command: access_cmd::UserCommand,
+    },
+    /// Projects and their members (token auth).
+    Project {
+        #[command(subcommand)]
+        command: access_cmd::ProjectCommand,
+    },
+    /// Robot accounts with scoped, expiring access (token auth).
+    Robot {
+        #[command(subcommand)]
+        command: access_cmd::RobotCommand,
+    },
+    /// Query the audit log.
+    Audit(access_cmd::AuditArgs),
     /// Make a CA and a server certificate, and print how to trust them.
     Tls {
         #[command(subcommand)]
@@ -113,6 +131,10 @@ fn main() -> ExitCode {
             serve::run(config, notices)
         }),
         Command::Htpasswd(args) => htpasswd::run(args),
+        Command::User { command } => access_cmd::user(command),
+        Command::Project { command } => access_cmd::project(command),
+        Command::Robot { command } => access_cmd::robot(command),
+        Command::Audit(args) => access_cmd::audit(args),
         Command::Tls {
             command:
                 TlsCommand::Init {

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_api::{ApiConfig, Authenticator, Registry};
-use berth_auth::Htpasswd;
+use berth_api::{ApiConfig, AuditLog, Authenticator, Registry, TokenAuth};
+use berth_auth::{Htpasswd, TokenIssuer, TokenVerifier};
 use berth_meta::SqliteStore;
 use berth_storage::FsBlobStore;
 use tracing_subscriber::EnvFilter;
@@ -49,16 +49,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let meta = SqliteStore::open(&sqlite_path)
         .await
         .with_context(|| format!("opening metadata at {}", sqlite_path.display()))?;
-    let auth = authenticator(&config)?;
+    let meta = Arc::new(meta);
+    let auth = authenticator(&config, meta.clone()).await?;
+    let audit = AuditLog::spawn(
+        meta.clone(),
+        audit_stream(&config.audit.stream)?,
+        config.audit.pulls,
+    );
     let registry = Registry::new(
         Arc::new(blobs),
-        Arc::new(meta),
+        meta,
         ApiConfig {
             delete_enabled: config.storage.delete_enabled,
             max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes)
                 .unwrap_or(usize::MAX),
+            tls: !config.tls.certificate.is_empty(),
         },
         auth,
+        audit,
     );
     let app = berth_api::router(Arc::new(registry));
     let listener = tokio::net::TcpListener::bind(&config.server.addr)
@@ -74,10 +82,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if config.tls.certificate.is_empty() {
         // A plain line on stdout that scripts and tests can wait for.
         println!("berth listening on http://{local}");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving")?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
     } else {
         let cert =
             tls::ReloadingCert::load(config.tls.certificate.as_ref(), config.tls.key.as_ref())?;
@@ -111,7 +122,7 @@ async fn serve_tls(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -123,7 +134,10 @@ async fn serve_tls(
         };
         let acceptor = acceptor.clone();
         let builder = builder.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
@@ -166,22 +180,91 @@ fn watch<T: Send + Sync + 'static, E: std::fmt::Display>(
 /// Kubernetes Secret takes effect within this time, without a restart.
 const FILE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
-    if config.auth.mode != "htpasswd" {
-        return Ok(Authenticator::Open);
-    }
-    let file = Arc::new(Htpasswd::open(&config.auth.htpasswd_path)?);
-    watch(
-        FILE_POLL,
-        file.clone(),
-        |f| f.reload_if_changed(),
-        "htpasswd file",
-    );
-    tracing::info!(path = %config.auth.htpasswd_path, "basic authentication with htpasswd");
-    Ok(Authenticator::Htpasswd {
-        realm: config.auth.realm.clone(),
-        file,
+/// Where audit events are streamed as JSON lines, besides the metadata store.
+fn audit_stream(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + Send>>> {
+    Ok(match target {
+        "" => None,
+        "stdout" => Some(Box::new(std::io::stdout())),
+        path => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the audit stream {path}"))?,
+        )),
     })
+}
+
+async fn authenticator(config: &Config, store: Arc<SqliteStore>) -> anyhow::Result<Authenticator> {
+    let htpasswd = if config.auth.htpasswd_path.is_empty() {
+        None
+    } else {
+        let file = Arc::new(Htpasswd::open(&config.auth.htpasswd_path)?);
+        watch(
+            FILE_POLL,
+            file.clone(),
+            |f| f.reload_if_changed(),
+            "htpasswd file",
+        );
+        Some(file)
+    };
+    match (config.auth.mode.as_str(), htpasswd) {
+        ("htpasswd", Some(file)) => {
+            tracing::info!(path = %config.auth.htpasswd_path, "basic authentication with htpasswd");
+            Ok(Authenticator::Htpasswd {
+                realm: config.auth.realm.clone(),
+                file,
+            })
+        }
+        ("token", htpasswd) => {
+            let a = &config.auth;
+            bootstrap_admin(&store, &a.bootstrap_admin_password).await?;
+            let issuer = TokenIssuer::open(
+                &config.token_key_path(),
+                &a.token_issuer,
+                &a.token_service,
+                std::time::Duration::from_secs(a.token_ttl_seconds.max(30)),
+            )?;
+            let external = if a.external_public_key_path.is_empty() {
+                None
+            } else {
+                let pem = std::fs::read(&a.external_public_key_path)
+                    .with_context(|| format!("reading {}", a.external_public_key_path))?;
+                Some(TokenVerifier::from_public_pem(
+                    &pem,
+                    &a.external_issuer,
+                    &a.token_service,
+                )?)
+            };
+            let realm = (!a.token_realm.is_empty()).then(|| a.token_realm.clone());
+            let token = Arc::new(TokenAuth::new(issuer, external, htpasswd, store, realm).await?);
+            // Changes made by the CLI or another replica reach this process within FILE_POLL.
+            let watched = token.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(FILE_POLL);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = watched.refresh().await {
+                        tracing::error!("reloading users and projects failed: {e}");
+                    }
+                }
+            });
+            tracing::info!(service = %a.token_service, "token authentication with users, projects and robots");
+            Ok(Authenticator::Token(token))
+        }
+        _ => Ok(Authenticator::Open),
+    }
+}
+
+/// Token mode needs a first admin; with no user at all, `bootstrap_admin_password` makes one.
+async fn bootstrap_admin(store: &SqliteStore, password: &str) -> anyhow::Result<()> {
+    use berth_meta::AccessStore;
+    if password.is_empty() || !store.access_snapshot().await?.users.is_empty() {
+        return Ok(());
+    }
+    berth_auth::admin::put_user(store, "admin", password, true).await?;
+    tracing::info!("created the first admin user, admin");
+    Ok(())
 }
 
 async fn shutdown_signal() {

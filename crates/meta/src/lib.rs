@@ -6,12 +6,17 @@
 //! lists the blob store. [`MetadataStore`] is the interface; [`SqliteStore`] the embedded
 //! default. All SQL lives in the backend modules and is written to run on PostgreSQL too.
 
+pub mod access;
 mod migrations;
 mod sqlite;
+mod sqlite_access;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, Reference, RepositoryName, Tag};
 
+pub use access::{
+    AccessSnapshot, AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

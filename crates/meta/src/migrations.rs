@@ -1,7 +1,10 @@
 //! Versioned schema migrations, shared by every SQL backend.
 
 /// `(version, sql)` in order. Never edit an applied migration; add a new one.
-pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_access.sql")),
+];
 
 pub const CREATE_VERSION_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS berth_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)";

@@ -10,6 +10,7 @@ use http::{header, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::{empty, Query, ResponseExt};
+use crate::access::Access;
 use crate::error::ApiError;
 use crate::Registry;
 
@@ -55,7 +56,13 @@ fn link(path: &str, n: Option<u32>, last: &str) -> String {
     format!("<{path}?{q}>; rel=\"next\"")
 }
 
-pub async fn catalog(registry: &Registry, query: &Query) -> Result<Response, ApiError> {
+/// Repositories the caller may pull, in pages; a page can hold fewer than `n` entries when
+/// some are hidden, and `Link` still points on.
+pub async fn catalog(
+    registry: &Registry,
+    access: &Access,
+    query: &Query,
+) -> Result<Response, ApiError> {
     let n = page_size(query)?;
     if n == Some(0) {
         return Ok(json_response(json!({ "repositories": [] })));
@@ -66,7 +73,14 @@ pub async fn catalog(registry: &Registry, query: &Query) -> Result<Response, Api
     };
     let repos = registry.meta.list_repositories(page).await?;
     let (repos, next) = paginate(repos, Some(n.unwrap_or(MAX_PAGE)));
-    let mut response = json_response(json!({ "repositories": repos }));
+    let visible: Vec<String> = repos
+        .into_iter()
+        .filter(|r| {
+            r.parse::<RepositoryName>()
+                .is_ok_and(|name| registry.may_pull(access, &name))
+        })
+        .collect();
+    let mut response = json_response(json!({ "repositories": visible }));
     if let Some(last) = next {
         response = response.with_header(header::LINK, link("/v2/_catalog", n, &last));
     }

@@ -16,6 +16,7 @@ use berth_storage::ByteStream;
 use futures_util::TryStreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
+use crate::access::{client_address, Access};
 use crate::error::ApiError;
 use crate::route::Endpoint;
 use crate::Registry;
@@ -27,29 +28,47 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     let method = request.method().clone();
     let query = Query::parse(request.uri().query());
+    let access = request
+        .extensions()
+        .get::<Access>()
+        .cloned()
+        .unwrap_or_else(|| Access::anonymous(client_address(&request)));
     match (endpoint, method) {
         (Endpoint::Base, Method::GET | Method::HEAD) => Ok(empty(StatusCode::OK, Body::from("{}"))
             .with_header(header::CONTENT_TYPE, "application/json")),
-        (Endpoint::Catalog, Method::GET) => listing::catalog(registry, &query).await,
+        (Endpoint::Catalog, Method::GET) => listing::catalog(registry, &access, &query).await,
         (Endpoint::Tags { name }, Method::GET) => listing::tags(registry, &name, &query).await,
         (Endpoint::Referrers { name, digest }, Method::GET) => {
             listing::referrers(registry, &name, &digest, &query).await
         }
         (Endpoint::Manifest { name, reference }, m @ (Method::GET | Method::HEAD)) => {
-            manifests::get(
-                registry,
-                &name,
-                &reference,
-                m == Method::HEAD,
-                request.headers(),
-            )
-            .await
+            let head = m == Method::HEAD;
+            let response =
+                manifests::get(registry, &name, &reference, head, request.headers()).await?;
+            if !head && registry.audit.pulls {
+                audit(registry, &access, "pull", &format!("{name}:{reference}"));
+            }
+            Ok(response)
         }
         (Endpoint::Manifest { name, reference }, Method::PUT) => {
-            manifests::put(registry, &name, &reference, &query, request).await
+            let response = manifests::put(registry, &name, &reference, &query, request).await?;
+            let digest = header_str(
+                response.headers(),
+                header::HeaderName::from_static("docker-content-digest"),
+            )
+            .unwrap_or("");
+            audit(
+                registry,
+                &access,
+                "push",
+                &format!("{name}:{reference}@{digest}"),
+            );
+            Ok(response)
         }
         (Endpoint::Manifest { name, reference }, Method::DELETE) => {
-            manifests::delete(registry, &name, &reference).await
+            let response = manifests::delete(registry, &name, &reference).await?;
+            audit(registry, &access, "delete", &format!("{name}:{reference}"));
+            Ok(response)
         }
         (Endpoint::Blob { name, digest }, m @ (Method::GET | Method::HEAD)) => {
             blobs::get(
@@ -62,10 +81,12 @@ pub async fn handle(
             .await
         }
         (Endpoint::Blob { name, digest }, Method::DELETE) => {
-            blobs::delete(registry, &name, &digest).await
+            let response = blobs::delete(registry, &name, &digest).await?;
+            audit(registry, &access, "delete", &format!("{name}@{digest}"));
+            Ok(response)
         }
         (Endpoint::UploadStart { name }, Method::POST) => {
-            uploads::start(registry, &name, &query, request).await
+            uploads::start(registry, &access, &name, &query, request).await
         }
         (Endpoint::Upload { name, id }, Method::PATCH) => {
             uploads::patch(registry, &name, &id, request).await
@@ -82,6 +103,17 @@ pub async fn handle(
             format!("method {method} is not allowed here"),
         )),
     }
+}
+
+fn audit(registry: &Registry, access: &Access, action: &str, resource: &str) {
+    registry.audit.record(
+        access.principal.name(),
+        action,
+        resource,
+        "ok",
+        &access.client,
+        "",
+    );
 }
 
 /// Query parameters, in order, repeated keys kept (`?tag=a&tag=b`).

@@ -13,6 +13,7 @@ use http::{header, HeaderMap, StatusCode};
 use rand::RngCore;
 
 use super::{body_stream, header_str, no_content, Query, ResponseExt};
+use crate::access::Access;
 use crate::error::ApiError;
 use crate::uploads::{hasher_at, HashState};
 use crate::Registry;
@@ -44,17 +45,18 @@ fn blob_created(name: &RepositoryName, digest: &Digest) -> Response {
 
 pub async fn start(
     registry: &Registry,
+    access: &Access,
     name: &RepositoryName,
     query: &Query,
     request: Request,
 ) -> Result<Response, ApiError> {
     if let Some(digest) = query.digest("mount")? {
-        // A mount the caller cannot have (unknown source, blob not there) becomes a plain
-        // upload session, as the spec asks.
-        if let Some(from) = query
+        // A mount the caller cannot have (unknown source, blob not there, source not readable
+        // by the caller) becomes a plain upload session, as the spec asks.
+        let from = query
             .get("from")
-            .and_then(|f| f.parse::<RepositoryName>().ok())
-        {
+            .and_then(|f| f.parse::<RepositoryName>().ok());
+        if let Some(from) = from.filter(|f| registry.may_pull(access, f)) {
             if registry
                 .meta
                 .mount_blob(&from, name, &digest)

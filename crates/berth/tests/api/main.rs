@@ -9,6 +9,7 @@ mod blobs;
 mod cli;
 mod listing;
 mod manifests;
+mod permissions;
 mod restart;
 mod tls;
 mod uploads;

@@ -1,0 +1,375 @@
+//! The admin HTTP API (`/api/v1`), available with token auth: users, projects and members,
+//! robot accounts, and the audit log. Callers authenticate like registry clients (Basic or a
+//! bearer token); system admins may do everything, project admins manage their project.
+//! Every change is audited and takes effect at once. Documented in `docs/admin-api.md`.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::routing::{delete, get, put};
+use axum::{Json, Router};
+use berth_auth::admin::{self, AdminError};
+use berth_auth::Principal;
+use berth_meta::AuditQuery;
+use http::request::Parts;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::access::{Access, Authenticator, TokenAuth};
+use crate::error::ApiError;
+use crate::Registry;
+
+pub fn router() -> Router<Arc<Registry>> {
+    Router::new()
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{name}", delete(remove_user))
+        .route("/api/v1/users/{name}/password", put(change_password))
+        .route("/api/v1/projects", get(list_projects).post(create_project))
+        .route(
+            "/api/v1/projects/{name}",
+            put(update_project).delete(remove_project),
+        )
+        .route("/api/v1/projects/{name}/members", get(list_members))
+        .route(
+            "/api/v1/projects/{name}/members/{user}",
+            put(put_member).delete(remove_member),
+        )
+        .route("/api/v1/robots", get(list_robots).post(create_robot))
+        .route("/api/v1/robots/{name}", delete(remove_robot))
+        .route("/api/v1/audit", get(audit))
+}
+
+/// An authenticated caller of the admin API.
+struct Caller {
+    registry: Arc<Registry>,
+    access: Access,
+}
+
+impl FromRequestParts<Arc<Registry>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        registry: &Arc<Registry>,
+    ) -> Result<Self, ApiError> {
+        if !matches!(registry.auth, Authenticator::Token(_)) {
+            return Err(ApiError::NoRoute);
+        }
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let access = registry.identify(&parts.headers, &client).await?;
+        if access.principal.is_anonymous() {
+            return Err(registry.challenge(&parts.headers, None, "the admin API needs a login"));
+        }
+        Ok(Caller {
+            registry: registry.clone(),
+            access,
+        })
+    }
+}
+
+impl Caller {
+    fn token_auth(&self) -> Result<&TokenAuth, ApiError> {
+        match &self.registry.auth {
+            Authenticator::Token(t) => Ok(t),
+            _ => Err(ApiError::NoRoute),
+        }
+    }
+
+    fn require_admin(&self) -> Result<(), ApiError> {
+        match self.access.principal {
+            Principal::User { admin: true, .. } => Ok(()),
+            _ => Err(ApiError::Denied("only registry admins may do this".into())),
+        }
+    }
+
+    fn require_project_admin(&self, project: &str) -> Result<(), ApiError> {
+        if self
+            .token_auth()?
+            .model()
+            .may_administer(&self.access.principal, project)
+        {
+            Ok(())
+        } else {
+            Err(ApiError::Denied(format!(
+                "only admins of project {project} may do this"
+            )))
+        }
+    }
+
+    /// Applies a change: audit it, then reload the model so it holds from the next request.
+    async fn changed(&self, action: &str, resource: &str, detail: &str) -> Result<(), ApiError> {
+        let a = &self.access;
+        self.registry.audit.record(
+            a.principal.name(),
+            action,
+            resource,
+            "ok",
+            &a.client,
+            detail,
+        );
+        self.token_auth()?.refresh().await?;
+        Ok(())
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Invalid(detail) => ApiError::InvalidRequest(detail),
+            AdminError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            AdminError::Store(e) => ApiError::Meta(e),
+            AdminError::Hash(e) => ApiError::InvalidRequest(e.to_string()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    password: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+#[derive(Deserialize)]
+struct Password {
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct NewProject {
+    name: String,
+    #[serde(default)]
+    public: bool,
+}
+
+#[derive(Deserialize)]
+struct ProjectSettings {
+    public: bool,
+}
+
+#[derive(Deserialize)]
+struct RoleBody {
+    role: String,
+}
+
+#[derive(Deserialize)]
+struct NewRobot {
+    project: String,
+    name: String,
+    actions: String,
+    expires_in_days: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    actor: Option<String>,
+    action: Option<String>,
+    since_ms: Option<i64>,
+    limit: Option<u32>,
+}
+
+type Reply = Result<(StatusCode, Json<Value>), ApiError>;
+
+fn ok(v: Value) -> Reply {
+    Ok((StatusCode::OK, Json(v)))
+}
+
+async fn list_users(c: Caller) -> Reply {
+    c.require_admin()?;
+    let model = c.token_auth()?.model();
+    let mut users: Vec<Value> = model
+        .users
+        .iter()
+        .map(|(n, u)| json!({"name": n, "admin": u.admin}))
+        .collect();
+    users.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    ok(json!({ "users": users }))
+}
+
+async fn create_user(c: Caller, Json(u): Json<NewUser>) -> Reply {
+    c.require_admin()?;
+    admin::put_user(&*c.token_auth()?.store, &u.name, &u.password, u.admin).await?;
+    c.changed("user.add", &u.name, if u.admin { "admin" } else { "" })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": u.name, "admin": u.admin})),
+    ))
+}
+
+async fn remove_user(c: Caller, Path(name): Path<String>) -> Reply {
+    c.require_admin()?;
+    admin::delete_user(&*c.token_auth()?.store, &name).await?;
+    c.changed("user.remove", &name, "").await?;
+    ok(json!({}))
+}
+
+async fn change_password(c: Caller, Path(name): Path<String>, Json(p): Json<Password>) -> Reply {
+    if c.access.principal.name() != name {
+        c.require_admin()?;
+    }
+    admin::set_password(&*c.token_auth()?.store, &name, &p.password).await?;
+    c.changed("user.password", &name, "").await?;
+    ok(json!({}))
+}
+
+async fn list_projects(c: Caller) -> Reply {
+    let model = c.token_auth()?.model();
+    let mut projects: Vec<Value> = model
+        .projects
+        .iter()
+        .filter(|(name, public)| {
+            **public
+                || matches!(c.access.principal, Principal::User { admin: true, .. })
+                || model.role(name, c.access.principal.name()).is_some()
+        })
+        .map(|(name, public)| json!({"name": name, "public": public}))
+        .collect();
+    projects.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    ok(json!({ "projects": projects }))
+}
+
+async fn create_project(c: Caller, Json(p): Json<NewProject>) -> Reply {
+    c.require_admin()?;
+    admin::put_project(&*c.token_auth()?.store, &p.name, p.public).await?;
+    c.changed(
+        "project.add",
+        &p.name,
+        if p.public { "public" } else { "private" },
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": p.name, "public": p.public})),
+    ))
+}
+
+async fn update_project(
+    c: Caller,
+    Path(name): Path<String>,
+    Json(s): Json<ProjectSettings>,
+) -> Reply {
+    c.require_project_admin(&name)?;
+    if !c.token_auth()?.model().projects.contains_key(&name) {
+        return Err(ApiError::NotFound(format!("project {name} not found")));
+    }
+    admin::put_project(&*c.token_auth()?.store, &name, s.public).await?;
+    c.changed(
+        "project.update",
+        &name,
+        if s.public { "public" } else { "private" },
+    )
+    .await?;
+    ok(json!({"name": name, "public": s.public}))
+}
+
+async fn remove_project(c: Caller, Path(name): Path<String>) -> Reply {
+    c.require_admin()?;
+    admin::delete_project(&*c.token_auth()?.store, &name).await?;
+    c.changed("project.remove", &name, "").await?;
+    ok(json!({}))
+}
+
+async fn list_members(c: Caller, Path(name): Path<String>) -> Reply {
+    c.require_project_admin(&name)?;
+    let model = c.token_auth()?.model();
+    let mut members: Vec<Value> = model
+        .members
+        .iter()
+        .filter(|((p, _), _)| *p == name)
+        .map(|((_, u), r)| json!({"user": u, "role": r.as_str()}))
+        .collect();
+    members.sort_by(|a, b| a["user"].as_str().cmp(&b["user"].as_str()));
+    ok(json!({ "members": members }))
+}
+
+async fn put_member(
+    c: Caller,
+    Path((name, user)): Path<(String, String)>,
+    Json(r): Json<RoleBody>,
+) -> Reply {
+    c.require_project_admin(&name)?;
+    admin::set_member(&*c.token_auth()?.store, &name, &user, &r.role).await?;
+    c.changed("project.member", &format!("{name}/{user}"), &r.role)
+        .await?;
+    ok(json!({"user": user, "role": r.role}))
+}
+
+async fn remove_member(c: Caller, Path((name, user)): Path<(String, String)>) -> Reply {
+    c.require_project_admin(&name)?;
+    admin::remove_member(&*c.token_auth()?.store, &name, &user).await?;
+    c.changed("project.member.remove", &format!("{name}/{user}"), "")
+        .await?;
+    ok(json!({}))
+}
+
+async fn list_robots(c: Caller) -> Reply {
+    c.require_admin()?;
+    let model = c.token_auth()?.model();
+    let mut robots: Vec<Value> = model
+        .robots
+        .iter()
+        .map(|(n, r)| json!({"name": n, "project": r.project, "actions": berth_auth::Action::join(&r.actions), "expires_at": r.expires_at}))
+        .collect();
+    robots.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    ok(json!({ "robots": robots }))
+}
+
+async fn create_robot(c: Caller, Json(r): Json<NewRobot>) -> Reply {
+    c.require_project_admin(&r.project)?;
+    let created = admin::add_robot(
+        &*c.token_auth()?.store,
+        &r.project,
+        &r.name,
+        &r.actions,
+        r.expires_in_days,
+    )
+    .await?;
+    c.changed("robot.add", &created.name, &r.actions).await?;
+    // The secret is shown here once and never again.
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": created.name, "secret": created.secret})),
+    ))
+}
+
+async fn remove_robot(c: Caller, Path(name): Path<String>) -> Reply {
+    let project = c
+        .token_auth()?
+        .model()
+        .robots
+        .get(&name)
+        .map(|r| r.project.clone());
+    match project {
+        Some(p) => c.require_project_admin(&p)?,
+        None => c.require_admin()?,
+    }
+    admin::delete_robot(&*c.token_auth()?.store, &name).await?;
+    c.changed("robot.remove", &name, "").await?;
+    ok(json!({}))
+}
+
+async fn audit(c: Caller, Query(q): Query<AuditParams>) -> Reply {
+    c.require_admin()?;
+    let events = c
+        .token_auth()?
+        .store
+        .query_audit(&AuditQuery {
+            since_ms: q.since_ms,
+            actor: q.actor,
+            action: q.action,
+            limit: q.limit.unwrap_or(100).min(10_000),
+        })
+        .await?;
+    let events: Vec<Value> = events
+        .into_iter()
+        .map(|e| json!({"time_ms": e.at_ms, "actor": e.actor, "action": e.action, "resource": e.resource, "outcome": e.outcome, "client": e.client, "detail": e.detail}))
+        .collect();
+    ok(json!({ "events": events }))
+}

@@ -1,0 +1,191 @@
+//! The built-in Docker token service: `GET /auth/token?service=…&scope=…` (Basic credentials
+//! or anonymous) and the OAuth2 form `POST /auth/token` (`grant_type=password`). It issues a
+//! short-lived JWT for the subset of the requested scopes the caller is allowed.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use berth_auth::{AccessEntry, Action, Principal, Scope};
+use berth_oci::{ErrorCode, RepositoryName};
+use http::{header, Method, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::access::{basic_credentials, client_address, Authenticator};
+use crate::error::ApiError;
+use crate::Registry;
+
+const MAX_FORM: usize = 64 * 1024;
+
+fn params(text: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(text.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let body = serde_json::json!({ "error": error, "error_description": description });
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+pub async fn token(State(registry): State<Arc<Registry>>, request: Request) -> Response {
+    match issue(&registry, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiError> {
+    let Authenticator::Token(t) = &registry.auth else {
+        return Err(ApiError::NoRoute);
+    };
+    let client = client_address(&request);
+    let mut credentials = basic_credentials(request.headers());
+    let mut p = params(request.uri().query().unwrap_or(""));
+    if request.method() == Method::POST {
+        let body = http_body_util::Limited::new(request.into_body(), MAX_FORM)
+            .collect()
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unsupported, "token request body too large"))?
+            .to_bytes();
+        let form = params(&String::from_utf8_lossy(&body));
+        match form
+            .iter()
+            .find(|(k, _)| k == "grant_type")
+            .map(|(_, v)| v.as_str())
+        {
+            Some("password") => {
+                let get = |key: &str| form.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+                if let (Some(u), Some(pw)) = (get("username"), get("password")) {
+                    credentials = Some((u, pw));
+                }
+            }
+            Some(other) => {
+                return Ok(oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    &format!("grant_type {other} is not supported; use password"),
+                ));
+            }
+            None => {}
+        }
+        p.extend(form);
+    }
+    if let Some(service) = p.iter().find(|(k, _)| k == "service").map(|(_, v)| v) {
+        if service != &t.issuer.service {
+            return Ok(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("unknown service {service:?}"),
+            ));
+        }
+    }
+
+    let principal = match &credentials {
+        None => Principal::Anonymous,
+        Some((user, password)) => {
+            if t.login_blocked(user, &client) {
+                registry
+                    .audit
+                    .record(user, "login", "token", "denied", &client, "rate limited");
+                return Err(ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    "too many failed logins; try later",
+                ));
+            }
+            match t.login(user, password).await {
+                Some(p) => {
+                    t.login_succeeded(user);
+                    registry
+                        .audit
+                        .record(user, "login", "token", "ok", &client, "");
+                    p
+                }
+                None => {
+                    t.login_failed(user, &client);
+                    registry
+                        .audit
+                        .record(user, "login", "token", "failed", &client, "");
+                    return Err(ApiError::Unauthorized {
+                        challenge: String::new(),
+                        detail: "invalid username or password".into(),
+                    });
+                }
+            }
+        }
+    };
+
+    let model = t.model();
+    let mut access = Vec::new();
+    let requested = p
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' '))
+        .filter_map(Scope::parse);
+    for scope in requested {
+        match scope.kind.as_str() {
+            "repository" if scope.name.parse::<RepositoryName>().is_ok() => {
+                let wanted: Vec<Action> = scope
+                    .actions
+                    .iter()
+                    .flat_map(|a| {
+                        if a == "*" {
+                            Action::ALL.to_vec()
+                        } else {
+                            Action::parse(a).into_iter().collect()
+                        }
+                    })
+                    .collect();
+                let granted = model.granted(&principal, &scope.name, &wanted);
+                if !granted.is_empty() {
+                    access.push(AccessEntry {
+                        kind: "repository".into(),
+                        name: scope.name,
+                        actions: granted.iter().map(|a| a.as_str().to_owned()).collect(),
+                    });
+                }
+            }
+            "registry" if scope.name == "catalog" && !principal.is_anonymous() => {
+                access.push(AccessEntry {
+                    kind: "registry".into(),
+                    name: "catalog".into(),
+                    actions: vec!["*".into()],
+                });
+            }
+            _ => {}
+        }
+    }
+    let subject = if principal.is_anonymous() {
+        ""
+    } else {
+        principal.name()
+    };
+    let (token, claims) = t.issuer.issue(subject, access).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Unsupported,
+            format!("issuing the token failed: {e}"),
+        )
+    })?;
+    let body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": claims.exp - claims.iat,
+    });
+    let mut r = Response::new(Body::from(body.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
+}

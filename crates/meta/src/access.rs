@@ -1,0 +1,103 @@
+//! The access model's storage: users, projects, members, robot accounts, and the audit log.
+//! Decisions are made elsewhere (`berth-auth`); this only records and loads.
+
+use async_trait::async_trait;
+
+use crate::Result;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    /// bcrypt hash.
+    pub password_hash: String,
+    pub admin: bool,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Project {
+    pub name: String,
+    /// Anyone, even anonymous, may pull.
+    pub public: bool,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub project: String,
+    pub username: String,
+    /// `guest`, `developer`, `maintainer` or `admin`.
+    pub role: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Robot {
+    /// Login name, `robot$<project>+<name>`.
+    pub name: String,
+    /// SHA-256 (hex) of the secret, which is shown once at creation.
+    pub secret_hash: String,
+    pub project: String,
+    /// Comma-separated actions: `pull`, `push`, `delete`.
+    pub actions: String,
+    /// Seconds since the epoch; `None` never expires.
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
+}
+
+/// Everything an authorization decision needs, loaded at once.
+#[derive(Clone, Debug, Default)]
+pub struct AccessSnapshot {
+    pub generation: i64,
+    pub users: Vec<User>,
+    pub projects: Vec<Project>,
+    pub members: Vec<Member>,
+    pub robots: Vec<Robot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at_ms: i64,
+    /// User or robot name, or `anonymous`.
+    pub actor: String,
+    /// `login`, `push`, `pull`, `delete`, `user.add`, `project.member`, …
+    pub action: String,
+    /// What was acted on: a repository reference, a user, a project.
+    pub resource: String,
+    /// `ok`, `denied`, `failed`.
+    pub outcome: String,
+    /// Client address.
+    pub client: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub since_ms: Option<i64>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait AccessStore: Send + Sync + 'static {
+    /// Changes whenever anything below changes.
+    async fn access_generation(&self) -> Result<i64>;
+    async fn access_snapshot(&self) -> Result<AccessSnapshot>;
+
+    async fn put_user(&self, user: &User) -> Result<()>;
+    async fn delete_user(&self, name: &str) -> Result<bool>;
+
+    async fn put_project(&self, project: &Project) -> Result<()>;
+    async fn delete_project(&self, name: &str) -> Result<bool>;
+
+    /// Adds a member or changes their role.
+    async fn set_member(&self, member: &Member) -> Result<()>;
+    async fn remove_member(&self, project: &str, username: &str) -> Result<bool>;
+
+    async fn add_robot(&self, robot: &Robot) -> Result<()>;
+    async fn delete_robot(&self, name: &str) -> Result<bool>;
+
+    async fn record_audit(&self, events: &[AuditEvent]) -> Result<()>;
+    /// Newest first.
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+}
