@@ -70,7 +70,9 @@ def berth(tmp_path):
 
 
 def run(*args, **kw):
-    """Runs a client command; on failure shows its output in the test report."""
+    """Runs a client command; on failure shows its output in the test report. A client that
+    hangs (retrying forever) fails the test after `timeout` seconds instead of stalling CI."""
+    kw.setdefault("timeout", 300)
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"

@@ -432,17 +432,27 @@ pub async fn authorize(
         Err(e) => return e.into_response(),
     };
     if !registry.may(&access, &need) {
-        // A token that lacks the scope, or no credentials: ask the client to (re)authenticate
-        // for exactly what it needs. A known caller without the right gets 403.
-        let unknown = access.principal.is_anonymous() || access.claims.is_some();
         let detail = format!("{need:?} is not allowed for {}", access.principal.name());
-        return if unknown {
-            registry
+        if access.claims.is_none() && access.principal.is_anonymous() {
+            // No credentials at all: ask for them, naming exactly what is needed.
+            return registry
                 .challenge(request.headers(), Some(&need), &detail)
-                .into_response()
-        } else {
-            ApiError::Denied(detail).into_response()
-        };
+                .into_response();
+        }
+        // Known caller without the right: 403. A token holder also gets the challenge, marked
+        // insufficient_scope (RFC 6750), so clients that fetch narrow tokens can ask again.
+        let mut response = ApiError::Denied(detail).into_response();
+        if access.claims.is_some() {
+            if let ApiError::Unauthorized { challenge, .. } =
+                registry.challenge(request.headers(), Some(&need), "")
+            {
+                let value = format!("{challenge},error=\"insufficient_scope\"");
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+        }
+        return response;
     }
     request.extensions_mut().insert(access);
     next.run(request).await

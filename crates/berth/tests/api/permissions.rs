@@ -425,10 +425,14 @@ async fn bearer_tokens_carry_exactly_the_granted_scope() {
     .unwrap();
     assert_eq!(
         r.status(),
-        StatusCode::UNAUTHORIZED,
-        "scope missing: challenge again"
+        StatusCode::FORBIDDEN,
+        "scope missing: denied, with a challenge"
     );
-    assert!(header(&r, "www-authenticate").contains("scope=\"repository:team/app:delete\""));
+    let challenge = header(&r, "www-authenticate");
+    assert!(
+        challenge.contains("scope=\"repository:team/app:delete\",error=\"insufficient_scope\""),
+        "{challenge}"
+    );
     let r = s
         .req(Method::GET, "/v2/")
         .bearer_auth("not-a-token")
