@@ -454,6 +454,12 @@ pub async fn authorize(
         }
         return response;
     }
+    let user = access.principal.name().to_owned();
     request.extensions_mut().insert(access);
-    next.run(request).await
+    let mut response = next.run(request).await;
+    response
+        .extensions_mut()
+        .get_or_insert_default::<crate::observe::RequestFacts>()
+        .user = user;
+    response
 }

@@ -11,6 +11,8 @@ mod admin;
 pub mod audit;
 pub mod error;
 mod handlers;
+mod metered;
+pub mod observe;
 pub mod route;
 mod token_service;
 mod uploads;
@@ -57,6 +59,7 @@ pub struct Registry {
     pub config: ApiConfig,
     pub auth: Authenticator,
     pub audit: AuditLog,
+    pub metrics: Arc<observe::Metrics>,
     uploads: uploads::HashStates,
 }
 
@@ -68,12 +71,23 @@ impl Registry {
         auth: Authenticator,
         audit: AuditLog,
     ) -> Self {
+        // Every store call is timed for /metrics.
+        let metrics = Arc::new(observe::Metrics::default());
+        let blobs = Arc::new(metered::MeteredBlobStore {
+            inner: blobs,
+            metrics: metrics.clone(),
+        });
+        let meta = Arc::new(metered::MeteredMetadataStore {
+            inner: meta,
+            metrics: metrics.clone(),
+        });
         Registry {
             blobs,
             meta,
             config,
             auth,
             audit,
+            metrics,
             uploads: uploads::HashStates::default(),
         }
     }
@@ -86,6 +100,9 @@ pub fn router(registry: Arc<Registry>) -> Router {
             "/auth/token",
             axum::routing::get(token_service::token).post(token_service::token),
         )
+        .route("/healthz", axum::routing::get(observe::healthz))
+        .route("/readyz", axum::routing::get(observe::readyz))
+        .route("/metrics", axum::routing::get(observe::metrics))
         .merge(admin::router())
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
@@ -94,6 +111,10 @@ pub fn router(registry: Arc<Registry>) -> Router {
         ))
         .layer(axum::middleware::from_fn(resolve))
         .layer(axum::middleware::map_response(api_version_header))
+        .layer(axum::middleware::from_fn_with_state(
+            registry.clone(),
+            observe::observe,
+        ))
         .with_state(registry)
 }
 
@@ -101,8 +122,18 @@ pub fn router(registry: Arc<Registry>) -> Router {
 async fn resolve(mut request: Request, next: Next) -> Response {
     match route::parse(request.uri().path()) {
         Ok(Some(endpoint)) => {
+            let repository = endpoint
+                .repository()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
             request.extensions_mut().insert(endpoint);
-            next.run(request).await
+            let mut response = next.run(request).await;
+            // The access log learns the repository here and the user from `authorize`.
+            let facts = response
+                .extensions_mut()
+                .get_or_insert_default::<observe::RequestFacts>();
+            facts.repository = repository;
+            response
         }
         // Not a registry path: the token service, the admin API, or nothing.
         Ok(None) => next.run(request).await,

@@ -38,6 +38,21 @@ pub enum Endpoint {
     },
 }
 
+impl Endpoint {
+    /// The repository the endpoint is about, if any.
+    pub fn repository(&self) -> Option<&RepositoryName> {
+        match self {
+            Endpoint::Base | Endpoint::Catalog => None,
+            Endpoint::Tags { name }
+            | Endpoint::Manifest { name, .. }
+            | Endpoint::Blob { name, .. }
+            | Endpoint::UploadStart { name }
+            | Endpoint::Upload { name, .. }
+            | Endpoint::Referrers { name, .. } => Some(name),
+        }
+    }
+}
+
 fn name(s: &str) -> Result<RepositoryName, ApiError> {
     s.parse().map_err(ApiError::from)
 }

@@ -26,6 +26,11 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address and port to listen on.
     pub addr: String,
+    /// On SIGTERM, how long in-flight requests (uploads) may run before the process exits.
+    pub drain_seconds: u64,
+    /// Serve `/metrics` on this separate address too (e.g. `0.0.0.0:9090`); it is always
+    /// available on the main port.
+    pub metrics_addr: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -138,6 +143,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             addr: "0.0.0.0:5000".into(),
+            drain_seconds: 30,
+            metrics_addr: String::new(),
         }
     }
 }

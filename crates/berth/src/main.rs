@@ -18,7 +18,7 @@ use crate::config::Config;
 #[derive(Parser)]
 #[command(
     name = "berth",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("BERTH_GIT_REV"), ")"),
     about = "A private OCI container image registry in one binary"
 )]
 struct Cli {

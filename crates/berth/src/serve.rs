@@ -68,7 +68,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         auth,
         audit,
     );
-    let app = berth_api::router(Arc::new(registry));
+    let registry = Arc::new(registry);
+    let app = berth_api::router(registry.clone());
+    if !config.server.metrics_addr.is_empty() {
+        let metrics = axum::Router::new()
+            .route("/metrics", axum::routing::get(berth_api::observe::metrics))
+            .with_state(registry.clone());
+        let listener = tokio::net::TcpListener::bind(&config.server.metrics_addr)
+            .await
+            .with_context(|| format!("listening on {} for metrics", config.server.metrics_addr))?;
+        tokio::spawn(async move { axum::serve(listener, metrics).await });
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = stop_tx.send(true);
+    });
+    let drain = std::time::Duration::from_secs(config.server.drain_seconds);
     let listener = tokio::net::TcpListener::bind(&config.server.addr)
         .await
         .with_context(|| format!("listening on {}", config.server.addr))?;
@@ -82,13 +99,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if config.tls.certificate.is_empty() {
         // A plain line on stdout that scripts and tests can wait for.
         println!("berth listening on http://{local}");
-        axum::serve(
+        let server = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")?;
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+        tokio::select! {
+            result = server => result.context("serving")?,
+            _ = drain_over(stop_rx, drain) => {
+                tracing::warn!("drain time over; exiting with requests still in flight (their uploads resume after restart)");
+            }
+        }
     } else {
         let cert =
             tls::ReloadingCert::load(config.tls.certificate.as_ref(), config.tls.key.as_ref())?;
@@ -100,7 +121,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
         let tls_config = tls::server_config(cert)?;
         println!("berth listening on https://{local}");
-        serve_tls(listener, app, tls_config).await;
+        tokio::select! {
+            _ = serve_tls(listener, app, tls_config, stopped(stop_rx.clone())) => {}
+            _ = drain_over(stop_rx, drain) => {
+                tracing::warn!("drain time over; exiting with requests still in flight (their uploads resume after restart)");
+            }
+        }
     }
     tracing::info!("berth stopped");
     Ok(())
@@ -112,6 +138,7 @@ async fn serve_tls(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     tls_config: Arc<rustls::ServerConfig>,
+    stop: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto;
@@ -120,7 +147,7 @@ async fn serve_tls(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -265,6 +292,17 @@ async fn bootstrap_admin(store: &SqliteStore, password: &str) -> anyhow::Result<
     berth_auth::admin::put_user(store, "admin", password, true).await?;
     tracing::info!("created the first admin user, admin");
     Ok(())
+}
+
+/// Resolves once shutdown was asked for.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Resolves `drain` after shutdown was asked for.
+async fn drain_over(rx: tokio::sync::watch::Receiver<bool>, drain: std::time::Duration) {
+    stopped(rx).await;
+    tokio::time::sleep(drain).await;
 }
 
 async fn shutdown_signal() {

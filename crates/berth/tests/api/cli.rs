@@ -43,5 +43,10 @@ fn config_check_accepts_valid_and_names_bad_keys() {
 fn version() {
     let out = berth(&["--version"], &[]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("berth "));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("berth 0."), "{text}");
+    assert!(
+        text.contains("(git "),
+        "the git revision is part of the version: {text}"
+    );
 }

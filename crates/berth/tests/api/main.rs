@@ -9,6 +9,7 @@ mod blobs;
 mod cli;
 mod listing;
 mod manifests;
+mod ops;
 mod permissions;
 mod restart;
 mod tls;

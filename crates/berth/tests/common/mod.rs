@@ -27,11 +27,22 @@ pub struct Server {
 
 fn spawn(data: &Path, env: &[(String, String)]) -> (Child, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    // BERTH_TEST_LOG=<file> sends the server's log there (to inspect access lines).
+    let stderr = match env.iter().find(|(k, _)| k == "BERTH_TEST_LOG") {
+        Some((_, file)) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .expect("log file"),
+        ),
+        None => Stdio::inherit(),
+    };
     cmd.args(["serve", "--addr", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("BERTH_LOG_LEVEL", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -83,6 +94,25 @@ impl Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let (child, base) = spawn(&self.data, &self.env);
+        self.child = Some(child);
+        self.base = base;
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns how long that took.
+    pub fn terminate(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        started.elapsed()
+    }
+
+    /// Starts the server again on the same data (after `terminate`).
+    pub fn start_again(&mut self) {
         let (child, base) = spawn(&self.data, &self.env);
         self.child = Some(child);
         self.base = base;

@@ -1,0 +1,381 @@
+//! Observability as one tower layer: a request id, one access log line per request, and
+//! Prometheus metrics (requests and latency by route and status, bytes in and out, uploads in
+//! flight, store operation latencies and errors, process figures), rendered by `/metrics`.
+//! `/healthz` and `/readyz` live here too.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use rand::RngCore;
+
+use crate::Registry;
+
+/// Latency histogram bounds, in seconds.
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+#[derive(Default, Clone)]
+struct Series {
+    count: u64,
+    sum: f64,
+    buckets: [u64; BUCKETS.len()],
+}
+
+impl Series {
+    fn observe(&mut self, seconds: f64) {
+        self.count += 1;
+        self.sum += seconds;
+        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// Latency and failure count of one store operation, keyed by (store, operation).
+type StoreOps = HashMap<(&'static str, &'static str), (Series, u64)>;
+
+/// The registry's metrics. Cheap to update: one short lock per request.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<HashMap<(&'static str, String, u16), Series>>,
+    store_ops: Mutex<StoreOps>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    uploads_in_flight: AtomicI64,
+}
+
+impl Metrics {
+    fn request(&self, route: &'static str, method: &str, status: u16, elapsed: Duration) {
+        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry((route, method.to_owned(), status))
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one operation of a store (`blob` or `metadata`).
+    pub fn store_op(&self, store: &'static str, op: &'static str, elapsed: Duration, failed: bool) {
+        let mut m = self.store_ops.lock().unwrap_or_else(|p| p.into_inner());
+        let (series, errors) = m.entry((store, op)).or_default();
+        series.observe(elapsed.as_secs_f64());
+        *errors += u64::from(failed);
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        out.push_str("# HELP berth_http_request_duration_seconds HTTP requests by route, method and status.\n");
+        out.push_str("# TYPE berth_http_request_duration_seconds histogram\n");
+        {
+            let m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let mut keys: Vec<_> = m.keys().collect();
+            keys.sort();
+            for k in keys {
+                let labels = format!("route=\"{}\",method=\"{}\",status=\"{}\"", k.0, k.1, k.2);
+                m[k].render(&mut out, "berth_http_request_duration_seconds", &labels);
+            }
+        }
+        out.push_str(
+            "# HELP berth_store_operation_duration_seconds Blob and metadata store operations.\n",
+        );
+        out.push_str("# TYPE berth_store_operation_duration_seconds histogram\n");
+        let mut errors = String::new();
+        {
+            let m = self.store_ops.lock().unwrap_or_else(|p| p.into_inner());
+            let mut keys: Vec<_> = m.keys().collect();
+            keys.sort();
+            for k in keys {
+                let labels = format!("store=\"{}\",op=\"{}\"", k.0, k.1);
+                m[k].0
+                    .render(&mut out, "berth_store_operation_duration_seconds", &labels);
+                let _ = writeln!(
+                    errors,
+                    "berth_store_operation_errors_total{{{labels}}} {}",
+                    m[k].1
+                );
+            }
+        }
+        out.push_str("# HELP berth_store_operation_errors_total Failed store operations.\n");
+        out.push_str("# TYPE berth_store_operation_errors_total counter\n");
+        out.push_str(&errors);
+        let counters = [
+            (
+                "berth_http_request_bytes_total",
+                "Request body bytes received (declared lengths).",
+                self.bytes_in.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "berth_http_response_bytes_total",
+                "Response body bytes sent (declared lengths).",
+                self.bytes_out.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP berth_uploads_in_flight Upload requests being received now.\n# TYPE berth_uploads_in_flight gauge\nberth_uploads_in_flight {}",
+            self.uploads_in_flight.load(Ordering::Relaxed)
+        );
+        process_metrics(&mut out);
+        out
+    }
+}
+
+/// `process_*` figures from /proc, as Prometheus client libraries name them.
+fn process_metrics(out: &mut String) {
+    let ticks = 100.0; // USER_HZ on Linux
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the parenthesised command name.
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let cpu = (num(11) + num(12)) / ticks;
+            let _ = writeln!(
+                out,
+                "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}"
+            );
+            let _ = writeln!(
+                out,
+                "# TYPE process_threads gauge\nprocess_threads {}",
+                num(17)
+            );
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for line in status.lines() {
+            if let Some(kb) = line.strip_prefix("VmRSS:") {
+                let bytes = kb
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    * 1024;
+                let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {bytes}");
+            }
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            out,
+            "# TYPE process_open_fds gauge\nprocess_open_fds {}",
+            fds.count()
+        );
+    }
+    static START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let start = START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    });
+    let _ = writeln!(
+        out,
+        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}"
+    );
+}
+
+/// A coarse route name for metrics and logs, from the path alone (no validation needed).
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/v2" | "/v2/" => "base",
+        "/v2/_catalog" => "catalog",
+        "/metrics" => "metrics",
+        "/healthz" | "/readyz" => "health",
+        p if p.starts_with("/auth/token") => "token",
+        p if p.starts_with("/api/") => "admin",
+        p if !p.starts_with("/v2/") => "other",
+        p if p.ends_with("/tags/list") => "tags",
+        p if p.contains("/blobs/uploads") => "upload",
+        p if p.contains("/manifests/") => "manifest",
+        p if p.contains("/referrers/") => "referrers",
+        p if p.contains("/blobs/") => "blob",
+        _ => "other",
+    }
+}
+
+/// Upload session ids are capabilities: never write them to a log.
+fn loggable_path(path: &str) -> String {
+    match path.find("/blobs/uploads/") {
+        Some(i) if path.len() > i + "/blobs/uploads/".len() => {
+            format!("{}/blobs/uploads/<id>", &path[..i])
+        }
+        _ => path.to_owned(),
+    }
+}
+
+fn request_id(request: &Request) -> String {
+    let given = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok());
+    match given {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            id.to_owned()
+        }
+        _ => {
+            let mut b = [0u8; 8];
+            rand::rngs::OsRng.fill_bytes(&mut b);
+            hex::encode(b)
+        }
+    }
+}
+
+/// Who and what a request was about, filled in by inner layers for the access log.
+#[derive(Clone, Debug, Default)]
+pub struct RequestFacts {
+    pub user: String,
+    pub repository: String,
+}
+
+fn content_length(headers: &http::HeaderMap) -> u64 {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn observe(
+    State(registry): State<Arc<Registry>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = request_id(&request);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = route_of(&path);
+    let bytes_in = content_length(request.headers());
+    let metrics = &registry.metrics;
+    let upload = route == "upload";
+    if upload {
+        metrics.uploads_in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut response = next.run(request).await;
+    if upload {
+        metrics.uploads_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let bytes_out = content_length(response.headers());
+    metrics.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
+    metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
+    metrics.request(route, method.as_str(), status, elapsed);
+    let facts = response
+        .extensions()
+        .get::<RequestFacts>()
+        .cloned()
+        .unwrap_or_default();
+    tracing::info!(
+        target: "berth::access",
+        request_id = %id,
+        method = %method,
+        path = %loggable_path(&path),
+        route,
+        status,
+        user = if facts.user.is_empty() { "-" } else { facts.user.as_str() },
+        repository = if facts.repository.is_empty() { "-" } else { facts.repository.as_str() },
+        bytes_in,
+        bytes_out,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+    );
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+pub async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+    let mut r = registry.metrics.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// Alive: the process answers. No store is touched, so it is cheap for frequent probes.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready: both stores answer.
+pub async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
+    let meta = registry.meta.check().await;
+    let blobs = registry.blobs.check().await;
+    match (meta, blobs) {
+        (Ok(()), Ok(())) => "ready\n".into_response(),
+        (m, b) => {
+            let detail = format!(
+                "metadata: {}\nblobs: {}\n",
+                m.map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string()),
+                b.map(|_| "ok".to_owned()).unwrap_or_else(|e| e.to_string())
+            );
+            (StatusCode::SERVICE_UNAVAILABLE, detail).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_redaction() {
+        assert_eq!(route_of("/v2/a/b/manifests/v1"), "manifest");
+        assert_eq!(route_of("/v2/a/blobs/uploads/abc"), "upload");
+        assert_eq!(route_of("/v2/a/blobs/sha256:x"), "blob");
+        assert_eq!(route_of("/v2/a/tags/list"), "tags");
+        assert_eq!(route_of("/healthz"), "health");
+        assert_eq!(
+            loggable_path("/v2/a/blobs/uploads/secretid"),
+            "/v2/a/blobs/uploads/<id>"
+        );
+        assert_eq!(
+            loggable_path("/v2/a/blobs/uploads/"),
+            "/v2/a/blobs/uploads/"
+        );
+    }
+
+    #[test]
+    fn histogram_renders_cumulative_buckets() {
+        let m = Metrics::default();
+        m.request("blob", "GET", 200, Duration::from_millis(3));
+        m.request("blob", "GET", 200, Duration::from_secs(2));
+        let text = m.render();
+        assert!(text.contains("berth_http_request_duration_seconds_bucket{route=\"blob\",method=\"GET\",status=\"200\",le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains("berth_http_request_duration_seconds_count{route=\"blob\",method=\"GET\",status=\"200\"} 2"));
+        assert!(text.contains("process_resident_memory_bytes"));
+    }
+}

@@ -1,0 +1,190 @@
+//! Operations: health and readiness probes, Prometheus metrics, access logs, and a graceful
+//! shutdown that leaves uploads resumable.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::common::*;
+
+fn metric(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let s = Server::start().await;
+    let r = s.get("/healthz").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(s.get("/readyz").await.status(), StatusCode::OK);
+    // Break the blob store under the running server: ready turns false, alive stays true.
+    std::fs::remove_dir_all(s.data.join("berth/uploads")).unwrap();
+    let r = s.get("/readyz").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.text().await.unwrap().contains("blobs:"));
+    assert_eq!(s.get("/healthz").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_push_shows_up_in_the_metrics() {
+    let s = Server::start().await;
+    let before = s.get("/metrics").await.text().await.unwrap();
+    let data = random_bytes(12_345);
+    s.push_blob("metrics/repo", &data).await;
+    s.get("/v2/metrics/repo/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000").await;
+    let r = s.get("/metrics").await;
+    assert!(header(&r, "content-type").starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    let count = "berth_http_request_duration_seconds_count{route=\"upload\",method=\"POST\",status=\"201\"}";
+    assert_eq!(metric(&before, count), 0.0);
+    assert_eq!(metric(&text, count), 1.0, "{text}");
+    assert_eq!(metric(&text, "berth_http_request_duration_seconds_count{route=\"blob\",method=\"GET\",status=\"404\"}"), 1.0);
+    assert!(metric(&text, "berth_http_request_bytes_total") >= 12_345.0);
+    assert_eq!(
+        metric(
+            &text,
+            "berth_store_operation_duration_seconds_count{store=\"blob\",op=\"commit_upload\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "berth_store_operation_errors_total{store=\"blob\",op=\"commit_upload\"}"
+        ),
+        0.0
+    );
+    assert!(metric(&text, "process_resident_memory_bytes") > 1e6);
+}
+
+#[tokio::test]
+async fn access_log_lines_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let s = Server::start_with_env(&[
+        ("BERTH_TEST_LOG", log.to_str().unwrap()),
+        ("BERTH_LOG_FORMAT", "json"),
+        ("BERTH_LOG_LEVEL", "info"),
+    ])
+    .await;
+    let r = s
+        .req(Method::POST, "/v2/logged/app/blobs/uploads/")
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "x-request-id"), "req-123");
+    let location = header(&r, "location");
+    let id = location.rsplit('/').next().unwrap().to_owned();
+    s.get(&location).await;
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "berth::access")
+            .collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = &lines[0]["fields"];
+    assert_eq!(first["request_id"], "req-123");
+    assert_eq!(first["status"], 202);
+    assert_eq!(first["repository"], "logged/app");
+    assert_eq!(first["user"], "anonymous");
+    assert!(first["duration_ms"].as_f64().is_some());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains(&id),
+        "upload ids are capabilities and stay out of logs"
+    );
+}
+
+/// SIGTERM in the middle of a chunked upload: the server exits within the drain time, and
+/// the upload completes after a restart from the offset the server reports.
+#[tokio::test]
+async fn sigterm_during_a_chunked_upload() {
+    let mut s = Server::start_with_env(&[("BERTH_SERVER_DRAIN_SECONDS", "2")]).await;
+    let data = random_bytes(3_000_000);
+    let r = s
+        .req(Method::POST, "/v2/drain/app/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    let loc = header(&r, "location");
+    let r = s
+        .req(Method::PATCH, &loc)
+        .header("content-range", "0-999999")
+        .body(data[..1_000_000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    // A second chunk that trickles in and never finishes by itself.
+    let part = data[1_000_000..1_500_000].to_vec();
+    let stream = futures_util::stream::unfold(0, move |i| {
+        let part = part.clone();
+        async move {
+            if i == 0 {
+                Some((Ok::<_, std::io::Error>(part), 1))
+            } else {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                None
+            }
+        }
+    });
+    let slow = s
+        .req(Method::PATCH, &loc)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let took = s.terminate();
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM with a 2 s drain"
+    );
+    slow.abort();
+
+    s.start_again();
+    let r = s.get(&loc).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "session survives");
+    let range = header(&r, "range");
+    let end: usize = range.split('-').nth(1).unwrap().parse().unwrap();
+    let offset = end + 1;
+    assert!(offset >= 1_000_000, "the first chunk is kept: {range}");
+    let r = s
+        .req(Method::PATCH, &loc)
+        .header("content-range", format!("{offset}-{}", data.len() - 1))
+        .body(data[offset..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let d = sha256(&data);
+    let r = s
+        .req(Method::PUT, &format!("{loc}?digest={d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        s.get(&format!("/v2/drain/app/blobs/{d}"))
+            .await
+            .bytes()
+            .await
+            .unwrap()
+            .as_ref(),
+        &data[..]
+    );
+}
