@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine: real registry clients
-# (skopeo, podman, containerd/ctr), the reference registry and Apache's htpasswd (Debian), and
-# the `oras` and `pytest` Python packages (PyPI, in ./.venv). Idempotent.
+# (skopeo, podman, containerd/ctr), the reference registry and Apache's htpasswd, Go for the
+# Helm chart renderer (Debian), and oras, pytest, kubernetes-validate (PyPI, in ./.venv).
+# Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +10,9 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 packages=(skopeo podman containerd runc uidmap fuse-overlayfs apache2-utils docker-registry
-          curl jq python3-venv)
+          curl jq python3-venv wrk
+          # tests/deploy renders the Helm chart with Go's text/template (Helm is not packaged)
+          golang-go golang-gopkg-yaml.v3-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -23,7 +23,12 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+export BERTH_BIN="${CARGO_TARGET_DIR:-target}/debug/berth"
+
 step "interoperability with skopeo, podman, containerd and oras"
-BERTH_BIN="${CARGO_TARGET_DIR:-target}/debug/berth" .venv/bin/pytest -q tests/interop
+.venv/bin/pytest -q -p no:cacheprovider tests/interop
+
+step "Kubernetes manifests, Helm chart and Containerfile against the binary"
+.venv/bin/pytest -q -p no:cacheprovider tests/deploy
 
 step "all tests passed"

@@ -12,72 +12,13 @@ import time
 
 import pytest
 
-HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-
-
-def berth_binary():
-    explicit = os.environ.get("BERTH_BIN")
-    if explicit:
-        return explicit
-    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
-    for profile in ("release", "debug"):
-        path = pathlib.Path(target) / profile / "berth"
-        if path.exists():
-            return str(path)
-    pytest.fail("berth binary not built: run `cargo build` first or set BERTH_BIN")
-
-
-class Berth:
-    """A running `berth serve` on an ephemeral 127.0.0.1 port."""
-
-    def __init__(self, data, env=None):
-        self.data = data
-        self.env = dict(os.environ, BERTH_LOG_LEVEL="warn", **(env or {}))
-        self.proc = None
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [berth_binary(), "serve", "--addr", "127.0.0.1:0", "--data", str(self.data)],
-            stdout=subprocess.PIPE, env=self.env, text=True)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith("berth listening on "):
-                self.host = line.strip().split("://", 1)[1]
-                # keep draining stdout so the server never blocks on a full pipe
-                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                return
-            if self.proc.poll() is not None:
-                break
-        raise RuntimeError("berth did not start")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
+from berthtest import HERE, Berth, berth_binary, layout_manifest, run  # noqa: F401
 
 @pytest.fixture
 def berth(tmp_path):
     server = Berth(tmp_path / "data")
     yield server
     server.stop()
-
-
-def run(*args, **kw):
-    """Runs a client command; on failure shows its output in the test report. A client that
-    hangs (retrying forever) fails the test after `timeout` seconds instead of stalling CI."""
-    kw.setdefault("timeout", 300)
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result.stdout
 
 
 @pytest.fixture
@@ -153,14 +94,6 @@ graphroot = "{tmp_path}/podman-root"
     subprocess.run(["podman", "--storage-driver", "overlay", "--root", f"{tmp_path}/podman-root",
                     "--runroot", f"{tmp_path}/podman-run", "system", "reset", "--force"],
                    capture_output=True, env=env)
-
-
-def layout_manifest(layout, tag):
-    index = json.loads((layout / "index.json").read_text())
-    for m in index["manifests"]:
-        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
-            return m
-    raise KeyError(tag)
 
 
 @pytest.fixture

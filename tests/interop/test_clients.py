@@ -7,7 +7,7 @@ import urllib.request
 
 import oras.client
 
-from conftest import layout_manifest, run
+from berthtest import layout_manifest, run
 
 
 def registry_get(host, path, accept=None):

@@ -3,7 +3,7 @@ import json
 import ssl
 import urllib.request
 
-from conftest import layout_manifest, run
+from berthtest import layout_manifest, run
 
 
 def test_curl_sees_http2_and_the_ca_is_enough(berth_tls):

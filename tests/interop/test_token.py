@@ -5,7 +5,7 @@ import subprocess
 import oras.client
 import pytest
 
-from conftest import Berth, berth_binary, layout_manifest, run
+from berthtest import Berth, berth_binary, layout_manifest, run
 
 
 def cli(data, *args, stdin=None):
