@@ -57,7 +57,7 @@ type StoreOps = HashMap<(&'static str, &'static str), (Series, u64)>;
 /// The registry's metrics. Cheap to update: one short lock per request.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<HashMap<(&'static str, String, u16), Series>>,
+    requests: Mutex<HashMap<(&'static str, &'static str, u16), Series>>,
     store_ops: Mutex<StoreOps>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -65,9 +65,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn request(&self, route: &'static str, method: &str, status: u16, elapsed: Duration) {
+    fn request(&self, route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        m.entry((route, method.to_owned(), status))
+        m.entry((route, method, status))
             .or_default()
             .observe(elapsed.as_secs_f64());
     }
@@ -218,6 +218,19 @@ fn route_of(path: &str) -> &'static str {
     }
 }
 
+/// Methods as static labels (no allocation per request); anything unusual is `other`.
+fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        _ => "other",
+    }
+}
+
 /// Upload session ids are capabilities: never write them to a log.
 fn loggable_path(path: &str) -> String {
     match path.find("/blobs/uploads/") {
@@ -291,7 +304,7 @@ pub async fn observe(
     let bytes_out = content_length(response.headers());
     metrics.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
     metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
-    metrics.request(route, method.as_str(), status, elapsed);
+    metrics.request(route, method_label(&method), status, elapsed);
     let facts = response
         .extensions()
         .get::<RequestFacts>()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use berth_api::{ApiConfig, AuditLog, Authenticator, Registry, TokenAuth};
 use berth_auth::{Htpasswd, TokenIssuer, TokenVerifier};
-use berth_meta::SqliteStore;
+use berth_meta::{CachedStore, SqliteStore};
 use berth_storage::FsBlobStore;
 use tracing_subscriber::EnvFilter;
 
@@ -58,7 +58,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let registry = Registry::new(
         Arc::new(blobs),
-        meta,
+        Arc::new(CachedStore::new(meta.clone())),
         ApiConfig {
             delete_enabled: config.storage.delete_enabled,
             max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes)

@@ -7,6 +7,7 @@
 //! default. All SQL lives in the backend modules and is written to run on PostgreSQL too.
 
 pub mod access;
+pub mod cache;
 mod migrations;
 mod sqlite;
 mod sqlite_access;
@@ -17,6 +18,7 @@ use berth_oci::{Digest, Reference, RepositoryName, Tag};
 pub use access::{
     AccessSnapshot, AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User,
 };
+pub use cache::CachedStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

@@ -226,3 +226,50 @@ async fn uploads_and_catalog() {
         .unwrap();
     assert_eq!(page, vec!["b/z", "c"]);
 }
+
+/// The manifest cache reads its own writes: a moved tag, an untag and a delete are seen at once.
+#[tokio::test]
+async fn cache_reads_its_own_writes() {
+    use berth_meta::CachedStore;
+    use std::sync::Arc;
+
+    let (_dir, sqlite) = open().await;
+    let store = CachedStore::new(Arc::new(sqlite));
+    let r = repo("cached");
+    let v1 = Reference::Tag(tag("v1"));
+    let (a, b) = (b"{\"a\":1}".as_slice(), b"{\"b\":2}".as_slice());
+    let (da, db) = (Digest::sha256_of(a), Digest::sha256_of(b));
+    assert!(
+        store.get_manifest(&r, &v1).await.unwrap().is_none(),
+        "a miss is cached too"
+    );
+    store
+        .put_manifest(manifest(&r, &da, a, &[], None, &[tag("v1")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_manifest(&r, &v1).await.unwrap().unwrap().digest,
+        da
+    );
+    store
+        .put_manifest(manifest(&r, &db, b, &[], None, &[tag("v1")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_manifest(&r, &v1).await.unwrap().unwrap().digest,
+        db,
+        "moved tag"
+    );
+    assert!(store.delete_tag(&r, &tag("v1")).await.unwrap());
+    assert!(
+        store.get_manifest(&r, &v1).await.unwrap().is_none(),
+        "untagged"
+    );
+    let by_digest = Reference::Digest(da.clone());
+    assert!(store.get_manifest(&r, &by_digest).await.unwrap().is_some());
+    assert!(store.delete_manifest(&r, &da).await.unwrap());
+    assert!(
+        store.get_manifest(&r, &by_digest).await.unwrap().is_none(),
+        "deleted"
+    );
+}
