@@ -6,6 +6,7 @@ usage: report.py bench/results/<run>/      (run.py calls build() itself; this re
 """
 import json
 import os
+import re
 import sys
 
 KINDS = ("berth", "distribution")
@@ -23,7 +24,11 @@ def load(path):
 def fmt(v):
     if v is None:
         return ""
-    if isinstance(v, (int, float)):
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
         a = abs(v)
         if a >= 100:
             return "%.0f" % v
@@ -55,6 +60,10 @@ def phase_val(res, phase, key):
 
 def cpu_per_gib(ph):
     return round(ph["registry_cpu_s"] / ph["bytes"] * (1 << 30), 2)
+
+
+# figures whose Berth/Distribution ratio means nothing (≈0 values, counts)
+NO_RATIO = {"sync_after_s", "entries"}
 
 
 def main_rows(run, limits):
@@ -160,16 +169,17 @@ def build(outdir):
     out.append("# Berth vs. Distribution — %s run %s" % (run.get("mode", "?"), run.get("run_id", "?")))
     out.append("")
     if run.get("berth_debug_build"):
-        out.append("> **DEBUG BUILD of Berth** (`%s`): these figures only show that the benchmark runs; "
-                   "they say nothing about Berth's speed. Use `cargo build --release`." % run.get("berth_bin"))
+        out.append("> **DEBUG BUILD of Berth** (`%s` has debug sections; the release profile strips "
+                   "them): these figures only show that the benchmark runs, they say nothing about "
+                   "Berth's speed. Use `cargo build --release`." % run.get("berth_bin"))
         out.append("")
     if run.get("mode") == "smoke":
         out.append("> Smoke mode: tiny sizes and %s s load tests — a check that every phase produces a "
                    "number, not a measurement." % fmt(p.get("duration")))
         out.append("")
-    out.append("- Berth: `%s` (%s, commit %s%s)" % (run.get("berth_version"), run.get("berth_bin"),
-                                                     run.get("berth_commit"),
-                                                     ", crates/ modified" if run.get("berth_tree_dirty") else ""))
+    out.append("- Berth: `%s` (%s; repository at %s%s)"
+               % (run.get("berth_version"), run.get("berth_bin"), run.get("berth_commit"),
+                  ", crates/ has uncommitted changes" if run.get("berth_tree_dirty") else ""))
     out.append("- Reference: `%s` (Debian docker-registry), filesystem storage, log level warn, "
                "access log off" % run.get("distribution_version"))
     if limits:
@@ -206,7 +216,7 @@ def build(outdir):
                 vals.append(v)
                 cells.append(fmt(v))
             if len(kinds) == 2:
-                cells.append(ratio(*vals))
+                cells.append("" if key in NO_RATIO else ratio(*vals))
         cells.append(lim)
         return cells
 
@@ -268,16 +278,23 @@ def build(outdir):
             continue
         for e in r.get("errors", []):
             notes.append("- %s-%s: %s" % (k, a, e.splitlines()[0][:400]))
+        disturbed, client_bound = [], []
         for ph, v in r.get("phases", {}).items():
             if v.get("error"):
                 notes.append("- %s-%s %s: **failed**: %s" % (k, a, ph, v["error"].splitlines()[0][:400]))
             other = v.get("other_cpu_s")
             if other is not None and v.get("wall_s") and other > 0.05 * ncpu * v["wall_s"] and other > 0.5:
-                notes.append("- %s-%s %s: disturbed — other processes used %s CPU-s in %s s"
-                             % (k, a, ph, fmt(other), fmt(v["wall_s"])))
+                disturbed.append("%s (%s CPU-s in %s s)" % (ph, fmt(other), fmt(v["wall_s"])))
             if (ph.startswith("manifest_") or ph.startswith("v2_")) and (v.get("client_cores") or 0) > 0.9:
-                notes.append("- %s-%s %s: the load generator used %s cores: the figure may be client-bound"
-                             % (k, a, ph, fmt(v["client_cores"])))
+                client_bound.append("%s (%s cores)" % (ph, fmt(v["client_cores"])))
+            if v.get("socket_errors") and any(int(x) for x in re.findall(r"\d+", v["socket_errors"])):
+                notes.append("- %s-%s %s: wrk socket errors: %s" % (k, a, ph, v["socket_errors"]))
+        if disturbed:
+            notes.append("- %s-%s: disturbed by other processes (CPU not used by the registry or the "
+                         "benchmark's clients) in: %s" % (k, a, ", ".join(disturbed)))
+        if client_bound:
+            notes.append("- %s-%s: the load generator used close to a full core, so these may be "
+                         "client-bound: %s" % (k, a, ", ".join(client_bound)))
     if limits and limits.get("errors"):
         for k, e in limits["errors"].items():
             notes.append("- limits %s: %s" % (k, e.splitlines()[0][:300]))

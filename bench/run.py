@@ -82,6 +82,33 @@ def find_berth():
     return os.path.join(REPO, "target/release/berth")
 
 
+def elf_has_debug_sections(path):
+    """True when the ELF binary carries .debug_* sections. Berth's release profile has
+    `strip = true` and its dev profile `debug = "line-tables-only"`, so this tells an
+    unoptimised dev build from a release build even when the binary was copied elsewhere."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64)
+            if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit ELF only
+                return "/debug/" in path
+            shoff, = struct.unpack_from("<Q", data, 0x28)
+            shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+            f.seek(shoff)
+            table = f.read(shentsize * shnum)
+            # section header: name offset at 0, file offset at 0x18, size at 0x20
+            str_off, str_size = struct.unpack_from("<QQ", table, shstrndx * shentsize + 0x18)
+            f.seek(str_off)
+            names = f.read(str_size)
+        for i in range(shnum):
+            off, = struct.unpack_from("<I", table, i * shentsize)
+            if names[off:names.index(b"\0", off)].startswith(b".debug_"):
+                return True
+        return False
+    except (OSError, struct.error, ValueError):
+        return "/debug/" in path
+
+
 def parse_size(s):
     s = s.strip().upper().rstrip("B")
     m = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -210,7 +237,7 @@ def main():
 
     meta = {"mode": mode, "run_id": run_id, "params": p, "berth_bin": berth_bin,
             "berth_version": out_of([berth_bin, "--version"]),
-            "berth_debug_build": "/debug/" in berth_bin,
+            "berth_debug_build": elf_has_debug_sections(berth_bin),
             "distribution_version": out_of(["docker-registry", "--version"]),
             "berth_commit": out_of(["git", "-C", REPO, "rev-parse", "--short", "HEAD"]),
             "berth_tree_dirty": bool(out_of(["git", "-C", REPO, "status", "--porcelain", "--", "crates"])),

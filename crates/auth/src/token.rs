@@ -91,6 +91,7 @@ fn now() -> u64 {
 /// Signs tokens.
 pub struct TokenIssuer {
     encoding: EncodingKey,
+    public_pem: String,
     verifier: TokenVerifier,
     pub issuer: String,
     pub service: String,
@@ -126,11 +127,17 @@ impl TokenIssuer {
             TokenVerifier::from_public_pem(pair.public_key_pem().as_bytes(), issuer, service)?;
         Ok(TokenIssuer {
             encoding,
+            public_pem: pair.public_key_pem(),
             verifier,
             issuer: issuer.to_owned(),
             service: service.to_owned(),
             ttl,
         })
+    }
+
+    /// The public key (PEM) that verifies this issuer's tokens, to hand to other services.
+    pub fn public_key_pem(&self) -> &str {
+        &self.public_pem
     }
 
     pub fn verifier(&self) -> &TokenVerifier {

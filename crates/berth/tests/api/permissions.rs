@@ -581,3 +581,93 @@ async fn pushes_pulls_deletes_and_changes_are_audited() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// Tokens from an external issuer are accepted when its public key is configured, for what
+/// they grant; tokens of an unknown key are not. The audit stream gets JSON lines.
+#[tokio::test]
+async fn external_issuer_tokens_and_audit_stream() {
+    use berth_auth::{AccessEntry, TokenIssuer};
+    let dir = tempfile::tempdir().unwrap();
+    let external = TokenIssuer::open(
+        &dir.path().join("corp.key"),
+        "corp-sso",
+        "berth-registry",
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let pem = dir.path().join("corp.pub");
+    std::fs::write(&pem, external.public_key_pem()).unwrap();
+    let stream = dir.path().join("audit.jsonl");
+    let s = Server::start_with_env(&[
+        ("BERTH_AUTH_MODE", "token"),
+        ("BERTH_AUTH_EXTERNAL_ISSUER", "corp-sso"),
+        ("BERTH_AUTH_EXTERNAL_PUBLIC_KEY_PATH", pem.to_str().unwrap()),
+        ("BERTH_AUDIT_STREAM", stream.to_str().unwrap()),
+    ])
+    .await;
+    let grant = |actions: &[&str]| {
+        vec![AccessEntry {
+            kind: "repository".into(),
+            name: "sso/app".into(),
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+        }]
+    };
+    let (push, _) = external
+        .issue("sso-user", grant(&["pull", "push"]))
+        .unwrap();
+    let r = s
+        .req(Method::POST, "/v2/sso/app/blobs/uploads/")
+        .bearer_auth(&push)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (pull, _) = external.issue("sso-user", grant(&["pull"])).unwrap();
+    let r = s
+        .req(Method::POST, "/v2/sso/app/blobs/uploads/")
+        .bearer_auth(&pull)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let stranger = TokenIssuer::open(
+        &dir.path().join("other.key"),
+        "corp-sso",
+        "berth-registry",
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    let (forged, _) = stranger
+        .issue("sso-user", grant(&["pull", "push"]))
+        .unwrap();
+    let r = s
+        .req(Method::POST, "/v2/sso/app/blobs/uploads/")
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 401, "UNAUTHORIZED").await;
+
+    // A failed login lands in the JSON-lines stream.
+    s.req(Method::GET, "/v2/")
+        .basic_auth("mallory", Some("guess"))
+        .send()
+        .await
+        .unwrap();
+    let mut line = None;
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&stream).unwrap_or_default();
+        line = text
+            .lines()
+            .find(|l| l.contains("mallory"))
+            .map(str::to_owned);
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let event: Value =
+        serde_json::from_str(&line.expect("audit line for the failed login")).unwrap();
+    assert_eq!(event["action"], "login");
+    assert_eq!(event["outcome"], "failed");
+}
