@@ -62,6 +62,16 @@ def cpu_per_gib(ph):
     return round(ph["registry_cpu_s"] / ph["bytes"] * (1 << 30), 2)
 
 
+# which run.py phase produces which measured phases: only phases that ran are required
+GROUP_OF = {"push_skopeo": "big", "upload_monolithic": "big", "upload_patch": "big", "upload_chunked": "big",
+            "pull_skopeo": "big", "blob_get_warm": "big", "blob_get_cold": "big", "small_images": "small",
+            "populate": "listing", "catalog_list": "listing", "tags_list": "listing"}
+
+
+def group_of(phase):
+    return GROUP_OF.get(phase, "manifest")  # manifest_*, v2_ping_*
+
+
 # figures whose Berth/Distribution ratio means nothing (≈0 values, counts)
 NO_RATIO = {"sync_after_s", "entries"}
 
@@ -203,10 +213,13 @@ def build(outdir):
             header.append("ratio" if a == "noauth" else "ratio (%s)" % a)
     header.append("machine limit (MB/s)")
 
+    ran = run.get("phases", [])
+
     def line(title, phase, key, required=False, lim=""):
         cells = [title]
         if phase is None:
             return cells + [""] * (len(header) - 1)
+        required = required and group_of(phase) in ran
         for a in auths:
             vals = []
             for k in kinds:

@@ -43,7 +43,7 @@ MODES = {
         "op_images": 1000, "op_concurrency": 32,       # small images over 32 connections
         "conns": [32, 256], "duration": 10, "wrk_threads": 2, "httpload_procs": 1,
         "list_repos": 10000, "list_tags": 1000, "list_seconds": 5,
-        "settle": 5, "wait_idle": 300,                 # wait up to 5 min for a quiet machine per phase
+        "settle": 5, "wait_idle": 120,                 # wait up to 2 min for a quiet machine per phase
         "limits_size_mb": 2048, "limits_seconds": 3,
     },
     "smoke": {
@@ -216,15 +216,17 @@ def main():
     phase_list = [x for x in a.phases.split(",") if x]
     for x in phase_list:
         if x not in ALL_PHASES:
-            sys.exit("unknown phase %r (known: %s)" % (x, ", ".join(ALL_PHASES)))
+            log("unknown phase %r (known: %s)" % (x, ", ".join(ALL_PHASES)))
+            return 2
 
     berth_bin = find_berth()
     missing = [t for t in TOOLS if not shutil.which(t)]
     if "berth" in kinds and not os.access(berth_bin, os.X_OK):
         missing.append("berth binary %s (build it: cargo build --release, or set BERTH_BIN)" % berth_bin)
     if missing:
-        sys.exit("missing: %s\n(Debian: apt-get install -y skopeo curl wrk apache2-utils openssl "
-                 "docker-registry iperf3)" % ", ".join(missing))
+        log("missing: %s\n(Debian: apt-get install -y skopeo curl wrk apache2-utils openssl "
+            "docker-registry iperf3)" % ", ".join(missing))
+        return 2
 
     t_start = time.time()
     run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
