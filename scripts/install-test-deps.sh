@@ -10,7 +10,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 packages=(skopeo podman containerd runc uidmap fuse-overlayfs apache2-utils docker-registry
-          curl jq python3-venv wrk
+          curl jq python3-venv openssl wrk iperf3
           # tests/deploy renders the Helm chart with Go's text/template (Helm is not packaged)
           golang-go golang-gopkg-yaml.v3-dev)
 missing=()

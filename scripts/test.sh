@@ -31,4 +31,7 @@ step "interoperability with skopeo, podman, containerd and oras"
 step "Kubernetes manifests, Helm chart and Containerfile against the binary"
 .venv/bin/pytest -q -p no:cacheprovider tests/deploy
 
+step "benchmark smoke run: every phase against Berth and Distribution produces a number"
+bench/run.sh --smoke --out "$(mktemp -d)"
+
 step "all tests passed"

@@ -11,7 +11,7 @@ use berth_meta::{AccessStore, AuditEvent};
 use tokio::sync::mpsc;
 
 /// Events waiting to be written; beyond this the newest are dropped and counted.
-const QUEUE: usize = 65_536;
+const QUEUE: usize = 16_384;
 const BATCH: usize = 512;
 
 #[derive(Clone)]

@@ -39,6 +39,7 @@ pub async fn put_blob(store: &dyn BlobStore, id: &str, data: &'static [u8]) -> D
 pub async fn run_all(store: &dyn BlobStore) {
     roundtrip_and_ranges(store).await;
     chunked_append_and_offsets(store).await;
+    large_append_hashes_every_byte(store).await;
     failed_append_is_rolled_back(store).await;
     missing_things(store).await;
     dedupe_and_delete(store).await;
@@ -94,6 +95,39 @@ async fn chunked_append_and_offsets(store: &dyn BlobStore) {
     assert_eq!(digest, Digest::of(Algorithm::Sha512, b"hello world"));
     store.commit_upload(id, &digest).await.unwrap();
     assert_eq!(store.blob_size(&digest).await.unwrap(), Some(11));
+}
+
+/// Large enough that backends may hash on another thread; chunks of uneven sizes.
+async fn large_append_hashes_every_byte(store: &dyn BlobStore) {
+    let data: Vec<u8> = (0..20_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let expected = Digest::sha256_of(&data);
+    let chunks: Vec<io::Result<Bytes>> = data
+        .chunks(777_777)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    store.create_upload("suite-large").await.unwrap();
+    let a = store
+        .append_upload(
+            "suite-large",
+            0,
+            Box::pin(stream::iter(chunks)),
+            Algorithm::Sha256.hasher(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.size, data.len() as u64);
+    assert_eq!(a.hasher.finish(), expected);
+    store.commit_upload("suite-large", &expected).await.unwrap();
+    let back = collect(
+        store
+            .read_blob(&expected, 0..data.len() as u64)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(back == data, "read back differs");
 }
 
 async fn failed_append_is_rolled_back(store: &dyn BlobStore) {
