@@ -66,6 +66,7 @@ VALUE_SETS = {
         "ingress": {"enabled": True, "className": "nginx"},
         "service": {"type": "ClusterIP"},
         "server": {"metricsPort": 9090},
+        "tracing": {"otlpEndpoint": "http://otel-collector.monitoring:4318"},
         "persistence": {"storageClass": "fast"},
         "nodeSelector": {"kubernetes.io/os": "linux"},
     },

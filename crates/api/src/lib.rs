@@ -13,6 +13,7 @@ pub mod error;
 mod handlers;
 mod metered;
 pub mod observe;
+pub mod otlp;
 pub mod route;
 mod token_service;
 mod uploads;
@@ -60,6 +61,8 @@ pub struct Registry {
     pub auth: Authenticator,
     pub audit: AuditLog,
     pub metrics: Arc<observe::Metrics>,
+    /// Where request spans go, when OpenTelemetry export is configured.
+    pub traces: Option<otlp::TraceExporter>,
     uploads: uploads::HashStates,
 }
 
@@ -88,6 +91,7 @@ impl Registry {
             auth,
             audit,
             metrics,
+            traces: None,
             uploads: uploads::HashStates::default(),
         }
     }

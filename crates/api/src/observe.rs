@@ -285,7 +285,15 @@ pub async fn observe(
     next: Next,
 ) -> Response {
     let started = Instant::now();
+    let wall_start = std::time::SystemTime::now();
     let id = request_id(&request);
+    let trace_ids = registry.traces.as_ref().map(|_| {
+        let parent = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        crate::otlp::TraceExporter::ids(parent)
+    });
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = route_of(&path);
@@ -323,6 +331,28 @@ pub async fn observe(
         bytes_out,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
     );
+    if let (Some(traces), Some((trace_id, span_id, parent_span_id))) = (&registry.traces, trace_ids)
+    {
+        use serde_json::json;
+        traces.record(crate::otlp::SpanRecord {
+            trace_id,
+            span_id,
+            parent_span_id,
+            name: format!("{} {route}", method_label(&method)),
+            start: wall_start,
+            end: wall_start + elapsed,
+            attributes: vec![
+                ("http.request.method", json!(method_label(&method))),
+                ("http.route", json!(route)),
+                ("url.path", json!(loggable_path(&path))),
+                ("http.response.status_code", json!(status)),
+                ("berth.repository", json!(facts.repository)),
+                ("enduser.id", json!(facts.user)),
+                ("berth.request_id", json!(id)),
+            ],
+            error: status >= 500,
+        });
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }

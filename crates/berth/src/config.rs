@@ -19,6 +19,26 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: TlsConfig,
     pub audit: AuditConfig,
+    pub tracing: TracingConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Export a span per request to this OpenTelemetry collector (OTLP/HTTP, e.g.
+    /// `http://otel-collector:4318`); empty = off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: String::new(),
+            service_name: "berth".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

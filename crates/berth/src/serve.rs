@@ -68,6 +68,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         auth,
         audit,
     );
+    let mut registry = registry;
+    if !config.tracing.otlp_endpoint.is_empty() {
+        let exporter = berth_api::otlp::TraceExporter::spawn(
+            &config.tracing.otlp_endpoint,
+            &config.tracing.service_name,
+        )
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(endpoint = %config.tracing.otlp_endpoint, "exporting request spans over OTLP");
+        registry.traces = Some(exporter);
+    }
     let registry = Arc::new(registry);
     let app = berth_api::router(registry.clone());
     if !config.server.metrics_addr.is_empty() {

@@ -188,3 +188,76 @@ async fn sigterm_during_a_chunked_upload() {
         &data[..]
     );
 }
+
+/// Reads HTTP/1.1 requests from one connection and forwards their bodies.
+async fn serve_collector(
+    mut sock: tokio::net::TcpStream,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 65536];
+        let n = match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() < end + 4 + len {
+                break;
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            buf.drain(..end + 4 + len);
+            let _ = tx.send(body);
+            let _ = sock
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    }
+}
+
+/// With an OTLP endpoint configured, every request becomes a span sent to the collector, a
+/// child of the caller's trace when it sends `traceparent`.
+#[tokio::test]
+async fn request_spans_reach_an_otlp_collector() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(serve_collector(sock, tx.clone()));
+        }
+    });
+    let s = Server::start_with_env(&[("BERTH_TRACING_OTLP_ENDPOINT", &endpoint)]).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    s.req(Method::GET, "/v2/")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    let mut found = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while found.is_none() {
+        let body = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("spans exported")
+            .unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let spans = v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        found = spans.into_iter().find(|sp| sp["traceId"] == trace);
+    }
+    let span = found.unwrap();
+    assert_eq!(span["name"], "GET base");
+    assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(span["kind"], 2);
+}

@@ -671,3 +671,62 @@ async fn external_issuer_tokens_and_audit_stream() {
     assert_eq!(event["action"], "login");
     assert_eq!(event["outcome"], "failed");
 }
+
+/// In token mode, users of an htpasswd file log in too, as ordinary users whose rights come
+/// from project membership.
+#[tokio::test]
+async fn htpasswd_users_work_in_token_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    let line = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["htpasswd", "-Bbn", "carol", "carol-password"])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(&file, line).unwrap();
+    let s = Server::start_with_env(&[
+        ("BERTH_AUTH_MODE", "token"),
+        ("BERTH_AUTH_HTPASSWD_PATH", file.to_str().unwrap()),
+        ("BERTH_AUTH_BOOTSTRAP_ADMIN_PASSWORD", ADMIN.1),
+    ])
+    .await;
+    let admin = |m: Method, p: &str| s.req(m, p).basic_auth(ADMIN.0, Some(ADMIN.1));
+    admin(Method::POST, "/api/v1/projects")
+        .json(&json!({"name": "ht"}))
+        .send()
+        .await
+        .unwrap();
+    let carol = |m: Method, p: &str| s.req(m, p).basic_auth("carol", Some("carol-password"));
+    assert_eq!(
+        carol(Method::GET, "/v2/").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let r = carol(Method::POST, "/v2/ht/app/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "not a member yet");
+    admin(Method::PUT, "/api/v1/projects/ht/members/carol")
+        .json(&json!({"role": "developer"}))
+        .send()
+        .await
+        .unwrap();
+    let r = carol(Method::POST, "/v2/ht/app/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = s
+        .req(Method::GET, "/v2/")
+        .basic_auth("carol", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = carol(Method::GET, "/api/v1/users").send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "htpasswd users are never admins"
+    );
+}
