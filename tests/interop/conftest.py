@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from berthtest import HERE, Berth, berth_binary, layout_manifest, run  # noqa: F401
+from berthtest import ROOT, Berth, berth_binary, layout_manifest, run  # noqa: F401
 
 @pytest.fixture
 def berth(tmp_path):
@@ -29,7 +29,8 @@ def mkimage(tmp_path):
     def make(tag, layers="1M", platforms=None, files=1):
         counter[0] += 1
         layout = tmp_path / f"layout{counter[0]}"
-        args = [sys.executable, HERE / "mkoci.py", layout, "--tag", tag, "--layers", layers,
+        # One OCI layout generator for tests and benchmarks: bench/mkoci.py.
+        args = [sys.executable, ROOT / "bench" / "mkoci.py", layout, "--tag", tag, "--layers", layers,
                 "--files", str(files), "--seed", f"{tmp_path.name}-{counter[0]}"]
         if platforms:
             args += ["--platforms", platforms]
