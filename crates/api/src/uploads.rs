@@ -55,6 +55,9 @@ pub async fn hasher_at(
             return Ok(state.hasher);
         }
     }
+    if size == 0 {
+        return Ok(algorithm.hasher());
+    }
     let mut hasher = algorithm.hasher();
     let mut stream = blobs.read_upload(id).await?;
     let mut seen = 0u64;

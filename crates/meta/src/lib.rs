@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod cache;
+mod durable;
 mod migrations;
 mod sqlite;
 mod sqlite_access;
@@ -31,6 +32,8 @@ pub enum MetaError {
     Database(#[from] sqlx::Error),
     #[error("metadata migration failed: {0}")]
     Migration(String),
+    #[error("making a metadata change durable failed: {0}")]
+    Durability(String),
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;

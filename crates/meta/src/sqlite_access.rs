@@ -28,6 +28,7 @@ impl SqliteStore {
             bump(&mut tx).await?;
         }
         tx.commit().await?;
+        self.durable.wait().await?;
         Ok(n)
     }
 }
@@ -145,6 +146,7 @@ impl AccessStore for SqliteStore {
             .await?;
         bump(&mut tx).await?;
         tx.commit().await?;
+        self.durable.wait().await?;
         Ok(n > 0)
     }
 
@@ -239,6 +241,8 @@ impl AccessStore for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        // Audit records are flushed in batches and need no fsync of their own: the next
+        // durable write (or checkpoint) covers them.
         Ok(())
     }
 

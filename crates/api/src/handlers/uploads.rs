@@ -200,11 +200,25 @@ pub async fn finish(
     let size = current_size(registry, id).await?;
     check_chunk(request.headers(), size)?;
     let hasher = hasher_at(&*registry.blobs, id, size, digest.algorithm(), state.take()).await?;
-    let appended = registry
-        .blobs
-        .append_upload(id, size, body_stream(request.into_body()), hasher)
-        .await?;
-    complete(registry, name, id, &digest, appended.hasher, appended.size).await
+    // Most clients finish with an empty PUT; skip the append (and its fsync) then.
+    let (hasher, size) = if has_body(request.headers()) {
+        let appended = registry
+            .blobs
+            .append_upload(id, size, body_stream(request.into_body()), hasher)
+            .await?;
+        (appended.hasher, appended.size)
+    } else {
+        (hasher, size)
+    };
+    complete(registry, name, id, &digest, hasher, size).await
+}
+
+/// Whether a request carries body bytes (a non-zero length, or a chunked body).
+fn has_body(headers: &HeaderMap) -> bool {
+    match header_str(headers, header::CONTENT_LENGTH) {
+        Some(len) => len.trim() != "0",
+        None => headers.contains_key(header::TRANSFER_ENCODING),
+    }
 }
 
 /// Verifies the digest and commits, or discards the upload.
