@@ -54,7 +54,6 @@ pub struct TokenAuth {
     pub realm: Option<String>,
     model: RwLock<Arc<AccessModel>>,
     logins: LoginCache,
-    failed: FailedLogins,
 }
 
 impl TokenAuth {
@@ -74,7 +73,6 @@ impl TokenAuth {
             realm,
             model: RwLock::new(Arc::new(model)),
             logins: LoginCache::default(),
-            failed: FailedLogins::new(FAILED_LOGIN_LIMIT, FAILED_LOGIN_WINDOW),
         })
     }
 
@@ -145,21 +143,6 @@ impl TokenAuth {
             .verify(token)
             .ok()
             .or_else(|| self.external.as_ref().and_then(|v| v.verify(token).ok()))
-    }
-
-    /// Counts a failed login; `true` when the user or address is now over the limit.
-    pub fn login_failed(&self, user: &str, client: &str) {
-        self.failed
-            .record_failure(&[&format!("user:{user}"), &format!("addr:{client}")]);
-    }
-
-    pub fn login_blocked(&self, user: &str, client: &str) -> bool {
-        self.failed
-            .blocked(&[&format!("user:{user}"), &format!("addr:{client}")])
-    }
-
-    pub fn login_succeeded(&self, user: &str) {
-        self.failed.record_success(&format!("user:{user}"));
     }
 }
 
@@ -258,7 +241,26 @@ pub fn external_base(headers: &HeaderMap, tls: bool) -> String {
     format!("{scheme}://{host}")
 }
 
+/// Failed logins, counted per user and per client address for every auth mode.
+pub fn failed_logins() -> FailedLogins {
+    FailedLogins::new(FAILED_LOGIN_LIMIT, FAILED_LOGIN_WINDOW)
+}
+
 impl Registry {
+    pub fn login_blocked(&self, user: &str, client: &str) -> bool {
+        self.failed_logins
+            .blocked(&[&format!("user:{user}"), &format!("addr:{client}")])
+    }
+
+    pub fn login_failed(&self, user: &str, client: &str) {
+        self.failed_logins
+            .record_failure(&[&format!("user:{user}"), &format!("addr:{client}")]);
+    }
+
+    pub fn login_succeeded(&self, user: &str) {
+        self.failed_logins.record_success(&format!("user:{user}"));
+    }
+
     /// The single authorization decision for an already identified caller.
     pub fn may(&self, access: &Access, need: &Need) -> bool {
         match &self.auth {
@@ -305,11 +307,19 @@ impl Registry {
             Authenticator::Open => Ok(anonymous),
             Authenticator::Htpasswd { file, .. } => match basic_credentials(headers) {
                 None => Ok(anonymous),
-                Some((user, password)) if file.verify(&user, &password).await => Ok(Access {
-                    principal: Principal::user(user),
-                    ..anonymous
-                }),
+                Some((user, _)) if self.login_blocked(&user, client) => Err(ApiError::new(
+                    ErrorCode::TooManyRequests,
+                    "too many failed logins; try later",
+                )),
+                Some((user, password)) if file.verify(&user, &password).await => {
+                    self.login_succeeded(&user);
+                    Ok(Access {
+                        principal: Principal::user(user),
+                        ..anonymous
+                    })
+                }
                 Some((user, _)) => {
+                    self.login_failed(&user, client);
                     self.audit
                         .record(&user, "login", "registry", "failed", client, "basic");
                     Err(self.challenge(headers, None, "invalid username or password"))
@@ -330,7 +340,7 @@ impl Registry {
                 let Some((user, password)) = basic_credentials(headers) else {
                     return Ok(anonymous);
                 };
-                if t.login_blocked(&user, client) {
+                if self.login_blocked(&user, client) {
                     return Err(ApiError::new(
                         ErrorCode::TooManyRequests,
                         "too many failed logins; try later",
@@ -338,14 +348,14 @@ impl Registry {
                 }
                 match t.login(&user, &password).await {
                     Some(principal) => {
-                        t.login_succeeded(&user);
+                        self.login_succeeded(&user);
                         Ok(Access {
                             principal,
                             ..anonymous
                         })
                     }
                     None => {
-                        t.login_failed(&user, client);
+                        self.login_failed(&user, client);
                         self.audit
                             .record(&user, "login", "registry", "failed", client, "basic");
                         Err(self.challenge(headers, None, "invalid username or password"))

@@ -63,6 +63,7 @@ pub struct Registry {
     pub metrics: Arc<observe::Metrics>,
     /// Where request spans go, when OpenTelemetry export is configured.
     pub traces: Option<otlp::TraceExporter>,
+    failed_logins: berth_auth::FailedLogins,
     uploads: uploads::HashStates,
 }
 
@@ -92,6 +93,7 @@ impl Registry {
             audit,
             metrics,
             traces: None,
+            failed_logins: access::failed_logins(),
             uploads: uploads::HashStates::default(),
         }
     }

@@ -91,7 +91,7 @@ async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiErr
     let principal = match &credentials {
         None => Principal::Anonymous,
         Some((user, password)) => {
-            if t.login_blocked(user, &client) {
+            if registry.login_blocked(user, &client) {
                 registry
                     .audit
                     .record(user, "login", "token", "denied", &client, "rate limited");
@@ -102,14 +102,14 @@ async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiErr
             }
             match t.login(user, password).await {
                 Some(p) => {
-                    t.login_succeeded(user);
+                    registry.login_succeeded(user);
                     registry
                         .audit
                         .record(user, "login", "token", "ok", &client, "");
                     p
                 }
                 None => {
-                    t.login_failed(user, &client);
+                    registry.login_failed(user, &client);
                     registry
                         .audit
                         .record(user, "login", "token", "failed", &client, "");

@@ -237,3 +237,25 @@ async fn unsupported_registry_variables_are_reported() {
     );
     assert!(!err.contains("top-secret-value"), "secrets never printed");
 }
+
+#[tokio::test]
+async fn htpasswd_logins_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = recipe_server(dir.path()).await;
+    for _ in 0..10 {
+        let r = s
+            .req(Method::GET, "/v2/")
+            .basic_auth("username", Some("guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = s
+        .req(Method::GET, "/v2/")
+        .basic_auth("username", Some("password"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 429, "TOOMANYREQUESTS").await;
+}
