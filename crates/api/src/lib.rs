@@ -99,6 +99,27 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Discards upload sessions (and their bytes) started more than `max_age` ago: abandoned
+    /// uploads must not fill the disk. Returns how many were removed.
+    pub async fn purge_uploads(&self, max_age: std::time::Duration) -> Result<usize, ApiError> {
+        let before = berth_meta::now() - max_age.as_secs() as i64;
+        let mut purged = 0;
+        loop {
+            let ids = self.meta.expired_uploads(before, 500).await?;
+            if ids.is_empty() {
+                return Ok(purged);
+            }
+            for id in ids {
+                self.blobs.delete_upload(&id).await?;
+                self.meta.delete_upload(&id).await?;
+                self.uploads.forget(&id);
+                purged += 1;
+            }
+        }
+    }
+}
+
 /// The complete API as an axum router: resolve the endpoint, authorize, dispatch.
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()

@@ -206,4 +206,12 @@ impl MetadataStore for MeteredMetadataStore {
             self.inner.delete_upload(id)
         )
     }
+    async fn expired_uploads(&self, before: i64, limit: u32) -> MetaResult<Vec<String>> {
+        timed!(
+            self,
+            "metadata",
+            "expired_uploads",
+            self.inner.expired_uploads(before, limit)
+        )
+    }
 }

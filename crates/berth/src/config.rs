@@ -60,6 +60,9 @@ pub struct StorageConfig {
     pub root: PathBuf,
     /// Allow deleting manifests, tags and blobs through the API.
     pub delete_enabled: bool,
+    /// Upload sessions older than this many hours are discarded with their bytes (checked at
+    /// startup and hourly); 0 discards every unfinished upload at startup.
+    pub upload_purge_hours: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -174,6 +177,7 @@ impl Default for StorageConfig {
         StorageConfig {
             root: PathBuf::from("./data"),
             delete_enabled: true,
+            upload_purge_hours: 168,
         }
     }
 }

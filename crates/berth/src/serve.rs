@@ -79,6 +79,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         registry.traces = Some(exporter);
     }
     let registry = Arc::new(registry);
+    let purger = registry.clone();
+    let max_age = std::time::Duration::from_secs(config.storage.upload_purge_hours * 3600);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match purger.purge_uploads(max_age).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "discarded abandoned uploads"),
+                Err(e) => tracing::error!("purging abandoned uploads failed: {e}"),
+            }
+        }
+    });
     let app = berth_api::router(registry.clone());
     if !config.server.metrics_addr.is_empty() {
         let metrics = axum::Router::new()

@@ -152,4 +152,7 @@ impl MetadataStore for CachedStore {
     async fn delete_upload(&self, id: &str) -> Result<()> {
         self.inner.delete_upload(id).await
     }
+    async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
+        self.inner.expired_uploads(before, limit).await
+    }
 }

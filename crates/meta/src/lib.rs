@@ -150,6 +150,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn create_upload(&self, session: &UploadSession) -> Result<()>;
     async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>>;
     async fn delete_upload(&self, id: &str) -> Result<()>;
+    /// Upload sessions created before `before` (seconds since the epoch), oldest first.
+    async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>>;
 }
 
 /// Seconds since the Unix epoch, as stored in every `*_at` column.

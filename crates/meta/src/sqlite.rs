@@ -459,4 +459,14 @@ impl MetadataStore for SqliteStore {
         self.durable.wait().await?;
         Ok(())
     }
+
+    async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM uploads WHERE created_at < $1 ORDER BY created_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?)
+    }
 }

@@ -60,3 +60,48 @@ async fn content_survives_restart() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "docker-content-digest"), d);
 }
+
+/// Abandoned uploads are discarded with their bytes; finished content is untouched.
+#[tokio::test]
+async fn abandoned_uploads_are_purged() {
+    let mut s = Server::start_with_env(&[("BERTH_STORAGE_UPLOAD_PURGE_HOURS", "0")]).await;
+    let kept = s.push_image("purge", "v1").await;
+    let r = s
+        .req(Method::POST, "/v2/purge/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    let loc = header(&r, "location");
+    s.req(Method::PATCH, &loc)
+        .body(vec![7u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_dir(s.data.join("berth/uploads"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // Sessions record whole seconds; make this one strictly older than the next start.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    s.crash_and_restart().await;
+    let mut gone = false;
+    for _ in 0..50 {
+        if s.get(&loc).await.status() == StatusCode::NOT_FOUND {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the abandoned session is discarded at startup");
+    assert_eq!(
+        std::fs::read_dir(s.data.join("berth/uploads"))
+            .unwrap()
+            .count(),
+        0,
+        "and its bytes"
+    );
+    let r = s.get("/v2/purge/manifests/v1").await;
+    assert_eq!(header(&r, "docker-content-digest"), kept);
+}
