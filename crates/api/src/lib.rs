@@ -10,6 +10,7 @@ pub mod access;
 mod admin;
 pub mod audit;
 pub mod error;
+pub mod gc;
 mod handlers;
 mod metered;
 pub mod observe;
@@ -64,6 +65,7 @@ pub struct Registry {
     /// Where request spans go, when OpenTelemetry export is configured.
     pub traces: Option<otlp::TraceExporter>,
     failed_logins: berth_auth::FailedLogins,
+    blob_locks: gc::DigestLocks,
     uploads: uploads::HashStates,
 }
 
@@ -94,6 +96,7 @@ impl Registry {
             metrics,
             traces: None,
             failed_logins: access::failed_logins(),
+            blob_locks: gc::DigestLocks::default(),
             uploads: uploads::HashStates::default(),
         }
     }

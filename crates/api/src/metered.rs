@@ -214,4 +214,20 @@ impl MetadataStore for MeteredMetadataStore {
             self.inner.expired_uploads(before, limit)
         )
     }
+    async fn unreferenced_blobs(&self, before: i64, limit: u32) -> MetaResult<Vec<(String, u64)>> {
+        timed!(
+            self,
+            "metadata",
+            "unreferenced_blobs",
+            self.inner.unreferenced_blobs(before, limit)
+        )
+    }
+    async fn forget_blob_if_unreferenced(&self, d: &Digest) -> MetaResult<bool> {
+        timed!(
+            self,
+            "metadata",
+            "forget_blob",
+            self.inner.forget_blob_if_unreferenced(d)
+        )
+    }
 }

@@ -62,6 +62,10 @@ pub struct Metrics {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     uploads_in_flight: AtomicI64,
+    pub(crate) gc_runs: AtomicU64,
+    pub(crate) gc_blobs_deleted: AtomicU64,
+    pub(crate) gc_bytes_freed: AtomicU64,
+    pub(crate) gc_last_duration_ms: AtomicU64,
 }
 
 impl Metrics {
@@ -140,6 +144,38 @@ impl Metrics {
             "# HELP berth_uploads_in_flight Upload requests being received now.\n# TYPE berth_uploads_in_flight gauge\nberth_uploads_in_flight {}",
             self.uploads_in_flight.load(Ordering::Relaxed)
         );
+        let gc = [
+            (
+                "berth_gc_runs_total",
+                "counter",
+                "Garbage collections run.",
+                self.gc_runs.load(Ordering::Relaxed),
+            ),
+            (
+                "berth_gc_blobs_deleted_total",
+                "counter",
+                "Unreferenced blobs deleted.",
+                self.gc_blobs_deleted.load(Ordering::Relaxed),
+            ),
+            (
+                "berth_gc_bytes_freed_total",
+                "counter",
+                "Bytes freed by garbage collection.",
+                self.gc_bytes_freed.load(Ordering::Relaxed),
+            ),
+            (
+                "berth_gc_last_duration_milliseconds",
+                "gauge",
+                "Duration of the last collection.",
+                self.gc_last_duration_ms.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in gc {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
         process_metrics(&mut out);
         out
     }

@@ -20,6 +20,25 @@ pub struct Config {
     pub tls: TlsConfig,
     pub audit: AuditConfig,
     pub tracing: TracingConfig,
+    pub gc: GcConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Run online garbage collection this often (seconds); 0 = never.
+    pub interval_seconds: u64,
+    /// Only collect blobs created at least this long ago (seconds).
+    pub grace_seconds: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_seconds: 3600,
+            grace_seconds: 3600,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -79,6 +79,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         registry.traces = Some(exporter);
     }
     let registry = Arc::new(registry);
+    if config.gc.interval_seconds > 0 {
+        let collector = registry.clone();
+        let every = std::time::Duration::from_secs(config.gc.interval_seconds);
+        let grace = std::time::Duration::from_secs(config.gc.grace_seconds);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await; // not at startup: first run after one interval
+            loop {
+                tick.tick().await;
+                match collector.collect_garbage(grace).await {
+                    Ok(r) if r.blobs_deleted > 0 => tracing::info!(
+                        blobs = r.blobs_deleted,
+                        bytes = r.bytes_freed,
+                        "garbage collection freed space"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("garbage collection failed: {e}"),
+                }
+            }
+        });
+    }
     let purger = registry.clone();
     let max_age = std::time::Duration::from_secs(config.storage.upload_purge_hours * 3600);
     tokio::spawn(async move {

@@ -155,4 +155,10 @@ impl MetadataStore for CachedStore {
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
         self.inner.expired_uploads(before, limit).await
     }
+    async fn unreferenced_blobs(&self, before: i64, limit: u32) -> Result<Vec<(String, u64)>> {
+        self.inner.unreferenced_blobs(before, limit).await
+    }
+    async fn forget_blob_if_unreferenced(&self, d: &Digest) -> Result<bool> {
+        self.inner.forget_blob_if_unreferenced(d).await
+    }
 }

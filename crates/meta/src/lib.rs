@@ -152,6 +152,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_upload(&self, id: &str) -> Result<()>;
     /// Upload sessions created before `before` (seconds since the epoch), oldest first.
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>>;
+
+    /// Blobs created before `before` that no repository links and no manifest references:
+    /// garbage, as `(digest, size)`.
+    async fn unreferenced_blobs(&self, before: i64, limit: u32) -> Result<Vec<(String, u64)>>;
+
+    /// Forgets a blob if it is still unreferenced, atomically; `true` when it was removed (the
+    /// caller then deletes its bytes).
+    async fn forget_blob_if_unreferenced(&self, digest: &Digest) -> Result<bool>;
 }
 
 /// Seconds since the Unix epoch, as stored in every `*_at` column.

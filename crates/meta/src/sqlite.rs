@@ -460,6 +460,36 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
+    async fn unreferenced_blobs(&self, before: i64, limit: u32) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(
+            "SELECT b.digest, b.size FROM blobs b
+             WHERE b.created_at < $1
+               AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
+               AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest)
+             ORDER BY b.created_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
+            .collect()
+    }
+
+    async fn forget_blob_if_unreferenced(&self, digest: &Digest) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM blobs WHERE digest = $1
+               AND NOT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1)
+               AND NOT EXISTS (SELECT 1 FROM manifest_blobs WHERE blob = $1)",
+        )
+        .bind(digest.as_str())
+        .execute(&self.writer)
+        .await?;
+        self.durable.wait().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM uploads WHERE created_at < $1 ORDER BY created_at LIMIT $2",

@@ -240,8 +240,15 @@ async fn complete(
             format!("the uploaded bytes hash to {computed}, not {digest}"),
         ));
     }
-    registry.blobs.commit_upload(id, digest).await?;
-    registry.meta.add_blob(name, digest, size, Some(id)).await?;
+    // Under the digest's lock, so garbage collection cannot delete these bytes in between.
+    registry
+        .blob_locks
+        .with(digest, async {
+            registry.blobs.commit_upload(id, digest).await?;
+            registry.meta.add_blob(name, digest, size, Some(id)).await?;
+            Ok::<_, ApiError>(())
+        })
+        .await?;
     Ok(blob_created(name, digest))
 }
 

@@ -261,3 +261,93 @@ async fn request_spans_reach_an_otlp_collector() {
     assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
     assert_eq!(span["kind"], 2);
 }
+
+/// Online GC deletes the bytes of blobs nothing references any more, keeps everything else,
+/// and reports in /metrics; the registry keeps serving meanwhile.
+#[tokio::test]
+async fn online_gc_frees_unreferenced_blobs() {
+    let s = Server::start_with_env(&[
+        ("BERTH_GC_INTERVAL_SECONDS", "1"),
+        ("BERTH_GC_GRACE_SECONDS", "0"),
+    ])
+    .await;
+    let image = s.push_image("gc/app", "v1").await;
+    let orphan_bytes = random_bytes(5000);
+    let orphan = s.push_blob("gc/app", &orphan_bytes).await;
+    let shared = s.push_blob("gc/app", &random_bytes(3000)).await;
+    let r = s
+        .req(
+            Method::POST,
+            &format!("/v2/gc/other/blobs/uploads/?mount={shared}&from=gc/app"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for d in [&orphan, &shared] {
+        assert_eq!(
+            s.delete(&format!("/v2/gc/app/blobs/{d}")).await.status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let path = |d: &str| {
+        let hex = d.trim_start_matches("sha256:");
+        s.data.join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
+    };
+    assert!(path(&orphan).exists());
+    let mut freed = false;
+    for _ in 0..60 {
+        if !path(&orphan).exists() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the unreferenced blob's bytes are deleted");
+    assert!(
+        path(&shared).exists(),
+        "a blob still linked in another repository stays"
+    );
+    assert_eq!(
+        s.get(&format!("/v2/gc/other/blobs/{shared}"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.get("/v2/gc/app/manifests/v1").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        header(
+            &s.get("/v2/gc/app/manifests/v1").await,
+            "docker-content-digest"
+        ),
+        image
+    );
+    // The image's layers are referenced by its manifest: still readable.
+    let m: Value = s.get("/v2/gc/app/manifests/v1").await.json().await.unwrap();
+    let layer = m["layers"][0]["digest"].as_str().unwrap();
+    assert_eq!(
+        s.get(&format!("/v2/gc/app/blobs/{layer}")).await.status(),
+        StatusCode::OK
+    );
+    let text = s.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metric(&text, "berth_gc_blobs_deleted_total") >= 1.0,
+        "{text}"
+    );
+    assert!(metric(&text, "berth_gc_bytes_freed_total") >= 5000.0);
+    // Pushing the collected blob again stores it anew.
+    assert_eq!(s.push_blob("gc/app", &orphan_bytes).await, orphan);
+    let back = s
+        .get(&format!("/v2/gc/app/blobs/{orphan}"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(back.as_ref(), &orphan_bytes[..]);
+}
