@@ -216,9 +216,8 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The client's address as seen by this server.
-pub fn client_address(request: &Request) -> String {
-    request
-        .extensions()
+pub fn client_address(extensions: &http::Extensions) -> String {
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_else(|| "unknown".into())
@@ -436,7 +435,7 @@ pub async fn authorize(
         return next.run(request).await;
     };
     let need = need(endpoint, request.method());
-    let client = client_address(&request);
+    let client = client_address(request.extensions());
     let access = match registry.identify(request.headers(), &client).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),

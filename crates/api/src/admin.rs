@@ -16,7 +16,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::access::{Access, Authenticator, TokenAuth};
+use crate::access::{client_address, Access, Authenticator, TokenAuth};
 use crate::error::ApiError;
 use crate::Registry;
 
@@ -56,11 +56,7 @@ impl FromRequestParts<Arc<Registry>> for Caller {
         if !matches!(registry.auth, Authenticator::Token(_)) {
             return Err(ApiError::NoRoute);
         }
-        let client = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".into());
+        let client = client_address(&parts.extensions);
         let access = registry.identify(&parts.headers, &client).await?;
         if access.principal.is_anonymous() {
             return Err(registry.challenge(&parts.headers, None, "the admin API needs a login"));
@@ -367,9 +363,5 @@ async fn audit(c: Caller, Query(q): Query<AuditParams>) -> Reply {
             limit: q.limit.unwrap_or(100).min(10_000),
         })
         .await?;
-    let events: Vec<Value> = events
-        .into_iter()
-        .map(|e| json!({"time_ms": e.at_ms, "actor": e.actor, "action": e.action, "resource": e.resource, "outcome": e.outcome, "client": e.client, "detail": e.detail}))
-        .collect();
     ok(json!({ "events": events }))
 }

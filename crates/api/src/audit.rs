@@ -51,12 +51,9 @@ impl AuditLog {
             while rx.recv_many(&mut batch, BATCH).await > 0 {
                 if let Some(out) = stream.as_mut() {
                     for e in &batch {
-                        let line = serde_json::json!({
-                            "time_ms": e.at_ms, "actor": e.actor, "action": e.action,
-                            "resource": e.resource, "outcome": e.outcome, "client": e.client,
-                            "detail": e.detail,
-                        });
-                        let _ = writeln!(out, "{line}");
+                        if let Ok(line) = serde_json::to_string(e) {
+                            let _ = writeln!(out, "{line}");
+                        }
                     }
                     let _ = out.flush();
                 }

@@ -46,7 +46,7 @@ async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiErr
     let Authenticator::Token(t) = &registry.auth else {
         return Err(ApiError::NoRoute);
     };
-    let client = client_address(&request);
+    let client = client_address(request.extensions());
     let mut credentials = basic_credentials(request.headers());
     let mut p = params(request.uri().query().unwrap_or(""));
     if request.method() == Method::POST {

@@ -2,13 +2,12 @@
 //! audit log from the command line, working directly on the metadata store (a running server
 //! picks the changes up within seconds). Passwords are read from stdin, never from arguments.
 
-use std::io::BufRead;
-
 use anyhow::Context;
 use berth_auth::admin;
 use berth_meta::{AccessStore, AuditEvent, AuditQuery, SqliteStore};
 use clap::Subcommand;
 
+use crate::htpasswd::read_password;
 use crate::StoreArgs;
 
 #[derive(Subcommand)]
@@ -139,15 +138,6 @@ async fn open(store: &StoreArgs) -> anyhow::Result<SqliteStore> {
     SqliteStore::open(&path)
         .await
         .with_context(|| format!("opening {}", path.display()))
-}
-
-fn read_password() -> anyhow::Result<String> {
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("reading the password from stdin")?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 async fn audit_cli(
@@ -333,16 +323,21 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<()> {
         let s = open(&a.store).await?;
         let since_ms = a.since_minutes.map(|m| (berth_meta::now() - m * 60) * 1000);
         let events = s
-            .query_audit(&AuditQuery { since_ms, actor: a.actor, action: a.action, limit: a.limit })
+            .query_audit(&AuditQuery {
+                since_ms,
+                actor: a.actor,
+                action: a.action,
+                limit: a.limit,
+            })
             .await?;
         for e in events {
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"time_ms": e.at_ms, "actor": e.actor, "action": e.action, "resource": e.resource, "outcome": e.outcome, "client": e.client, "detail": e.detail})
-                );
+                println!("{}", serde_json::to_string(&e)?);
             } else {
-                println!("{}\t{}\t{}\t{}\t{}\t{}\t{}", e.at_ms, e.actor, e.action, e.resource, e.outcome, e.client, e.detail);
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    e.at_ms, e.actor, e.action, e.resource, e.outcome, e.client, e.detail
+                );
             }
         }
         Ok(())

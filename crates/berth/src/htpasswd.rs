@@ -45,7 +45,9 @@ pub struct HtpasswdArgs {
     args: Vec<String>,
 }
 
-fn read_password() -> anyhow::Result<String> {
+/// One line from stdin, without its line ending: how every command takes a password, so none
+/// ends up in shell history or the process list.
+pub(crate) fn read_password() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin()
         .lock()

@@ -54,8 +54,11 @@ pub struct AccessSnapshot {
     pub robots: Vec<Robot>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One audit record. Its JSON form (`time_ms`, `actor`, …) is the same in the JSON-lines
+/// stream, `/api/v1/audit` and `berth audit --json`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AuditEvent {
+    #[serde(rename = "time_ms")]
     pub at_ms: i64,
     /// User or robot name, or `anonymous`.
     pub actor: String,

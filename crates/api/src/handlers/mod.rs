@@ -32,7 +32,7 @@ pub async fn handle(
         .extensions()
         .get::<Access>()
         .cloned()
-        .unwrap_or_else(|| Access::anonymous(client_address(&request)));
+        .unwrap_or_else(|| Access::anonymous(client_address(request.extensions())));
     match (endpoint, method) {
         (Endpoint::Base, Method::GET | Method::HEAD) => Ok(empty(StatusCode::OK, Body::from("{}"))
             .with_header(header::CONTENT_TYPE, "application/json")),
