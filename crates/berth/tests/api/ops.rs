@@ -114,19 +114,10 @@ async fn access_log_lines_in_json() {
 async fn sigterm_during_a_chunked_upload() {
     let mut s = Server::start_with_env(&[("BERTH_SERVER_DRAIN_SECONDS", "2")]).await;
     let data = random_bytes(3_000_000);
+    let loc = s.start_upload("drain/app").await;
     let r = s
-        .req(Method::POST, "/v2/drain/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    let loc = header(&r, "location");
-    let r = s
-        .req(Method::PATCH, &loc)
-        .header("content-range", "0-999999")
-        .body(data[..1_000_000].to_vec())
-        .send()
-        .await
-        .unwrap();
+        .patch_upload(&loc, Some("0-999999"), &data[..1_000_000])
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 
     // A second chunk that trickles in and never finishes by itself.

@@ -7,19 +7,10 @@ use crate::common::*;
 async fn chunked_upload_resumes_after_crash() {
     let mut s = Server::start().await;
     let data = random_bytes(2_000_000);
+    let loc = s.start_upload("resume").await;
     let r = s
-        .req(Method::POST, "/v2/resume/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    let loc = header(&r, "location");
-    let r = s
-        .req(Method::PATCH, &loc)
-        .header("content-range", "0-999999")
-        .body(data[..1_000_000].to_vec())
-        .send()
-        .await
-        .unwrap();
+        .patch_upload(&loc, Some("0-999999"), &data[..1_000_000])
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 
     s.crash_and_restart().await;
@@ -28,12 +19,8 @@ async fn chunked_upload_resumes_after_crash() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT, "session survives");
     assert_eq!(header(&r, "range"), "0-999999");
     let r = s
-        .req(Method::PATCH, &loc)
-        .header("content-range", "1000000-1999999")
-        .body(data[1_000_000..].to_vec())
-        .send()
-        .await
-        .unwrap();
+        .patch_upload(&loc, Some("1000000-1999999"), &data[1_000_000..])
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let d = sha256(&data);
     let r = s

@@ -2,33 +2,6 @@ use reqwest::{Method, StatusCode};
 
 use crate::common::*;
 
-async fn start(s: &Server, repo: &str) -> String {
-    let r = s
-        .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let location = header(&r, "location");
-    assert!(
-        location.starts_with(&format!("/v2/{repo}/blobs/uploads/")),
-        "relative Location: {location}"
-    );
-    assert_eq!(header(&r, "range"), "0-0");
-    assert!(!header(&r, "docker-upload-uuid").is_empty());
-    location
-}
-
-async fn patch(s: &Server, location: &str, range: Option<&str>, data: &[u8]) -> reqwest::Response {
-    let mut req = s
-        .req(Method::PATCH, location)
-        .header("content-type", "application/octet-stream");
-    if let Some(range) = range {
-        req = req.header("content-range", range);
-    }
-    req.body(data.to_vec()).send().await.unwrap()
-}
-
 fn with_digest(location: &str, digest: &str) -> String {
     format!("{location}?digest={digest}")
 }
@@ -37,8 +10,10 @@ fn with_digest(location: &str, digest: &str) -> String {
 async fn chunked_upload_in_order() {
     let s = Server::start().await;
     let data = random_bytes(300_000);
-    let loc = start(&s, "chunked").await;
-    let r = patch(&s, &loc, Some("0-99999"), &data[..100_000]).await;
+    let loc = s.start_upload("chunked").await;
+    let r = s
+        .patch_upload(&loc, Some("0-99999"), &data[..100_000])
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(header(&r, "range"), "0-99999");
     let loc = header(&r, "location");
@@ -50,19 +25,22 @@ async fn chunked_upload_in_order() {
 
     // Out of order and overlapping (re-sent) chunks are refused and change nothing.
     assert_error(
-        patch(&s, &loc, Some("200000-299999"), &data[200_000..]).await,
+        s.patch_upload(&loc, Some("200000-299999"), &data[200_000..])
+            .await,
         416,
         "RANGE_INVALID",
     )
     .await;
     assert_error(
-        patch(&s, &loc, Some("0-99999"), &data[..100_000]).await,
+        s.patch_upload(&loc, Some("0-99999"), &data[..100_000])
+            .await,
         416,
         "RANGE_INVALID",
     )
     .await;
     assert_error(
-        patch(&s, &loc, Some("100000-100009"), &data[100_000..100_005]).await,
+        s.patch_upload(&loc, Some("100000-100009"), &data[100_000..100_005])
+            .await,
         416,
         "RANGE_INVALID",
     )
@@ -70,7 +48,7 @@ async fn chunked_upload_in_order() {
     assert_eq!(header(&s.get(&loc).await, "range"), "0-99999");
 
     // A chunk without Content-Range is appended (streamed PATCH).
-    let r = patch(&s, &loc, None, &data[100_000..200_000]).await;
+    let r = s.patch_upload(&loc, None, &data[100_000..200_000]).await;
     assert_eq!(header(&r, "range"), "0-199999");
 
     // The last chunk rides on the PUT.
@@ -99,7 +77,7 @@ async fn monolithic_post_then_put() {
     let s = Server::start().await;
     let data = random_bytes(5000);
     let d = sha256(&data);
-    let loc = start(&s, "mono").await;
+    let loc = s.start_upload("mono").await;
     let r = s
         .req(Method::PUT, &with_digest(&loc, &d))
         .body(data.clone())
@@ -149,8 +127,8 @@ async fn wrong_digest_keeps_nothing() {
     )
     .await;
 
-    let loc = start(&s, "wrong").await;
-    patch(&s, &loc, None, &data).await;
+    let loc = s.start_upload("wrong").await;
+    s.patch_upload(&loc, None, &data).await;
     let r = s
         .req(Method::PUT, &with_digest(&loc, &claimed))
         .send()
@@ -190,7 +168,7 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn bad_finish_requests() {
     let s = Server::start().await;
-    let loc = start(&s, "fin").await;
+    let loc = s.start_upload("fin").await;
     assert_error(
         s.req(Method::PUT, &loc).send().await.unwrap(),
         400,
@@ -227,7 +205,7 @@ async fn unknown_and_foreign_upload_ids() {
     ] {
         assert_error(s.get(path).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
         assert_error(
-            patch(&s, path, None, b"x").await,
+            s.patch_upload(path, None, b"x").await,
             404,
             "BLOB_UPLOAD_UNKNOWN",
         )
@@ -244,7 +222,7 @@ async fn unknown_and_foreign_upload_ids() {
         assert_error(s.delete(path).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
     }
     // A session belongs to the repository it was opened in.
-    let loc = start(&s, "owner").await;
+    let loc = s.start_upload("owner").await;
     let id = loc.rsplit('/').next().unwrap();
     assert_error(
         s.get(&format!("/v2/intruder/blobs/uploads/{id}")).await,
@@ -257,8 +235,8 @@ async fn unknown_and_foreign_upload_ids() {
 #[tokio::test]
 async fn session_ids_are_unguessable() {
     let s = Server::start().await;
-    let a = start(&s, "ids").await;
-    let b = start(&s, "ids").await;
+    let a = s.start_upload("ids").await;
+    let b = s.start_upload("ids").await;
     let id = |l: &str| l.rsplit('/').next().unwrap().to_owned();
     assert_ne!(id(&a), id(&b));
     assert!(id(&a).len() >= 32, "at least 128 bits: {}", id(&a));
@@ -267,8 +245,8 @@ async fn session_ids_are_unguessable() {
 #[tokio::test]
 async fn cancel() {
     let s = Server::start().await;
-    let loc = start(&s, "cancel").await;
-    patch(&s, &loc, None, b"abc").await;
+    let loc = s.start_upload("cancel").await;
+    s.patch_upload(&loc, None, b"abc").await;
     assert_eq!(s.delete(&loc).await.status(), StatusCode::NO_CONTENT);
     assert_error(s.get(&loc).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
 }
@@ -301,7 +279,7 @@ async fn sha512_uploads() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let loc = header(&r, "location");
-    patch(&s, &loc, Some("0-69999"), &data).await;
+    s.patch_upload(&loc, Some("0-69999"), &data).await;
     let r = s
         .req(Method::PUT, &with_digest(&loc, &d))
         .send()
@@ -311,8 +289,8 @@ async fn sha512_uploads() {
 
     // A sha256 session finished with a sha512 digest is re-hashed, not refused.
     let other = random_bytes(1000);
-    let loc = start(&s, "s512").await;
-    patch(&s, &loc, None, &other).await;
+    let loc = s.start_upload("s512").await;
+    s.patch_upload(&loc, None, &other).await;
     let r = s
         .req(Method::PUT, &with_digest(&loc, &sha512(&other)))
         .send()

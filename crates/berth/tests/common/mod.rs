@@ -177,6 +177,35 @@ impl Server {
             .expect("put manifest")
     }
 
+    /// Opens an upload session (checking the 202 and its headers); returns its Location.
+    pub async fn start_upload(&self, repo: &str) -> String {
+        let r = self
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .expect("start upload");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let location = header(&r, "location");
+        assert!(
+            location.starts_with(&format!("/v2/{repo}/blobs/uploads/")),
+            "relative Location: {location}"
+        );
+        assert_eq!(header(&r, "range"), "0-0");
+        assert!(!header(&r, "docker-upload-uuid").is_empty());
+        location
+    }
+
+    /// Sends one chunk, with a `Content-Range` when given.
+    pub async fn patch_upload(&self, location: &str, range: Option<&str>, data: &[u8]) -> Response {
+        let mut req = self
+            .req(Method::PATCH, location)
+            .header("content-type", "application/octet-stream");
+        if let Some(range) = range {
+            req = req.header("content-range", range);
+        }
+        req.body(data.to_vec()).send().await.expect("patch upload")
+    }
+
     /// Pushes a config and one random layer, and returns the manifest bytes (not pushed).
     pub async fn image_manifest(&self, repo: &str, extra: Value) -> Vec<u8> {
         let config = serde_json::to_vec(
