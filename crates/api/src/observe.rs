@@ -13,7 +13,6 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
-use rand::RngCore;
 
 use crate::Registry;
 
@@ -293,9 +292,8 @@ fn request_id(request: &Request) -> String {
             id.to_owned()
         }
         _ => {
-            let mut b = [0u8; 8];
-            rand::rngs::OsRng.fill_bytes(&mut b);
-            hex::encode(b)
+            // An identifier, not a secret: the thread-local generator, no syscall per request.
+            hex::encode(rand::random::<[u8; 8]>())
         }
     }
 }

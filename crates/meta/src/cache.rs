@@ -19,11 +19,22 @@ pub const TTL: Duration = Duration::from_secs(2);
 /// Bytes of manifests kept at most; beyond, the cache starts over.
 const MAX_BYTES: usize = 64 * 1024 * 1024;
 
-type Key = (String, String);
+type Entry = (Instant, Option<Arc<StoredManifest>>);
+
+fn size_of(entry: &Entry) -> usize {
+    entry.1.as_ref().map(|m| m.content.len()).unwrap_or(0)
+}
+
+/// Cached answers of one repository, so a write drops exactly its repository's entries.
+#[derive(Default)]
+struct RepoEntries {
+    by_reference: HashMap<String, Entry>,
+    bytes: usize,
+}
 
 #[derive(Default)]
 struct Entries {
-    map: HashMap<Key, (Instant, Option<Arc<StoredManifest>>)>,
+    repos: HashMap<String, RepoEntries>,
     bytes: usize,
 }
 
@@ -42,21 +53,33 @@ impl CachedStore {
 
     fn invalidate(&self, repo: &RepositoryName) {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let before = e.map.len();
-        e.map.retain(|(r, _), _| r != repo.as_str());
-        if e.map.len() != before {
-            e.bytes = e
-                .map
-                .values()
-                .filter_map(|(_, m)| m.as_ref())
-                .map(|m| m.content.len())
-                .sum();
+        if let Some(gone) = e.repos.remove(repo.as_str()) {
+            e.bytes -= gone.bytes;
         }
     }
-}
 
-fn key(repo: &RepositoryName, reference: &Reference) -> Key {
-    (repo.as_str().to_owned(), reference.to_string())
+    fn lookup(&self, repo: &RepositoryName, reference: &str) -> Option<Option<StoredManifest>> {
+        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, manifest) = e.repos.get(repo.as_str())?.by_reference.get(reference)?;
+        (at.elapsed() < TTL).then(|| manifest.as_deref().cloned())
+    }
+
+    fn remember(&self, repo: &RepositoryName, reference: String, found: Option<StoredManifest>) {
+        let entry: Entry = (Instant::now(), found.map(Arc::new));
+        let size = size_of(&entry);
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if e.bytes + size > MAX_BYTES {
+            *e = Entries::default();
+        }
+        let r = e.repos.entry(repo.as_str().to_owned()).or_default();
+        let replaced = r
+            .by_reference
+            .insert(reference, entry)
+            .map(|old| size_of(&old))
+            .unwrap_or(0);
+        r.bytes = r.bytes + size - replaced;
+        e.bytes = e.bytes + size - replaced;
+    }
 }
 
 #[async_trait]
@@ -98,25 +121,12 @@ impl MetadataStore for CachedStore {
         repo: &RepositoryName,
         reference: &Reference,
     ) -> Result<Option<StoredManifest>> {
-        let k = key(repo, reference);
-        {
-            let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, m)) = e.map.get(&k) {
-                if at.elapsed() < TTL {
-                    return Ok(m.as_deref().cloned());
-                }
-            }
+        let key = reference.to_string();
+        if let Some(cached) = self.lookup(repo, &key) {
+            return Ok(cached);
         }
         let found = self.inner.get_manifest(repo, reference).await?;
-        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let size = found.as_ref().map(|m| m.content.len()).unwrap_or(0);
-        if e.bytes + size > MAX_BYTES {
-            e.map.clear();
-            e.bytes = 0;
-        }
-        e.bytes += size;
-        e.map
-            .insert(k, (Instant::now(), found.clone().map(Arc::new)));
+        self.remember(repo, key, found.clone());
         Ok(found)
     }
     async fn delete_manifest(&self, r: &RepositoryName, d: &Digest) -> Result<bool> {
