@@ -317,6 +317,12 @@ async fn size_limit() {
         "SIZE_INVALID",
     )
     .await;
+    assert_error(
+        s.get("/v2/big/manifests/toobig").await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
 }
 
 #[tokio::test]
