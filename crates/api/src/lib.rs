@@ -66,7 +66,7 @@ pub struct Registry {
     pub traces: Option<otlp::TraceExporter>,
     failed_logins: berth_auth::FailedLogins,
     blob_locks: gc::DigestLocks,
-    uploads: uploads::HashStates,
+    uploads: uploads::Uploads,
 }
 
 impl Registry {
@@ -97,7 +97,7 @@ impl Registry {
             traces: None,
             failed_logins: access::failed_logins(),
             blob_locks: gc::DigestLocks::default(),
-            uploads: uploads::HashStates::default(),
+            uploads: uploads::Uploads::default(),
         }
     }
 }

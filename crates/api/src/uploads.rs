@@ -1,14 +1,19 @@
-//! Hash states of uploads in progress.
+//! Uploads in progress, as this process knows them: their sessions and hash states.
 //!
 //! Hashing happens while bytes stream to storage, so finishing an upload costs nothing extra.
 //! The state after the last accepted chunk is kept in memory per upload; when it is missing
 //! (restart, another replica took the previous chunk) it is rebuilt by re-reading the bytes
 //! already stored, so no upload depends on this process surviving. Each upload also has a lock
 //! here, so two requests never append to the same upload at once.
+//!
+//! Sessions started here are remembered too, so the chunks and the final `PUT` of an upload
+//! skip the metadata store; the store stays the record (a session not in memory is looked up
+//! there), and finishing, cancelling or purging an upload forgets it here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use berth_meta::UploadSession;
 use berth_oci::{Algorithm, Hasher};
 use berth_storage::BlobStore;
 use futures_util::StreamExt;
@@ -24,20 +29,40 @@ pub struct HashState {
 pub type UploadSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
 
 #[derive(Default)]
-pub struct HashStates {
+pub struct Uploads {
     slots: Mutex<HashMap<String, UploadSlot>>,
+    sessions: Mutex<HashMap<String, UploadSession>>,
 }
 
-impl HashStates {
+impl Uploads {
     /// The slot of upload `id`; hold its lock for the whole request.
     pub fn slot(&self, id: &str) -> UploadSlot {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(id.to_owned()).or_default().clone()
     }
 
+    /// Keeps a session (just stored in the metadata store) for the upload's next requests.
+    pub fn remember(&self, session: UploadSession) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.insert(session.id.clone(), session);
+    }
+
+    /// The session of upload `id`, if this process knows it.
+    pub fn session(&self, id: &str) -> Option<UploadSession> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get(id).cloned()
+    }
+
+    /// Drops everything known about upload `id` (finished, cancelled or purged).
     pub fn forget(&self, id: &str) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.remove(id);
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 }
 

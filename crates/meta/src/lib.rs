@@ -8,10 +8,8 @@
 
 pub mod access;
 pub mod cache;
-mod durable;
 mod migrations;
 mod sqlite;
-mod sqlite_access;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, Reference, RepositoryName, Tag};
@@ -29,11 +27,13 @@ pub enum MetaError {
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("metadata database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] rusqlite::Error),
     #[error("metadata migration failed: {0}")]
     Migration(String),
     #[error("making a metadata change durable failed: {0}")]
     Durability(String),
+    #[error("metadata worker failed: {0}")]
+    Worker(String),
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;

@@ -273,3 +273,60 @@ async fn cache_reads_its_own_writes() {
         "deleted"
     );
 }
+
+/// Concurrent writes are committed in groups; a write that fails inside a group is undone
+/// alone, and every other write of the group stands.
+#[tokio::test]
+async fn a_failed_write_leaves_its_group_intact() {
+    let (_dir, store) = open().await;
+    let store = std::sync::Arc::new(store);
+    let r = repo("group/commit");
+    let mut tasks = Vec::new();
+    for i in 0..64u32 {
+        let store = store.clone();
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            let blob = Digest::sha256_of(format!("blob {i}").as_bytes());
+            if i % 2 == 0 {
+                store
+                    .add_blob(&r, &blob, u64::from(i), None)
+                    .await
+                    .map(|_| ())
+            } else {
+                // References a blob nobody pushed: must fail and store nothing.
+                let body = format!("{{\"n\":{i}}}");
+                let digest = Digest::sha256_of(body.as_bytes());
+                let tags = [tag(&format!("t{i}"))];
+                store
+                    .put_manifest(manifest(&r, &digest, body.as_bytes(), &[blob], None, &tags))
+                    .await
+            }
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let outcome = task.await.unwrap();
+        if i % 2 == 0 {
+            outcome.unwrap();
+        } else {
+            assert!(matches!(outcome, Err(MetaError::MissingReferences(_))));
+        }
+    }
+    for i in (0..64u32).step_by(2) {
+        let blob = Digest::sha256_of(format!("blob {i}").as_bytes());
+        assert_eq!(
+            store.repository_blob(&r, &blob).await.unwrap(),
+            Some(u64::from(i))
+        );
+    }
+    let tags = store
+        .list_tags(
+            &r,
+            Page {
+                last: None,
+                limit: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(tags, Some(vec![]), "no failed manifest left a tag behind");
+}

@@ -1,9 +1,12 @@
 //! The filesystem backend: a directory laid out like Distribution's (see `paths`).
 //!
-//! Writes stream through a blocking worker thread that hashes and appends each chunk, then
-//! `fdatasync`s before acknowledging. A commit is a `rename` into the blob path followed by an
-//! fsync of the directories it touched, so a blob is either complete and durable under its
-//! digest, or absent.
+//! Writes stream through a blocking worker thread that hashes and appends each chunk. Appends
+//! are not synced: an upload in progress is durable only as far as the page cache, which a
+//! crashed process keeps and a crashed machine may not; after either, the stored bytes are
+//! hashed again before any commit (see `berth-api`'s `uploads`), so a torn upload fails its
+//! digest instead of becoming a blob. A commit `fdatasync`s the upload, `rename`s it into the
+//! blob path and fsyncs the directories it touched, so a blob is either complete and durable
+//! under its digest, or absent.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -208,7 +211,7 @@ impl<'scope> Hashing<'scope> {
 }
 
 /// The disk side of an append: runs on a blocking thread, hashes and writes every chunk, and
-/// either syncs (on `End`) or cuts the file back to `offset` (stream ended early).
+/// on `End` reports the new size, or cuts the file back to `offset` if the stream ended early.
 fn append_worker(
     path: &Path,
     offset: u64,
@@ -249,7 +252,7 @@ fn append_worker(
                     }
                 }
                 Chunk::End => {
-                    outcome = file.sync_data().map(|()| true);
+                    outcome = Ok(true);
                     break;
                 }
             }
@@ -312,14 +315,13 @@ impl BlobStore for FsBlobStore {
 
     async fn create_upload(&self, id: &str) -> Result<(), StorageError> {
         let path = self.upload_path(id)?;
+        // No directory fsync: a session lost to a crash makes its client start over, and
+        // nothing acknowledged depends on it.
         blocking(move || {
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&path)?;
-            if let Some(dir) = path.parent() {
-                fsync_dir(dir)?;
-            }
             Ok(())
         })
         .await
@@ -388,13 +390,15 @@ impl BlobStore for FsBlobStore {
         let upload = self.upload_path(id)?;
         let target = paths::blob_data(&self.root, digest);
         blocking(move || {
-            if !upload.exists() {
-                return Err(StorageError::UploadNotFound);
-            }
+            let data =
+                File::open(&upload).or_else(|e| not_found_as(e, StorageError::UploadNotFound))?;
             if target.exists() {
                 fs::remove_file(&upload)?;
                 return Ok(());
             }
+            // The bytes must be on disk before the name that promises them.
+            data.sync_data()?;
+            drop(data);
             let dir = target
                 .parent()
                 .ok_or_else(|| io::Error::other("blob path has no parent"))?;

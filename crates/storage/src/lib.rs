@@ -66,7 +66,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes a committed blob; `false` when it was not there.
     async fn delete_blob(&self, digest: &Digest) -> Result<bool, StorageError>;
 
-    /// Creates an empty, durable upload staging area.
+    /// Creates an empty upload staging area. It need not survive a machine crash: a lost
+    /// session only makes its client start over.
     async fn create_upload(&self, id: &str) -> Result<(), StorageError>;
 
     /// Bytes received so far by an upload, or `None` when it does not exist.
@@ -74,7 +75,8 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Appends `data` at `offset`, which must be the upload's current size, feeding every byte
     /// to `hasher`. The append is all or nothing: if the stream fails, the upload is cut back
-    /// to `offset`. Returns once the bytes are durable.
+    /// to `offset`. The bytes need not be durable yet: `commit_upload` makes them so, and a
+    /// hash state lost with the process is rebuilt from what `read_upload` returns.
     async fn append_upload(
         &self,
         id: &str,

@@ -90,15 +90,18 @@ pub async fn start(
         return complete(registry, name, &id, &digest, appended.hasher, appended.size).await;
     }
 
-    registry
-        .meta
-        .create_upload(&UploadSession {
-            id: id.clone(),
-            repository: name.clone(),
-            algorithm,
-            created_at: berth_meta::now(),
-        })
-        .await?;
+    let session = UploadSession {
+        id: id.clone(),
+        repository: name.clone(),
+        algorithm,
+        created_at: berth_meta::now(),
+    };
+    registry.meta.create_upload(&session).await?;
+    registry.uploads.remember(session);
+    *registry.uploads.slot(&id).lock().await = Some(HashState {
+        offset: 0,
+        hasher: algorithm.hasher(),
+    });
     Ok(progress(name, &id, 0, StatusCode::ACCEPTED))
 }
 
@@ -107,7 +110,11 @@ async fn session(
     name: &RepositoryName,
     id: &str,
 ) -> Result<UploadSession, ApiError> {
-    match registry.meta.get_upload(id).await? {
+    let known = match registry.uploads.session(id) {
+        Some(s) => Some(s),
+        None => registry.meta.get_upload(id).await?,
+    };
+    match known {
         Some(s) if &s.repository == name => Ok(s),
         _ => Err(ApiError::new(
             ErrorCode::BlobUploadUnknown,
@@ -116,7 +123,17 @@ async fn session(
     }
 }
 
-async fn current_size(registry: &Registry, id: &str) -> Result<u64, ApiError> {
+/// Bytes stored so far: the hash state's offset when this process took the last chunk, else
+/// storage's answer. Only an append may trust the state, since it re-checks the offset against
+/// storage before writing.
+async fn current_size(
+    registry: &Registry,
+    id: &str,
+    state: Option<&HashState>,
+) -> Result<u64, ApiError> {
+    if let Some(state) = state {
+        return Ok(state.offset);
+    }
     registry
         .blobs
         .upload_size(id)
@@ -169,7 +186,7 @@ pub async fn patch(
     let session = session(registry, name, id).await?;
     let slot = registry.uploads.slot(id);
     let mut state = slot.lock().await;
-    let size = current_size(registry, id).await?;
+    let size = current_size(registry, id, state.as_ref()).await?;
     check_chunk(request.headers(), size)?;
     let hasher = hasher_at(&*registry.blobs, id, size, session.algorithm, state.take()).await?;
     let appended = registry
@@ -197,7 +214,8 @@ pub async fn finish(
     })?;
     let slot = registry.uploads.slot(id);
     let mut state = slot.lock().await;
-    let size = current_size(registry, id).await?;
+    // From storage, not the hash state: a stale state must not decide the digest check.
+    let size = current_size(registry, id, None).await?;
     check_chunk(request.headers(), size)?;
     let hasher = hasher_at(&*registry.blobs, id, size, digest.algorithm(), state.take()).await?;
     // Most clients finish with an empty PUT; skip the append (and its fsync) then.
@@ -258,7 +276,7 @@ pub async fn status(
     id: &str,
 ) -> Result<Response, ApiError> {
     session(registry, name, id).await?;
-    let size = current_size(registry, id).await?;
+    let size = current_size(registry, id, None).await?;
     Ok(progress(name, id, size, StatusCode::NO_CONTENT))
 }
 

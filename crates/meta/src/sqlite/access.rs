@@ -1,0 +1,289 @@
+//! [`AccessStore`] on SQLite. Every mutation bumps `access_state.generation` in the same
+//! transaction, so servers notice changes made by the CLI or another replica.
+
+use async_trait::async_trait;
+use rusqlite::{Connection, Params};
+
+use super::SqliteStore;
+use crate::access::{
+    AccessSnapshot, AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User,
+};
+use crate::Result;
+
+fn bump(conn: &Connection) -> Result<()> {
+    conn.prepare_cached("UPDATE access_state SET generation = generation + 1 WHERE id = 1")?
+        .execute([])?;
+    Ok(())
+}
+
+/// Runs one access statement and, if it changed anything, bumps the generation; returns the
+/// rows it changed.
+fn mutate(conn: &Connection, sql: &str, params: impl Params) -> Result<usize> {
+    let n = conn.prepare_cached(sql)?.execute(params)?;
+    if n > 0 {
+        bump(conn)?;
+    }
+    Ok(n)
+}
+
+fn snapshot(conn: &Connection) -> Result<AccessSnapshot> {
+    // One read transaction, so the snapshot is consistent with its generation.
+    let tx = conn.unchecked_transaction()?;
+    let generation: i64 = tx.query_row(
+        "SELECT generation FROM access_state WHERE id = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    let users = tx
+        .prepare_cached("SELECT name, password_hash, admin, created_at FROM users ORDER BY name")?
+        .query_map([], |r| {
+            Ok(User {
+                name: r.get(0)?,
+                password_hash: r.get(1)?,
+                admin: r.get::<_, i64>(2)? != 0,
+                created_at: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let projects = tx
+        .prepare_cached("SELECT name, public, created_at FROM projects ORDER BY name")?
+        .query_map([], |r| {
+            Ok(Project {
+                name: r.get(0)?,
+                public: r.get::<_, i64>(1)? != 0,
+                created_at: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let members = tx
+        .prepare_cached(
+            "SELECT project, username, role FROM project_members ORDER BY project, username",
+        )?
+        .query_map([], |r| {
+            Ok(Member {
+                project: r.get(0)?,
+                username: r.get(1)?,
+                role: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let robots = tx
+        .prepare_cached(
+            "SELECT name, secret_hash, project, actions, expires_at, created_at
+             FROM robots ORDER BY name",
+        )?
+        .query_map([], |r| {
+            Ok(Robot {
+                name: r.get(0)?,
+                secret_hash: r.get(1)?,
+                project: r.get(2)?,
+                actions: r.get(3)?,
+                expires_at: r.get(4)?,
+                created_at: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    tx.finish()?;
+    Ok(AccessSnapshot {
+        generation,
+        users,
+        projects,
+        members,
+        robots,
+    })
+}
+
+#[async_trait]
+impl AccessStore for SqliteStore {
+    async fn access_generation(&self) -> Result<i64> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT generation FROM access_state WHERE id = 1")?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn access_snapshot(&self) -> Result<AccessSnapshot> {
+        self.read(snapshot).await
+    }
+
+    async fn put_user(&self, u: &User) -> Result<()> {
+        let u = u.clone();
+        self.write(move |conn| {
+            mutate(
+                conn,
+                "INSERT INTO users (name, password_hash, admin, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash,
+                 admin = excluded.admin",
+                (&u.name, &u.password_hash, i64::from(u.admin), u.created_at),
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_user(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached("DELETE FROM users WHERE name = $1")?
+                .execute([&name])?;
+            conn.prepare_cached("DELETE FROM project_members WHERE username = $1")?
+                .execute([&name])?;
+            bump(conn)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_project(&self, p: &Project) -> Result<()> {
+        let p = p.clone();
+        self.write(move |conn| {
+            mutate(
+                conn,
+                "INSERT INTO projects (name, public, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET public = excluded.public",
+                (&p.name, i64::from(p.public), p.created_at),
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_project(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        let n = self
+            .write(move |conn| mutate(conn, "DELETE FROM projects WHERE name = $1", [name]))
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn set_member(&self, m: &Member) -> Result<()> {
+        let m = m.clone();
+        self.write(move |conn| {
+            mutate(
+                conn,
+                "INSERT INTO project_members (project, username, role) VALUES ($1, $2, $3)
+                 ON CONFLICT (project, username) DO UPDATE SET role = excluded.role",
+                (&m.project, &m.username, &m.role),
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, project: &str, username: &str) -> Result<bool> {
+        let (project, username) = (project.to_owned(), username.to_owned());
+        let n = self
+            .write(move |conn| {
+                mutate(
+                    conn,
+                    "DELETE FROM project_members WHERE project = $1 AND username = $2",
+                    (project, username),
+                )
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn add_robot(&self, r: &Robot) -> Result<()> {
+        let r = r.clone();
+        self.write(move |conn| {
+            mutate(
+                conn,
+                "INSERT INTO robots (name, secret_hash, project, actions, expires_at, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                (
+                    &r.name,
+                    &r.secret_hash,
+                    &r.project,
+                    &r.actions,
+                    r.expires_at,
+                    r.created_at,
+                ),
+            )
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_robot(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        let n = self
+            .write(move |conn| mutate(conn, "DELETE FROM robots WHERE name = $1", [name]))
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn record_audit(&self, events: &[AuditEvent]) -> Result<()> {
+        let events = events.to_vec();
+        self.write(move |conn| {
+            let mut insert = conn.prepare_cached(
+                "INSERT INTO audit_events (id, at_ms, actor, action, resource, outcome, client, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )?;
+            for e in &events {
+                insert.execute((
+                    new_event_id(),
+                    e.at_ms,
+                    &e.actor,
+                    &e.action,
+                    &e.resource,
+                    &e.outcome,
+                    &e.client,
+                    &e.detail,
+                ))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
+        let q = q.clone();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT at_ms, actor, action, resource, outcome, client, detail
+                     FROM audit_events
+                     WHERE at_ms >= $1 AND ($2 IS NULL OR actor = $2)
+                       AND ($3 IS NULL OR action = $3)
+                     ORDER BY at_ms DESC, id DESC LIMIT $4",
+                )?
+                .query_map(
+                    (
+                        q.since_ms.unwrap_or(0),
+                        &q.actor,
+                        &q.action,
+                        i64::from(if q.limit == 0 { 100 } else { q.limit }),
+                    ),
+                    |r| {
+                        Ok(AuditEvent {
+                            at_ms: r.get(0)?,
+                            actor: r.get(1)?,
+                            action: r.get(2)?,
+                            resource: r.get(3)?,
+                            outcome: r.get(4)?,
+                            client: r.get(5)?,
+                            detail: r.get(6)?,
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
+/// A unique audit row id: time plus a process-wide counter (uniqueness, not secrecy).
+fn new_event_id() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0) as u64;
+    format!("{t:016x}{:016x}", n ^ (u64::from(std::process::id()) << 32))
+}

@@ -1,0 +1,468 @@
+//! [`MetadataStore`] on SQLite: repositories, blobs, manifests, tags, referrers, uploads.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use berth_oci::{Digest, Reference, RepositoryName, Tag};
+use rusqlite::{Connection, OptionalExtension};
+
+use super::SqliteStore;
+use crate::{
+    now, MetaError, MetadataStore, NewManifest, Page, Referrer, Result, StoredManifest,
+    UploadSession,
+};
+
+fn ensure_repository(conn: &Connection, repo: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )?
+    .execute((repo, now()))?;
+    Ok(())
+}
+
+fn repository_blob_size(conn: &Connection, repo: &str, digest: &str) -> Result<Option<u64>> {
+    let size: Option<i64> = conn
+        .prepare_cached(
+            "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+             WHERE rb.repository = $1 AND rb.digest = $2",
+        )?
+        .query_row((repo, digest), |r| r.get(0))
+        .optional()?;
+    Ok(size.map(|s| s as u64))
+}
+
+fn link_blob(conn: &Connection, repo: &str, digest: &str) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )?
+    .execute((repo, digest, now()))?;
+    Ok(())
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    Digest::from_str(s).map_err(|e| MetaError::Corrupt(e.to_string()))
+}
+
+fn limit_of(page: Page<'_>) -> i64 {
+    page.limit.map(i64::from).unwrap_or(-1)
+}
+
+/// A manifest to store, owned so it can travel to the writer thread.
+struct OwnedManifest {
+    repository: String,
+    digest: String,
+    media_type: String,
+    content: Vec<u8>,
+    blobs: Vec<String>,
+    children: Vec<String>,
+    subject: Option<String>,
+    artifact_type: Option<String>,
+    annotations_json: Option<String>,
+    tags: Vec<String>,
+}
+
+impl From<NewManifest<'_>> for OwnedManifest {
+    fn from(m: NewManifest<'_>) -> Self {
+        OwnedManifest {
+            repository: m.repository.to_string(),
+            digest: m.digest.to_string(),
+            media_type: m.media_type.to_owned(),
+            content: m.content.to_vec(),
+            blobs: m.blobs.iter().map(Digest::to_string).collect(),
+            children: m.children.iter().map(Digest::to_string).collect(),
+            subject: m.subject.map(Digest::to_string),
+            artifact_type: m.artifact_type.map(str::to_owned),
+            annotations_json: m.annotations_json,
+            tags: m.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+        }
+    }
+}
+
+fn put_manifest(conn: &Connection, m: &OwnedManifest) -> Result<()> {
+    let repo = m.repository.as_str();
+    ensure_repository(conn, repo)?;
+
+    let mut missing = Vec::new();
+    {
+        let mut has_blob = conn.prepare_cached(
+            "SELECT 1 FROM repository_blobs WHERE repository = $1 AND digest = $2",
+        )?;
+        for blob in &m.blobs {
+            if !has_blob.exists((repo, blob))? {
+                missing.push(blob.clone());
+            }
+        }
+        let mut has_manifest =
+            conn.prepare_cached("SELECT 1 FROM manifests WHERE repository = $1 AND digest = $2")?;
+        for child in &m.children {
+            if !has_manifest.exists((repo, child))? {
+                missing.push(child.clone());
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(MetaError::MissingReferences(missing));
+    }
+
+    let at = now();
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO manifests
+               (repository, digest, media_type, content, subject, artifact_type, annotations, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )?
+        .execute(rusqlite::params![
+            repo,
+            m.digest,
+            m.media_type,
+            m.content,
+            m.subject,
+            m.artifact_type,
+            m.annotations_json,
+            at
+        ])?;
+    if inserted > 0 {
+        let mut add_blob = conn.prepare_cached(
+            "INSERT INTO manifest_blobs (repository, manifest, blob) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )?;
+        for blob in &m.blobs {
+            add_blob.execute((repo, &m.digest, blob))?;
+        }
+        let mut add_child = conn.prepare_cached(
+            "INSERT INTO manifest_children (repository, manifest, child) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )?;
+        for child in &m.children {
+            add_child.execute((repo, &m.digest, child))?;
+        }
+    }
+    let mut set_tag = conn.prepare_cached(
+        "INSERT INTO tags (repository, name, manifest, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (repository, name) DO UPDATE SET manifest = excluded.manifest,
+         updated_at = excluded.updated_at",
+    )?;
+    for tag in &m.tags {
+        set_tag.execute((repo, tag, &m.digest, at))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn check(&self) -> Result<()> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn repository_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<Option<u64>> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.read(move |conn| repository_blob_size(conn, &repo, &digest))
+            .await
+    }
+
+    async fn add_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+        upload_id: Option<&str>,
+    ) -> Result<()> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        let upload_id = upload_id.map(str::to_owned);
+        self.write(move |conn| {
+            ensure_repository(conn, &repo)?;
+            conn.prepare_cached(
+                "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute((&digest, size as i64, now()))?;
+            link_blob(conn, &repo, &digest)?;
+            if let Some(id) = upload_id {
+                conn.prepare_cached("DELETE FROM uploads WHERE id = $1")?
+                    .execute([id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mount_blob(
+        &self,
+        from: &RepositoryName,
+        to: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        let (from, to, digest) = (from.to_string(), to.to_string(), digest.to_string());
+        self.write(move |conn| {
+            let Some(size) = repository_blob_size(conn, &from, &digest)? else {
+                return Ok(None);
+            };
+            ensure_repository(conn, &to)?;
+            link_blob(conn, &to, &digest)?;
+            Ok(Some(size))
+        })
+        .await
+    }
+
+    async fn unlink_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM repository_blobs WHERE repository = $1 AND digest = $2",
+                )?
+                .execute((repo, digest))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_manifest(&self, m: NewManifest<'_>) -> Result<()> {
+        let m = OwnedManifest::from(m);
+        self.write(move |conn| put_manifest(conn, &m)).await
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Option<StoredManifest>> {
+        let (repo, reference) = (repo.to_string(), reference.clone());
+        self.read(move |conn| {
+            let (sql, key) = match &reference {
+                Reference::Digest(d) => (
+                    "SELECT digest, media_type, content FROM manifests
+                     WHERE repository = $1 AND digest = $2",
+                    d.as_str(),
+                ),
+                Reference::Tag(t) => (
+                    "SELECT m.digest, m.media_type, m.content FROM tags t
+                     JOIN manifests m ON m.repository = t.repository AND m.digest = t.manifest
+                     WHERE t.repository = $1 AND t.name = $2",
+                    t.as_str(),
+                ),
+            };
+            let row = conn
+                .prepare_cached(sql)?
+                .query_row((&repo, key), |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(digest, media_type, content)| {
+                Ok(StoredManifest {
+                    digest: parse_digest(&digest)?,
+                    media_type,
+                    content,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached("DELETE FROM manifests WHERE repository = $1 AND digest = $2")?
+                .execute((repo, digest))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<bool> {
+        let (repo, tag) = (repo.to_string(), tag.as_str().to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached("DELETE FROM tags WHERE repository = $1 AND name = $2")?
+                .execute((repo, tag))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &RepositoryName,
+        page: Page<'_>,
+    ) -> Result<Option<Vec<String>>> {
+        let repo = repo.to_string();
+        let (last, limit) = (page.last.unwrap_or("").to_owned(), limit_of(page));
+        self.read(move |conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM repositories WHERE name = $1")?
+                .exists([&repo])?;
+            if !exists {
+                return Ok(None);
+            }
+            let tags = conn
+                .prepare_cached(
+                    "SELECT name FROM tags WHERE repository = $1 AND name > $2
+                     ORDER BY name LIMIT $3",
+                )?
+                .query_map((&repo, &last, limit), |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(Some(tags))
+        })
+        .await
+    }
+
+    async fn list_repositories(&self, page: Page<'_>) -> Result<Vec<String>> {
+        let (last, limit) = (page.last.unwrap_or("").to_owned(), limit_of(page));
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
+                )?
+                .query_map((&last, limit), |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let (repo, subject) = (repo.to_string(), subject.to_string());
+        let artifact_type = artifact_type.map(str::to_owned);
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT digest, media_type, LENGTH(content), artifact_type, annotations
+                     FROM manifests
+                     WHERE repository = $1 AND subject = $2 AND ($3 IS NULL OR artifact_type = $3)
+                     ORDER BY digest",
+                )?
+                .query_map((&repo, &subject, &artifact_type), |r| {
+                    Ok(Referrer {
+                        digest: r.get(0)?,
+                        media_type: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        artifact_type: r.get(3)?,
+                        annotations_json: r.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn create_upload(&self, s: &UploadSession) -> Result<()> {
+        let s = s.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO uploads (id, repository, algorithm, created_at)
+                 VALUES ($1, $2, $3, $4)",
+            )?
+            .execute((
+                &s.id,
+                s.repository.as_str(),
+                s.algorithm.as_str(),
+                s.created_at,
+            ))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT id, repository, algorithm, created_at FROM uploads WHERE id = $1",
+                )?
+                .query_row([&id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .optional()?;
+            row.map(|(id, repository, algorithm, created_at)| {
+                Ok(UploadSession {
+                    id,
+                    repository: repository
+                        .parse()
+                        .map_err(|e: berth_oci::NameError| MetaError::Corrupt(e.to_string()))?,
+                    algorithm: algorithm
+                        .parse()
+                        .map_err(|e: berth_oci::DigestError| MetaError::Corrupt(e.to_string()))?,
+                    created_at,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM uploads WHERE id = $1")?
+                .execute([id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unreferenced_blobs(&self, before: i64, limit: u32) -> Result<Vec<(String, u64)>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT b.digest, b.size FROM blobs b
+                     WHERE b.created_at < $1
+                       AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
+                       AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest)
+                     ORDER BY b.created_at LIMIT $2",
+                )?
+                .query_map((before, i64::from(limit)), |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn forget_blob_if_unreferenced(&self, digest: &Digest) -> Result<bool> {
+        let digest = digest.to_string();
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM blobs WHERE digest = $1
+                       AND NOT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1)
+                       AND NOT EXISTS (SELECT 1 FROM manifest_blobs WHERE blob = $1)",
+                )?
+                .execute([digest])?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id FROM uploads WHERE created_at < $1 ORDER BY created_at LIMIT $2",
+                )?
+                .query_map((before, i64::from(limit)), |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+}
