@@ -9,8 +9,9 @@
 //! under its digest, or absent.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -19,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::direct::DirectSink;
 use crate::{is_valid_upload_id, paths, Appended, BlobStore, ByteStream, StorageError};
 
 /// Size of each read from disk when serving a blob: large enough that per-chunk overhead
@@ -210,6 +212,9 @@ impl<'scope> Hashing<'scope> {
     }
 }
 
+/// Appends larger than this switch to direct writes once they pass it (see `direct.rs`).
+const DIRECT_AFTER: u64 = 8 * 1024 * 1024;
+
 /// The disk side of an append: runs on a blocking thread, hashes and writes every chunk, and
 /// on `End` reports the new size, or cuts the file back to `offset` if the stream ended early.
 fn append_worker(
@@ -218,7 +223,7 @@ fn append_worker(
     hasher: Hasher,
     mut rx: mpsc::Receiver<Chunk>,
 ) -> Result<Appended, StorageError> {
-    let mut file = match OpenOptions::new().append(true).open(path) {
+    let file = match OpenOptions::new().write(true).read(true).open(path) {
         Ok(f) => f,
         Err(e) => return not_found_as(e, StorageError::UploadNotFound),
     };
@@ -231,6 +236,8 @@ fn append_worker(
     }
     std::thread::scope(|scope| {
         let mut hashing = Hashing::Inline(hasher);
+        let mut direct: Option<DirectSink> = None;
+        let mut direct_tried = false;
         let mut size = offset;
         let mut unflushed = offset;
         let mut outcome: io::Result<bool> = Ok(false);
@@ -240,13 +247,27 @@ fn append_worker(
                     if size - offset >= PARALLEL_HASH_AFTER {
                         hashing = hashing.go_parallel(scope);
                     }
+                    if size - offset >= DIRECT_AFTER && !direct_tried {
+                        direct_tried = true;
+                        match DirectSink::start(scope, path, &file, size) {
+                            Ok(sink) => direct = sink,
+                            Err(e) => {
+                                outcome = Err(e);
+                                break;
+                            }
+                        }
+                    }
                     hashing.update(&bytes);
-                    if let Err(e) = file.write_all(&bytes) {
+                    let written = match &mut direct {
+                        Some(sink) => sink.push(&bytes),
+                        None => file.write_all_at(&bytes, size),
+                    };
+                    if let Err(e) = written {
                         outcome = Err(e);
                         break;
                     }
                     size += bytes.len() as u64;
-                    if size - unflushed >= WRITEBACK_EVERY {
+                    if direct.is_none() && size - unflushed >= WRITEBACK_EVERY {
                         start_writeback(&file, unflushed, size - unflushed);
                         unflushed = size;
                     }
@@ -257,6 +278,14 @@ fn append_worker(
                 }
             }
         }
+        let outcome = match (direct, outcome) {
+            (Some(sink), Ok(true)) => sink.finish(&file).map(|()| true),
+            (Some(sink), other) => match sink.abandon() {
+                Some(e) => Err(e),
+                None => other,
+            },
+            (None, other) => other,
+        };
         let hasher = hashing.finish();
         match (outcome, hasher) {
             (Ok(true), Ok(hasher)) => Ok(Appended { size, hasher }),

@@ -6,6 +6,7 @@
 //! visible under its digest atomically and durably. [`testsuite`] is the shared suite every
 //! backend must pass.
 
+mod direct;
 pub mod fs;
 mod paths;
 pub mod testsuite;

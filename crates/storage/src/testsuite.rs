@@ -40,6 +40,7 @@ pub async fn run_all(store: &dyn BlobStore) {
     roundtrip_and_ranges(store).await;
     chunked_append_and_offsets(store).await;
     large_append_hashes_every_byte(store).await;
+    large_appends_at_unaligned_offsets(store).await;
     failed_append_is_rolled_back(store).await;
     missing_things(store).await;
     dedupe_and_delete(store).await;
@@ -128,6 +129,62 @@ async fn large_append_hashes_every_byte(store: &dyn BlobStore) {
     )
     .await;
     assert!(back == data, "read back differs");
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect()
+}
+
+fn uneven_chunks(data: &[u8]) -> ByteStream {
+    let chunks: Vec<io::Result<Bytes>> = data
+        .chunks(1_000_003)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    Box::pin(stream::iter(chunks))
+}
+
+/// Several large appends, each starting where the previous one ended at an offset that is not
+/// a multiple of any block size (backends may write large appends differently, e.g. unbuffered
+/// in aligned blocks), one of them broken off midway: every byte must read back in place.
+async fn large_appends_at_unaligned_offsets(store: &dyn BlobStore) {
+    let id = "suite-unaligned";
+    let first = pattern(9_000_123, 1);
+    let second = pattern(10_485_765, 2);
+    let third = pattern(4_099, 3);
+    store.create_upload(id).await.unwrap();
+    let a = store
+        .append_upload(id, 0, uneven_chunks(&first), Algorithm::Sha256.hasher())
+        .await
+        .unwrap();
+    assert_eq!(a.size, first.len() as u64);
+
+    let lost = pattern(12_000_000, 4);
+    let broken: ByteStream = Box::pin(uneven_chunks(&lost).chain(stream::iter(vec![Err(
+        io::Error::new(io::ErrorKind::ConnectionReset, "client went away"),
+    )])));
+    let r = store
+        .append_upload(id, a.size, broken, Algorithm::Sha256.hasher())
+        .await;
+    assert!(matches!(r, Err(StorageError::Client(_))), "{r:?}");
+    assert_eq!(store.upload_size(id).await.unwrap(), Some(a.size));
+
+    let b = store
+        .append_upload(id, a.size, uneven_chunks(&second), a.hasher)
+        .await
+        .unwrap();
+    let c = store
+        .append_upload(id, b.size, uneven_chunks(&third), b.hasher)
+        .await
+        .unwrap();
+    let all = [first, second, third].concat();
+    assert_eq!(c.size, all.len() as u64);
+    let digest = c.hasher.finish();
+    assert_eq!(digest, Digest::sha256_of(&all));
+    store.commit_upload(id, &digest).await.unwrap();
+    let back = collect(store.read_blob(&digest, 0..all.len() as u64).await.unwrap()).await;
+    assert!(back == all, "read back differs");
 }
 
 async fn failed_append_is_rolled_back(store: &dyn BlobStore) {
