@@ -18,15 +18,16 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::migrations::{CREATE_VERSION_TABLE, MIGRATIONS};
 use crate::{now, MetaError, Result};
 
 /// Writes run in one transaction at most this many at a time.
 const MAX_GROUP: usize = 256;
-/// Idle read connections kept open.
-const MAX_IDLE_READERS: usize = 8;
+/// Read connections open at most, so reads under load use a bounded number of blocking threads
+/// and of per-connection page caches.
+const MAX_READERS: usize = 8;
 /// How long a connection waits for another process's lock (the CLI writing while a server
 /// runs) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +74,7 @@ impl SqliteStore {
             readers: Arc::new(Readers {
                 path,
                 idle: Mutex::new(Vec::new()),
+                permits: Arc::new(Semaphore::new(MAX_READERS)),
             }),
         })
     }
@@ -105,7 +107,14 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let readers = self.readers.clone();
+        let permit = readers
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| MetaError::Worker(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = readers.take()?;
             let result = f(&conn);
             readers.give(conn);
@@ -215,10 +224,12 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> std::result::R
     })
 }
 
-/// Read-only connections, opened on demand and kept while idle.
+/// Read-only connections, opened on demand and kept while idle; a permit is held while one is
+/// in use.
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
 }
 
 impl Readers {
@@ -238,9 +249,9 @@ impl Readers {
     }
 
     fn give(&self, conn: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
     }
 }
