@@ -26,14 +26,22 @@ struct Cli {
     command: Command,
 }
 
+/// Tunes glibc's allocator for this server.
+///
 /// glibc gives each thread that allocates its own arena (up to 8 per core), which turns many
 /// short-lived connections into resident memory that is never returned; two arenas are plenty
-/// for a server whose hot paths barely allocate.
-fn limit_malloc_arenas() {
+/// for a server whose hot paths barely allocate. And by default glibc hands the freed tail of
+/// a heap back to the kernel past 128 KiB and serves large buffers from fresh mappings, so an
+/// upload's socket reads kept landing in new pages the kernel had to zero (163k page faults
+/// per 3 GiB uploaded, 10% of the server's CPU); keeping up to 16 MiB free per arena and
+/// serving buffers below 1 MiB from the heap brings that to 13k, with the same peak memory.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator parameters; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 * 1024 * 1024);
     }
 }
 
@@ -132,7 +140,7 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { store, addr } => store.load().and_then(|(mut config, notices)| {
