@@ -508,18 +508,26 @@ async fn failed_logins_are_rate_limited_and_audited() {
         "even the right password waits out the window"
     );
 
-    // The audit log has the failures, with who and from where, and no password.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["audit", "--action", "login", "--json", "--data"])
-        .arg(&s.data)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let failed: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|e: &Value| e["outcome"] == "failed")
-        .collect();
+    // The audit log has the failures, with who and from where, and no password. It is
+    // written in batches, so the last failures may take a moment to land.
+    let (mut text, mut failed) = (String::new(), Vec::<Value>::new());
+    for _ in 0..50 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["audit", "--action", "login", "--json", "--data"])
+            .arg(&s.data)
+            .output()
+            .unwrap();
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        failed = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &Value| e["outcome"] == "failed")
+            .collect();
+        if failed.len() >= 10 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(failed.len() >= 10, "{text}");
     assert_eq!(failed[0]["actor"], "admin");
     assert_eq!(failed[0]["client"], "127.0.0.1");
