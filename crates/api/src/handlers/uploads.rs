@@ -187,7 +187,9 @@ pub async fn patch(
     let slot = registry.uploads.slot(id);
     let mut state = slot.lock().await;
     let size = current_size(registry, id, state.as_ref()).await?;
-    check_chunk(request.headers(), size)?;
+    if let Err(refused) = check_chunk(request.headers(), size) {
+        return Err(drained(request, refused).await);
+    }
     let hasher = hasher_at(&*registry.blobs, id, size, session.algorithm, state.take()).await?;
     let appended = registry
         .blobs
@@ -216,7 +218,9 @@ pub async fn finish(
     let mut state = slot.lock().await;
     // From storage, not the hash state: a stale state must not decide the digest check.
     let size = current_size(registry, id, None).await?;
-    check_chunk(request.headers(), size)?;
+    if let Err(refused) = check_chunk(request.headers(), size) {
+        return Err(drained(request, refused).await);
+    }
     let hasher = hasher_at(&*registry.blobs, id, size, digest.algorithm(), state.take()).await?;
     // Most clients finish with an empty PUT; skip the append (and its fsync) then.
     let (hasher, size) = if has_body(request.headers()) {
@@ -229,6 +233,23 @@ pub async fn finish(
         (hasher, size)
     };
     complete(registry, name, id, &digest, hasher, size).await
+}
+
+/// A refused chunk's body is still on its way: read (and drop) up to this much of it, so the
+/// client, still sending, gets to read the error instead of a broken pipe.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+async fn drained(request: Request, refused: ApiError) -> ApiError {
+    use futures_util::StreamExt;
+    let mut body = body_stream(request.into_body());
+    let mut seen = 0;
+    while let Some(Ok(chunk)) = body.next().await {
+        seen += chunk.len();
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    refused
 }
 
 /// Whether a request carries body bytes (a non-zero length, or a chunked body).
