@@ -12,7 +12,9 @@ SUDO=""
 packages=(skopeo podman containerd runc uidmap fuse-overlayfs apache2-utils docker-registry
           curl jq python3-venv openssl wrk iperf3
           # tests/deploy renders the Helm chart with Go's text/template (Helm is not packaged)
-          golang-go golang-gopkg-yaml.v3-dev)
+          golang-go golang-gopkg-yaml.v3-dev
+          # tests/deploy builds the Containerfile's image around a static (musl) binary
+          musl-tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,4 +31,11 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+# The container image test needs Rust's musl target; rustup fetches it from static.rust-lang.org.
+# Where that is unreachable the test says so and skips, and everything else still runs.
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl \
+    || echo "warning: could not install the x86_64-unknown-linux-musl target; the container image test will be skipped" >&2
+fi
 echo "test dependencies installed"

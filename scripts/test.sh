@@ -28,7 +28,7 @@ export BERTH_BIN="${CARGO_TARGET_DIR:-target}/debug/berth"
 step "interoperability with skopeo, podman, containerd and oras"
 .venv/bin/pytest -q -p no:cacheprovider tests/interop
 
-step "Kubernetes manifests, Helm chart and Containerfile against the binary"
+step "Kubernetes manifests, Helm chart and Containerfile against the binary; the image built and run"
 .venv/bin/pytest -q -p no:cacheprovider tests/deploy
 
 step "benchmark smoke run: every phase against Berth and Distribution produces a number"
