@@ -2,8 +2,12 @@
 //! are the registry's hottest path, and a manifest is small and, by digest, immutable.
 //!
 //! Writes through this store invalidate the repository's entries at once, so this process
-//! always reads its own writes. Entries also expire after a short time, which bounds how
-//! long another replica sharing the database can serve a tag that was moved elsewhere.
+//! always reads its own writes; a read that raced a write is not cached. Entries are fresh for
+//! [`TTL`], which bounds how long another replica sharing the database can serve a tag that was
+//! moved elsewhere. A request that finds its entry just expired is answered from it while one
+//! background read refreshes it, so hot manifests never make a request wait on the database
+//! (that wait, for every hot entry every TTL, was the tail latency under load); past
+//! `TTL + STALE_GRACE` an entry is not served at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,15 +18,23 @@ use berth_oci::{Digest, Reference, RepositoryName, Tag};
 
 use crate::{MetadataStore, NewManifest, Page, Referrer, Result, StoredManifest, UploadSession};
 
-/// How long a cached answer may be served.
+/// How long a cached answer is fresh.
 pub const TTL: Duration = Duration::from_secs(2);
+/// How long past `TTL` an entry may still answer while its refresh is under way.
+const STALE_GRACE: Duration = Duration::from_secs(2);
 /// Bytes of manifests kept at most; beyond, the cache starts over.
 const MAX_BYTES: usize = 64 * 1024 * 1024;
 
-type Entry = (Instant, Option<Arc<StoredManifest>>);
+struct Entry {
+    fetched: Instant,
+    manifest: Option<Arc<StoredManifest>>,
+    refreshing: bool,
+}
 
-fn size_of(entry: &Entry) -> usize {
-    entry.1.as_ref().map(|m| m.content.len()).unwrap_or(0)
+impl Entry {
+    fn size(&self) -> usize {
+        self.manifest.as_ref().map(|m| m.content.len()).unwrap_or(0)
+    }
 }
 
 /// Cached answers of one repository, so a write drops exactly its repository's entries.
@@ -36,49 +48,125 @@ struct RepoEntries {
 struct Entries {
     repos: HashMap<String, RepoEntries>,
     bytes: usize,
+    /// Bumped by every write, so a read that started before one is not cached.
+    writes: u64,
+}
+
+impl Entries {
+    /// Caches what a read that started at write count `writes` found, unless a write came since.
+    fn remember(
+        &mut self,
+        repo: &str,
+        reference: String,
+        found: Option<StoredManifest>,
+        writes: u64,
+    ) {
+        if self.writes != writes {
+            self.forget(repo, &reference);
+            return;
+        }
+        let entry = Entry {
+            fetched: Instant::now(),
+            manifest: found.map(Arc::new),
+            refreshing: false,
+        };
+        let size = entry.size();
+        if self.bytes + size > MAX_BYTES {
+            *self = Entries {
+                writes: self.writes,
+                ..Entries::default()
+            };
+        }
+        let r = self.repos.entry(repo.to_owned()).or_default();
+        let replaced = r
+            .by_reference
+            .insert(reference, entry)
+            .map(|old| old.size())
+            .unwrap_or(0);
+        r.bytes = r.bytes + size - replaced;
+        self.bytes = self.bytes + size - replaced;
+    }
+
+    fn forget(&mut self, repo: &str, reference: &str) {
+        if let Some(r) = self.repos.get_mut(repo) {
+            if let Some(old) = r.by_reference.remove(reference) {
+                r.bytes -= old.size();
+                self.bytes -= old.size();
+            }
+        }
+    }
+}
+
+enum Lookup {
+    Fresh(Option<StoredManifest>),
+    /// Expired but within the grace period; `true` when this caller is to refresh it.
+    Stale(Option<StoredManifest>, bool),
+    Missing,
 }
 
 pub struct CachedStore {
     inner: Arc<dyn MetadataStore>,
-    entries: Mutex<Entries>,
+    entries: Arc<Mutex<Entries>>,
 }
 
 impl CachedStore {
     pub fn new(inner: Arc<dyn MetadataStore>) -> Self {
         CachedStore {
             inner,
-            entries: Mutex::new(Entries::default()),
+            entries: Arc::new(Mutex::new(Entries::default())),
         }
     }
 
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn invalidate(&self, repo: &RepositoryName) {
-        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut e = self.entries();
+        e.writes += 1;
         if let Some(gone) = e.repos.remove(repo.as_str()) {
             e.bytes -= gone.bytes;
         }
     }
 
-    fn lookup(&self, repo: &RepositoryName, reference: &str) -> Option<Option<StoredManifest>> {
-        let e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (at, manifest) = e.repos.get(repo.as_str())?.by_reference.get(reference)?;
-        (at.elapsed() < TTL).then(|| manifest.as_deref().cloned())
+    /// What the cache holds for `reference`, and the write count to remember a read under.
+    fn lookup(&self, repo: &RepositoryName, reference: &str) -> (Lookup, u64) {
+        let mut e = self.entries();
+        let writes = e.writes;
+        let Some(entry) = e
+            .repos
+            .get_mut(repo.as_str())
+            .and_then(|r| r.by_reference.get_mut(reference))
+        else {
+            return (Lookup::Missing, writes);
+        };
+        let age = entry.fetched.elapsed();
+        let value = || entry.manifest.as_deref().cloned();
+        let found = if age < TTL {
+            Lookup::Fresh(value())
+        } else if age < TTL + STALE_GRACE {
+            let claim = !entry.refreshing;
+            entry.refreshing = true;
+            Lookup::Stale(value(), claim)
+        } else {
+            Lookup::Missing
+        };
+        (found, writes)
     }
 
-    fn remember(&self, repo: &RepositoryName, reference: String, found: Option<StoredManifest>) {
-        let entry: Entry = (Instant::now(), found.map(Arc::new));
-        let size = size_of(&entry);
-        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if e.bytes + size > MAX_BYTES {
-            *e = Entries::default();
-        }
-        let r = e.repos.entry(repo.as_str().to_owned()).or_default();
-        let replaced = r
-            .by_reference
-            .insert(reference, entry)
-            .map(|old| size_of(&old))
-            .unwrap_or(0);
-        r.bytes = r.bytes + size - replaced;
-        e.bytes = e.bytes + size - replaced;
+    /// Re-reads one entry off the request path; on failure the entry is dropped, so the next
+    /// request reads it itself.
+    fn refresh(&self, repo: &RepositoryName, reference: &Reference, key: String, writes: u64) {
+        let (inner, entries) = (self.inner.clone(), self.entries.clone());
+        let (repo, reference) = (repo.clone(), reference.clone());
+        tokio::spawn(async move {
+            let found = inner.get_manifest(&repo, &reference).await;
+            let mut e = entries.lock().unwrap_or_else(|p| p.into_inner());
+            match found {
+                Ok(found) => e.remember(repo.as_str(), key, found, writes),
+                Err(_) => e.forget(repo.as_str(), &key),
+            }
+        });
     }
 }
 
@@ -122,12 +210,19 @@ impl MetadataStore for CachedStore {
         reference: &Reference,
     ) -> Result<Option<StoredManifest>> {
         let key = reference.to_string();
-        if let Some(cached) = self.lookup(repo, &key) {
-            return Ok(cached);
+        match self.lookup(repo, &key) {
+            (Lookup::Fresh(found) | Lookup::Stale(found, false), _) => Ok(found),
+            (Lookup::Stale(found, true), writes) => {
+                self.refresh(repo, reference, key, writes);
+                Ok(found)
+            }
+            (Lookup::Missing, writes) => {
+                let found = self.inner.get_manifest(repo, reference).await?;
+                self.entries()
+                    .remember(repo.as_str(), key, found.clone(), writes);
+                Ok(found)
+            }
         }
-        let found = self.inner.get_manifest(repo, reference).await?;
-        self.remember(repo, key, found.clone());
-        Ok(found)
     }
     async fn delete_manifest(&self, r: &RepositoryName, d: &Digest) -> Result<bool> {
         let result = self.inner.delete_manifest(r, d).await;
