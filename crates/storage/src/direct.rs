@@ -104,9 +104,21 @@ impl<'scope> DirectSink<'scope> {
         for _ in 1..BUFFERS {
             let _ = give_back.send(AlignedBuf::new());
         }
+        let buffered = file.try_clone()?;
         let writer = scope.spawn(move || {
+            let mut direct = Some(direct);
             for (mut buf, at) in to_write {
-                direct.write_all_at(buf.filled(), at)?;
+                match direct.as_ref().map(|d| d.write_all_at(buf.filled(), at)) {
+                    Some(Ok(())) => {}
+                    // Opened with O_DIRECT but refusing these writes (some FUSE and network
+                    // filesystems): the rest goes through the page cache.
+                    Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        direct = None;
+                        buffered.write_all_at(buf.filled(), at)?;
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => buffered.write_all_at(buf.filled(), at)?,
+                }
                 buf.len = 0;
                 // Only fails once the sink is gone, when the buffer is no longer wanted.
                 let _ = give_back.send(buf);

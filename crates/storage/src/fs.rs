@@ -468,6 +468,14 @@ mod tests {
         crate::testsuite::run_all(&store).await;
     }
 
+    /// tmpfs refuses O_DIRECT, so large appends there take the buffered path.
+    #[tokio::test]
+    async fn passes_the_shared_suite_on_tmpfs() {
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let store = FsBlobStore::open(dir.path()).await.unwrap();
+        crate::testsuite::run_all(&store).await;
+    }
+
     #[tokio::test]
     async fn committed_blob_uses_distribution_layout() {
         let dir = tempfile::tempdir().unwrap();
