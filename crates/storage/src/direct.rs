@@ -6,8 +6,8 @@
 //! against 1.7-2.0 GB/s with `O_DIRECT`. So once an append is large, its bytes are copied into
 //! block-aligned buffers and written directly by a thread of its own, overlapping with the
 //! network and the hash. The partial last block goes through the page cache as usual (the
-//! commit's `fdatasync` covers it), and a filesystem that refuses `O_DIRECT` (tmpfs, some
-//! network filesystems) simply keeps the buffered path.
+//! commit's `fdatasync` covers it), and a filesystem that refuses `O_DIRECT` (tmpfs before
+//! Linux 6.6, some network and FUSE filesystems) simply keeps the buffered path.
 
 use std::fs::{File, OpenOptions};
 use std::io;

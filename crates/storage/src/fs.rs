@@ -53,6 +53,7 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 #[derive(Clone, Debug)]
 pub struct FsBlobStore {
     root: PathBuf,
+    direct_io: bool,
 }
 
 impl FsBlobStore {
@@ -61,7 +62,17 @@ impl FsBlobStore {
         let root = root.into();
         tokio::fs::create_dir_all(paths::uploads_dir(&root)).await?;
         tokio::fs::create_dir_all(root.join("docker/registry/v2/blobs")).await?;
-        Ok(FsBlobStore { root })
+        Ok(FsBlobStore {
+            root,
+            direct_io: true,
+        })
+    }
+
+    /// Whether large appends may bypass the page cache (`direct.rs`); on by default, and a
+    /// filesystem that refuses `O_DIRECT` falls back by itself.
+    pub fn with_direct_io(mut self, enabled: bool) -> Self {
+        self.direct_io = enabled;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -158,8 +169,10 @@ enum Chunk {
     End,
 }
 
-/// Appends smaller than this are hashed on the writing thread; past it, hashing moves to a
-/// thread of its own so that hashing and writing (each near 1.8 GB/s) overlap.
+/// On the buffered path, appends smaller than this are hashed on the writing thread; past it,
+/// hashing moves to a thread of its own so that hashing and the page-cache copy (each near
+/// 1.8 GB/s) overlap. Direct writes already run on their own thread, so with them the worker
+/// keeps hashing inline: one hand-off less per chunk, and less memory in flight.
 const PARALLEL_HASH_AFTER: u64 = 4 * 1024 * 1024;
 
 /// Hashes chunks either inline or on a helper thread, whichever the append size warrants.
@@ -212,13 +225,14 @@ impl<'scope> Hashing<'scope> {
     }
 }
 
-/// Appends larger than this switch to direct writes once they pass it (see `direct.rs`).
-const DIRECT_AFTER: u64 = 8 * 1024 * 1024;
+/// Appends switch to direct writes once they pass this size (see `direct.rs`).
+const DIRECT_AFTER: u64 = 4 * 1024 * 1024;
 
 /// The disk side of an append: runs on a blocking thread, hashes and writes every chunk, and
 /// on `End` reports the new size, or cuts the file back to `offset` if the stream ended early.
 fn append_worker(
     path: &Path,
+    direct_io: bool,
     offset: u64,
     hasher: Hasher,
     mut rx: mpsc::Receiver<Chunk>,
@@ -237,16 +251,13 @@ fn append_worker(
     std::thread::scope(|scope| {
         let mut hashing = Hashing::Inline(hasher);
         let mut direct: Option<DirectSink> = None;
-        let mut direct_tried = false;
+        let mut direct_tried = !direct_io;
         let mut size = offset;
         let mut unflushed = offset;
         let mut outcome: io::Result<bool> = Ok(false);
         while let Some(chunk) = rx.blocking_recv() {
             match chunk {
                 Chunk::Data(bytes) => {
-                    if size - offset >= PARALLEL_HASH_AFTER {
-                        hashing = hashing.go_parallel(scope);
-                    }
                     if size - offset >= DIRECT_AFTER && !direct_tried {
                         direct_tried = true;
                         match DirectSink::start(scope, path, &file, size) {
@@ -256,6 +267,9 @@ fn append_worker(
                                 break;
                             }
                         }
+                    }
+                    if size - offset >= PARALLEL_HASH_AFTER && direct.is_none() {
+                        hashing = hashing.go_parallel(scope);
                     }
                     hashing.update(&bytes);
                     let written = match &mut direct {
@@ -374,7 +388,10 @@ impl BlobStore for FsBlobStore {
     ) -> Result<Appended, StorageError> {
         let path = self.upload_path(id)?;
         let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-        let worker = tokio::task::spawn_blocking(move || append_worker(&path, offset, hasher, rx));
+        let direct_io = self.direct_io;
+        let worker = tokio::task::spawn_blocking(move || {
+            append_worker(&path, direct_io, offset, hasher, rx)
+        });
         let mut client_error = None;
         while let Some(item) = data.next().await {
             match item {
@@ -468,11 +485,14 @@ mod tests {
         crate::testsuite::run_all(&store).await;
     }
 
-    /// tmpfs refuses O_DIRECT, so large appends there take the buffered path.
+    /// The buffered path, which filesystems without `O_DIRECT` take.
     #[tokio::test]
-    async fn passes_the_shared_suite_on_tmpfs() {
-        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
-        let store = FsBlobStore::open(dir.path()).await.unwrap();
+    async fn passes_the_shared_suite_without_direct_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::open(dir.path())
+            .await
+            .unwrap()
+            .with_direct_io(false);
         crate::testsuite::run_all(&store).await;
     }
 
