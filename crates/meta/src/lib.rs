@@ -38,12 +38,13 @@ pub enum MetaError {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
-/// A manifest as stored: its bytes exactly as pushed.
+/// A manifest as stored: its bytes exactly as pushed. `Bytes`, so that the cache hands the
+/// same bytes to every request instead of copying them.
 #[derive(Clone, Debug)]
 pub struct StoredManifest {
     pub digest: Digest,
     pub media_type: String,
-    pub content: Vec<u8>,
+    pub content: bytes::Bytes,
 }
 
 /// Everything recorded, in one transaction, when a manifest is pushed.

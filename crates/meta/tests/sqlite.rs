@@ -108,7 +108,7 @@ async fn manifests_tags_and_referrers() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(got.content, content);
+    assert_eq!(got.content, content.as_slice());
     assert_eq!(got.digest, md);
 
     let all = store

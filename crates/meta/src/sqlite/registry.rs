@@ -261,7 +261,7 @@ impl MetadataStore for SqliteStore {
                 Ok(StoredManifest {
                     digest: parse_digest(&digest)?,
                     media_type,
-                    content,
+                    content: content.into(),
                 })
             })
             .transpose()
