@@ -28,41 +28,51 @@ pub struct HashState {
 
 pub type UploadSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
 
+/// What this process knows of one upload: its session, if it started here,
+/// and the slot holding its hash state.
+#[derive(Default)]
+struct Known {
+    session: Option<UploadSession>,
+    slot: UploadSlot,
+}
+
 #[derive(Default)]
 pub struct Uploads {
-    slots: Mutex<HashMap<String, UploadSlot>>,
-    sessions: Mutex<HashMap<String, UploadSession>>,
+    known: Mutex<HashMap<String, Known>>,
 }
 
 impl Uploads {
-    /// The slot of upload `id`; hold its lock for the whole request.
-    pub fn slot(&self, id: &str) -> UploadSlot {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots.entry(id.to_owned()).or_default().clone()
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps a session (just stored in the metadata store) for the upload's next requests.
-    pub fn remember(&self, session: UploadSession) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.insert(session.id.clone(), session);
+    /// The slot of upload `id`; hold its lock for the whole request.
+    pub fn slot(&self, id: &str) -> UploadSlot {
+        self.known().entry(id.to_owned()).or_default().slot.clone()
+    }
+
+    /// Keeps a session just stored in the metadata store, with the hash state of its
+    /// (still empty) upload, for the upload's next requests.
+    pub fn started(&self, session: UploadSession) {
+        let state = HashState {
+            offset: 0,
+            hasher: session.algorithm.hasher(),
+        };
+        let known = Known {
+            session: Some(session.clone()),
+            slot: Arc::new(tokio::sync::Mutex::new(Some(state))),
+        };
+        self.known().insert(session.id, known);
     }
 
     /// The session of upload `id`, if this process knows it.
     pub fn session(&self, id: &str) -> Option<UploadSession> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.get(id).cloned()
+        self.known().get(id).and_then(|k| k.session.clone())
     }
 
     /// Drops everything known about upload `id` (finished, cancelled or purged).
     pub fn forget(&self, id: &str) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.known().remove(id);
     }
 }
 

@@ -97,11 +97,7 @@ pub async fn start(
         created_at: berth_meta::now(),
     };
     registry.meta.create_upload(&session).await?;
-    registry.uploads.remember(session);
-    *registry.uploads.slot(&id).lock().await = Some(HashState {
-        offset: 0,
-        hasher: algorithm.hasher(),
-    });
+    registry.uploads.started(session);
     Ok(progress(name, &id, 0, StatusCode::ACCEPTED))
 }
 
