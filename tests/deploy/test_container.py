@@ -110,8 +110,7 @@ def test_serves_and_stores_as_non_root(image, tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/demo/app/tags/list") as r:
             assert json.load(r) == {"name": "demo/app", "tags": ["v1"]}
         # The bytes went to the volume, written by the non-root user.
-        listing = run("podman", "exec", name, "/usr/local/bin/berth", "--version")
-        assert listing.startswith("berth ")
+        assert run("podman", "exec", name, "/usr/local/bin/berth", "--version").startswith("berth ")
         volume = json.loads(run("podman", "inspect", name))[0]["Mounts"]
         data = next(m for m in volume if m["Destination"] == "/var/lib/registry")["Source"]
         blobs = list(pathlib.Path(data).glob("docker/registry/v2/blobs/sha256/*/*/data"))

@@ -99,26 +99,11 @@ async fn recipe_sequence() {
     );
     assert!(!header(&r, "www-authenticate").is_empty());
 
-    let login = s
-        .req(Method::GET, "/v2/")
-        .basic_auth("username", Some("password"))
-        .send()
-        .await
-        .unwrap();
+    let login = s.login("username", "password").await;
     assert_eq!(login.status(), StatusCode::OK);
-    let wrong = s
-        .req(Method::GET, "/v2/")
-        .basic_auth("username", Some("nope"))
-        .send()
-        .await
-        .unwrap();
+    let wrong = s.login("username", "nope").await;
     assert_error(wrong, 401, "UNAUTHORIZED").await;
-    let unknown = s
-        .req(Method::GET, "/v2/")
-        .basic_auth("nobody", Some("password"))
-        .send()
-        .await
-        .unwrap();
+    let unknown = s.login("nobody", "password").await;
     assert_error(unknown, 401, "UNAUTHORIZED").await;
 
     let r = s
@@ -243,19 +228,9 @@ async fn htpasswd_logins_are_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
     let s = recipe_server(dir.path()).await;
     for _ in 0..10 {
-        let r = s
-            .req(Method::GET, "/v2/")
-            .basic_auth("username", Some("guess"))
-            .send()
-            .await
-            .unwrap();
+        let r = s.login("username", "guess").await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    let r = s
-        .req(Method::GET, "/v2/")
-        .basic_auth("username", Some("password"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.login("username", "password").await;
     assert_error(r, 429, "TOOMANYREQUESTS").await;
 }

@@ -481,27 +481,12 @@ async fn failed_logins_are_rate_limited_and_audited() {
     ])
     .await;
     for _ in 0..10 {
-        let r = s
-            .req(Method::GET, "/v2/")
-            .basic_auth("admin", Some("guess"))
-            .send()
-            .await
-            .unwrap();
+        let r = s.login("admin", "guess").await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    let r = s
-        .req(Method::GET, "/v2/")
-        .basic_auth("admin", Some("guess"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.login("admin", "guess").await;
     assert_error(r, 429, "TOOMANYREQUESTS").await;
-    let r = s
-        .req(Method::GET, "/v2/")
-        .basic_auth("admin", Some(ADMIN.1))
-        .send()
-        .await
-        .unwrap();
+    let r = s.login("admin", ADMIN.1).await;
     assert_eq!(
         r.status(),
         StatusCode::TOO_MANY_REQUESTS,
@@ -657,11 +642,7 @@ async fn external_issuer_tokens_and_audit_stream() {
     assert_error(r, 401, "UNAUTHORIZED").await;
 
     // A failed login lands in the JSON-lines stream.
-    s.req(Method::GET, "/v2/")
-        .basic_auth("mallory", Some("guess"))
-        .send()
-        .await
-        .unwrap();
+    s.login("mallory", "guess").await;
     let mut line = None;
     for _ in 0..50 {
         let text = std::fs::read_to_string(&stream).unwrap_or_default();
@@ -724,12 +705,7 @@ async fn htpasswd_users_work_in_token_mode() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = s
-        .req(Method::GET, "/v2/")
-        .basic_auth("carol", Some("wrong"))
-        .send()
-        .await
-        .unwrap();
+    let r = s.login("carol", "wrong").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = carol(Method::GET, "/api/v1/users").send().await.unwrap();
     assert_eq!(

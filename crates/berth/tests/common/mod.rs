@@ -130,6 +130,15 @@ impl Server {
         self.req(Method::GET, path).send().await.expect("request")
     }
 
+    /// `GET /v2/` with Basic credentials: the login check, nothing else.
+    pub async fn login(&self, user: &str, password: &str) -> Response {
+        self.req(Method::GET, "/v2/")
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn head(&self, path: &str) -> Response {
         self.req(Method::HEAD, path).send().await.expect("request")
     }
