@@ -5,7 +5,6 @@
 //! recorded with all its tags in one metadata transaction.
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::response::Response;
 use berth_meta::NewManifest;
 use berth_oci::manifest::MANIFEST_MEDIA_TYPES;
@@ -13,7 +12,9 @@ use berth_oci::{Digest, ErrorCode, Manifest, Reference, RepositoryName, Tag};
 use http::{header, HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 
-use super::{empty, etag, etag_matches, header_str, no_content, Query, ResponseExt};
+use super::{
+    empty, etag, etag_matches, header_str, no_content, Query, ResponseExt, UnreadBody, DRAIN_LIMIT,
+};
 use crate::error::ApiError;
 use crate::Registry;
 
@@ -48,18 +49,15 @@ pub async fn get(
         .with_header(header::ETAG, etag(&m.digest)))
 }
 
-/// Reading past the limit before answering 413 lets clients that send the whole body see the
-/// error instead of a reset connection; beyond this much, the connection is simply closed.
-const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
-
-async fn read_limited(request: Request, limit: usize) -> Result<bytes::Bytes, ApiError> {
+/// Reads at most `limit` bytes; past it, keeps reading (up to `DRAIN_LIMIT`) so the client
+/// sees the 413 instead of a reset connection.
+async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::ManifestTooLarge,
             format!("manifests are limited to {limit} bytes"),
         )
     };
-    let mut body = request.into_body();
     let mut collected = bytes::BytesMut::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
@@ -91,10 +89,11 @@ pub async fn put(
     name: &RepositoryName,
     reference: &Reference,
     query: &Query,
-    request: Request,
+    headers: &HeaderMap,
+    body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
-    let content_type = header_str(request.headers(), header::CONTENT_TYPE).map(str::to_owned);
-    let bytes = read_limited(request, registry.config.max_manifest_bytes).await?;
+    let content_type = header_str(headers, header::CONTENT_TYPE).map(str::to_owned);
+    let bytes = read_limited(body.take(), registry.config.max_manifest_bytes).await?;
     let manifest = Manifest::parse(&bytes, content_type.as_deref())?;
 
     let (digest, mut tags) = match reference {

@@ -21,18 +21,60 @@ use crate::error::ApiError;
 use crate::route::Endpoint;
 use crate::Registry;
 
+/// A client that is refused while still sending its body reads the error only if we read
+/// that body first (else it sees a broken pipe); up to this much is read and dropped, beyond
+/// it the connection is simply closed.
+pub const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The request body, until a handler takes it. What a failed request left unread is drained
+/// (up to [`DRAIN_LIMIT`]) before its error goes out, whichever check refused it.
+pub struct UnreadBody(Option<Body>);
+
+impl UnreadBody {
+    pub fn take(&mut self) -> Body {
+        self.0.take().unwrap_or_else(Body::empty)
+    }
+
+    async fn drain(self) {
+        let Some(body) = self.0 else { return };
+        let mut stream = body_stream(body);
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+            seen += chunk.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+}
+
 pub async fn handle(
     registry: &Registry,
     endpoint: Endpoint,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let method = request.method().clone();
-    let query = Query::parse(request.uri().query());
+    let (parts, body) = request.into_parts();
+    let mut body = UnreadBody(Some(body));
+    let result = dispatch(registry, endpoint, &parts, &mut body).await;
+    if result.is_err() {
+        body.drain().await;
+    }
+    result
+}
+
+async fn dispatch(
+    registry: &Registry,
+    endpoint: Endpoint,
+    request: &http::request::Parts,
+    body: &mut UnreadBody,
+) -> Result<Response, ApiError> {
+    let method = request.method.clone();
+    let query = Query::parse(request.uri.query());
     let access = request
-        .extensions()
+        .extensions
         .get::<Access>()
         .cloned()
-        .unwrap_or_else(|| Access::anonymous(client_address(request.extensions())));
+        .unwrap_or_else(|| Access::anonymous(client_address(&request.extensions)));
     match (endpoint, method) {
         (Endpoint::Base, Method::GET | Method::HEAD) => Ok(empty(StatusCode::OK, Body::from("{}"))
             .with_header(header::CONTENT_TYPE, "application/json")),
@@ -44,14 +86,15 @@ pub async fn handle(
         (Endpoint::Manifest { name, reference }, m @ (Method::GET | Method::HEAD)) => {
             let head = m == Method::HEAD;
             let response =
-                manifests::get(registry, &name, &reference, head, request.headers()).await?;
+                manifests::get(registry, &name, &reference, head, &request.headers).await?;
             if !head && registry.audit.pulls {
                 audit(registry, &access, "pull", &format!("{name}:{reference}"));
             }
             Ok(response)
         }
         (Endpoint::Manifest { name, reference }, Method::PUT) => {
-            let response = manifests::put(registry, &name, &reference, &query, request).await?;
+            let response =
+                manifests::put(registry, &name, &reference, &query, &request.headers, body).await?;
             let digest = header_str(
                 response.headers(),
                 header::HeaderName::from_static("docker-content-digest"),
@@ -76,7 +119,7 @@ pub async fn handle(
                 &name,
                 &digest,
                 m == Method::HEAD,
-                request.headers(),
+                &request.headers,
             )
             .await
         }
@@ -86,13 +129,13 @@ pub async fn handle(
             Ok(response)
         }
         (Endpoint::UploadStart { name }, Method::POST) => {
-            uploads::start(registry, &access, &name, &query, request).await
+            uploads::start(registry, &access, &name, &query, body).await
         }
         (Endpoint::Upload { name, id }, Method::PATCH) => {
-            uploads::patch(registry, &name, &id, request).await
+            uploads::patch(registry, &name, &id, &request.headers, body).await
         }
         (Endpoint::Upload { name, id }, Method::PUT) => {
-            uploads::finish(registry, &name, &id, &query, request).await
+            uploads::finish(registry, &name, &id, &query, &request.headers, body).await
         }
         (Endpoint::Upload { name, id }, Method::GET) => uploads::status(registry, &name, &id).await,
         (Endpoint::Upload { name, id }, Method::DELETE) => {

@@ -5,14 +5,13 @@
 //! Bytes are hashed as they stream to storage; a blob is committed only after the computed
 //! digest equals the one the client named. A wrong digest discards the upload.
 
-use axum::extract::Request;
 use axum::response::Response;
 use berth_meta::UploadSession;
 use berth_oci::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
 use http::{header, HeaderMap, StatusCode};
 use rand::RngCore;
 
-use super::{body_stream, header_str, no_content, Query, ResponseExt};
+use super::{body_stream, header_str, no_content, Query, ResponseExt, UnreadBody};
 use crate::access::Access;
 use crate::error::ApiError;
 use crate::uploads::{hasher_at, HashState};
@@ -48,7 +47,7 @@ pub async fn start(
     access: &Access,
     name: &RepositoryName,
     query: &Query,
-    request: Request,
+    body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
     if let Some(digest) = query.digest("mount")? {
         // A mount the caller cannot have (unknown source, blob not there, source not readable
@@ -78,7 +77,7 @@ pub async fn start(
         let hasher = digest.algorithm().hasher();
         let appended = registry
             .blobs
-            .append_upload(&id, 0, body_stream(request.into_body()), hasher)
+            .append_upload(&id, 0, body_stream(body.take()), hasher)
             .await;
         let appended = match appended {
             Ok(a) => a,
@@ -177,19 +176,18 @@ pub async fn patch(
     registry: &Registry,
     name: &RepositoryName,
     id: &str,
-    request: Request,
+    headers: &HeaderMap,
+    body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
     let session = session(registry, name, id).await?;
     let slot = registry.uploads.slot(id);
     let mut state = slot.lock().await;
     let size = current_size(registry, id, state.as_ref()).await?;
-    if let Err(refused) = check_chunk(request.headers(), size) {
-        return Err(drained(request, refused).await);
-    }
+    check_chunk(headers, size)?;
     let hasher = hasher_at(&*registry.blobs, id, size, session.algorithm, state.take()).await?;
     let appended = registry
         .blobs
-        .append_upload(id, size, body_stream(request.into_body()), hasher)
+        .append_upload(id, size, body_stream(body.take()), hasher)
         .await?;
     let new_size = appended.size;
     *state = Some(HashState {
@@ -204,7 +202,8 @@ pub async fn finish(
     name: &RepositoryName,
     id: &str,
     query: &Query,
-    request: Request,
+    headers: &HeaderMap,
+    body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
     session(registry, name, id).await?;
     let digest = query.digest("digest")?.ok_or_else(|| {
@@ -214,38 +213,19 @@ pub async fn finish(
     let mut state = slot.lock().await;
     // From storage, not the hash state: a stale state must not decide the digest check.
     let size = current_size(registry, id, None).await?;
-    if let Err(refused) = check_chunk(request.headers(), size) {
-        return Err(drained(request, refused).await);
-    }
+    check_chunk(headers, size)?;
     let hasher = hasher_at(&*registry.blobs, id, size, digest.algorithm(), state.take()).await?;
     // Most clients finish with an empty PUT; skip the append (and its fsync) then.
-    let (hasher, size) = if has_body(request.headers()) {
+    let (hasher, size) = if has_body(headers) {
         let appended = registry
             .blobs
-            .append_upload(id, size, body_stream(request.into_body()), hasher)
+            .append_upload(id, size, body_stream(body.take()), hasher)
             .await?;
         (appended.hasher, appended.size)
     } else {
         (hasher, size)
     };
     complete(registry, name, id, &digest, hasher, size).await
-}
-
-/// A refused chunk's body is still on its way: read (and drop) up to this much of it, so the
-/// client, still sending, gets to read the error instead of a broken pipe.
-const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
-
-async fn drained(request: Request, refused: ApiError) -> ApiError {
-    use futures_util::StreamExt;
-    let mut body = body_stream(request.into_body());
-    let mut seen = 0;
-    while let Some(Ok(chunk)) = body.next().await {
-        seen += chunk.len();
-        if seen > DRAIN_LIMIT {
-            break;
-        }
-    }
-    refused
 }
 
 /// Whether a request carries body bytes (a non-zero length, or a chunked body).

@@ -204,8 +204,10 @@ async fn unknown_and_foreign_upload_ids() {
         "/v2/u/blobs/uploads/..%2F..%2Fetc",
     ] {
         assert_error(s.get(path).await, 404, "BLOB_UPLOAD_UNKNOWN").await;
+        // 4 MiB: the refusal comes while the client is still sending, and it must still
+        // read the error, not a broken pipe.
         assert_error(
-            s.patch_upload(path, None, b"x").await,
+            s.patch_upload(path, None, &vec![7u8; 4 << 20]).await,
             404,
             "BLOB_UPLOAD_UNKNOWN",
         )
