@@ -62,6 +62,12 @@ def cpu_per_gib(ph):
     return round(ph["registry_cpu_s"] / ph["bytes"] * (1 << 30), 2)
 
 
+def each_run(ph):
+    """The MB/s of every repetition of a repeated phase (the row shows their median)."""
+    runs = ph.get("MBps_runs") or []
+    return " / ".join(fmt(v) for v in runs) if len(runs) > 1 else None
+
+
 # which run.py phase produces which measured phases: only phases that ran are required
 GROUP_OF = {"push_skopeo": "big", "upload_monolithic": "big", "upload_patch": "big", "upload_chunked": "big",
             "pull_skopeo": "big", "blob_get_warm": "big", "blob_get_cold": "big", "small_images": "small",
@@ -102,11 +108,14 @@ def main_rows(run, limits):
         ("%s blob upload, curl POST + PATCH + PUT (MB/s ↑)" % size, "upload_patch", "MBps", True, ingest),
         ("%s blob upload, curl POST + %s× PATCH (%d MiB chunks) + PUT (MB/s ↑)"
          % (size, chunks or "n", p["chunk_mib"]), "upload_chunked", "MBps", True, ingest),
+        ("  each run, POST + PUT upload (MB/s; the row above is their median)", "upload_monolithic", each_run,
+         False, ""),
         ("  registry CPU per GiB, POST + PUT upload (s ↓)", "upload_monolithic", cpu_per_gib, False, ""),
         ("  `sync` right after the chunked upload (s)", "upload_chunked", "sync_after_s", False, ""),
         ("%s image pull, skopeo docker:// → oci: (MB/s ↑)" % size, "pull_skopeo", "MBps", True,
          "client writes to disk"),
         ("%s blob GET, curl, page cache warm (MB/s ↑)" % size, "blob_get_warm", "MBps", True, egress),
+        ("  each run (MB/s)", "blob_get_warm", each_run, False, ""),
     ]
     if p.get("cold"):
         rows.append(("%s blob GET, curl, after drop_caches (MB/s ↑)" % size, "blob_get_cold", "MBps", True,

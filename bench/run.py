@@ -40,6 +40,7 @@ MiB = 1 << 20
 MODES = {
     "full": {
         "big_size": "1G", "chunk_mib": 64,            # 1 GiB image/blob; chunked upload = 16 PATCHes
+        "repeat": 3,                                   # runs per upload style and blob GET; median kept
         "op_images": 1000, "op_concurrency": 32,       # small images over 32 connections
         "conns": [32, 256], "duration": 10, "wrk_threads": 2, "httpload_procs": 1,
         "list_repos": 10000, "list_tags": 1000, "list_seconds": 5,
@@ -47,7 +48,7 @@ MODES = {
         "limits_size_mb": 2048, "limits_seconds": 3,
     },
     "smoke": {
-        "big_size": "16M", "chunk_mib": 4,
+        "big_size": "16M", "chunk_mib": 4, "repeat": 1,
         "op_images": 50, "op_concurrency": 32,
         "conns": [32, 256], "duration": 2, "wrk_threads": 2, "httpload_procs": 1,
         "list_repos": 200, "list_tags": 100, "list_seconds": 0.5,
@@ -140,7 +141,7 @@ def write_random(paths, total, chunk, seed):
 def prepare_content(p, work, run_id):
     """Content shared by all registries (each registry starts empty, so reuse is fair):
     an OCI layout with one image of one layer (mkoci.py, gzip level 0 so skopeo does not
-    recompress) and three distinct random blobs for the three curl upload styles."""
+    recompress) and, per curl upload style, `repeat` distinct random blobs."""
     size = parse_size(p["big_size"])
     layout = os.path.join(work, "big-layout")
     r = subprocess.run([sys.executable, os.path.join(HERE, "mkoci.py"), layout, "--tag", "big",
@@ -154,13 +155,16 @@ def prepare_content(p, work, run_id):
          "image_bytes": man["layers"][0]["size"] + man["config"]["size"] + top["size"], "uploads": {}}
     chunk = p["chunk_mib"] * MiB
     for mode in ("monolithic", "patch", "chunked"):
-        d = os.path.join(work, "upload-" + mode)
-        os.makedirs(d)
-        nfiles = -(-size // chunk) if mode == "chunked" else 1
-        files = [os.path.join(d, "part%04d" % i) for i in range(nfiles)]
-        digest = write_random(files, size, chunk if mode == "chunked" else size, "%s-%s" % (mode, run_id))
-        c["uploads"][mode] = {"files": files, "digest": digest, "bytes": size,
-                              "requests": {"monolithic": 2, "patch": 3}.get(mode, nfiles + 2)}
+        c["uploads"][mode] = []
+        for rep in range(p["repeat"]):
+            d = os.path.join(work, "upload-%s-%d" % (mode, rep))
+            os.makedirs(d)
+            nfiles = -(-size // chunk) if mode == "chunked" else 1
+            files = [os.path.join(d, "part%04d" % i) for i in range(nfiles)]
+            digest = write_random(files, size, chunk if mode == "chunked" else size,
+                                  "%s-%d-%s" % (mode, rep, run_id))
+            c["uploads"][mode].append({"files": files, "digest": digest, "bytes": size,
+                                       "requests": {"monolithic": 2, "patch": 3}.get(mode, nfiles + 2)})
     return c
 
 
