@@ -8,8 +8,10 @@ CPU of everybody else on the machine (other tenants: non-zero means the phase wa
 A phase that raises is recorded with an "error" and the run goes on; the report then shows
 the hole and run.py exits non-zero.
 """
+import hashlib
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -184,6 +186,24 @@ class Measure:
         return True  # go on with the next phase
 
 
+def write_random(paths, total, chunk, seed):
+    """Fresh random bytes (new per run, so no cache anywhere knows them) split over `paths`
+    of `chunk` bytes each (the last one takes the rest); returns the sha256 digest of all."""
+    rng = random.Random(seed)
+    h = hashlib.sha256()
+    left = total
+    for p in paths:
+        n = min(chunk, left)
+        with open(p, "wb") as f:
+            while n:
+                b = rng.randbytes(min(n, 4 << 20))
+                h.update(b)
+                f.write(b)
+                n -= len(b)
+                left -= len(b)
+    return "sha256:" + h.hexdigest()
+
+
 def mbps(nbytes, seconds):
     return round(nbytes / seconds / 1e6, 1) if seconds > 0 else None
 
@@ -283,6 +303,21 @@ class RegistryBench:
         if st != 201:
             raise RuntimeError("PUT ?digest -> %s" % st)
 
+    def fresh_upload(self, mode, rep):
+        """Writes a new random blob for one curl upload (chunked: one file per chunk) and
+        returns {files, digest, bytes, requests}; the caller deletes `dir` afterwards."""
+        c = self.c
+        size, chunk = c["upload_bytes"], c["chunk_bytes"]
+        d = os.path.join(self.work, "upload-content")
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        nfiles = -(-size // chunk) if mode == "chunked" else 1
+        files = [os.path.join(d, "part%04d" % i) for i in range(nfiles)]
+        digest = write_random(files, size, chunk if mode == "chunked" else size,
+                              "%s-%s-%d-%s" % (self.reg.label, mode, rep, c["seed"]))
+        return {"dir": d, "files": files, "digest": digest, "bytes": size,
+                "requests": {"monolithic": 2, "patch": 3}.get(mode, nfiles + 2)}
+
     def keep_median(self, name, n):
         """Folds the runs `name#0` … `name#n-1` into `name`: the figures of the median run by
         MB/s, each run's MB/s in `MBps_runs`, the highest peak RSS of any, the first error."""
@@ -319,12 +354,12 @@ class RegistryBench:
             os.sync()  # how much the registry left unwritten (it should have fsync'd)
             m.extra["sync_after_s"] = round(time.perf_counter() - t, 3)
 
-        # Each upload style runs `repeat` times, round-robin, every time with fresh content (a
+        # Each upload style runs `repeat` times, round-robin, every time with a fresh blob (a
         # registry may skip work for a blob it already has); the median run is reported.
-        repeat = len(c["uploads"]["monolithic"])
+        repeat = c["repeat"]
         for rep in range(repeat):
             for mode in ("monolithic", "patch", "chunked"):
-                up = c["uploads"][mode][rep]
+                up = self.fresh_upload(mode, rep)
                 os.sync()
                 with Measure(self, "upload_%s#%d" % (mode, rep)) as m:
                     t = time.perf_counter()
@@ -335,6 +370,7 @@ class RegistryBench:
                     t = time.perf_counter()
                     os.sync()
                     m.extra["sync_after_s"] = round(time.perf_counter() - t, 3)
+                shutil.rmtree(up["dir"], ignore_errors=True)
         for mode in ("monolithic", "patch", "chunked"):
             self.keep_median("upload_" + mode, repeat)
 

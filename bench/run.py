@@ -18,10 +18,8 @@ Berth binary: $BERTH_BIN, else target/release/berth, else target/debug/berth (a 
 build is flagged in the report: its figures say nothing about Berth's speed).
 """
 import argparse
-import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -120,28 +118,10 @@ def size_label(n):
     return "%d GiB" % (n >> 30) if n >= 1 << 30 and n % (1 << 30) == 0 else "%d MiB" % (n >> 20)
 
 
-def write_random(paths, total, chunk, seed):
-    """Fresh random bytes (new per run, so no cache anywhere knows them) split over `paths`
-    of `chunk` bytes each (the last one takes the rest); returns the sha256 digest of all."""
-    rng = random.Random(seed)
-    h = hashlib.sha256()
-    left = total
-    for p in paths:
-        n = min(chunk, left)
-        with open(p, "wb") as f:
-            while n:
-                b = rng.randbytes(min(n, 4 * MiB))
-                h.update(b)
-                f.write(b)
-                n -= len(b)
-                left -= len(b)
-    return "sha256:" + h.hexdigest()
-
-
 def prepare_content(p, work, run_id):
     """Content shared by all registries (each registry starts empty, so reuse is fair):
     an OCI layout with one image of one layer (mkoci.py, gzip level 0 so skopeo does not
-    recompress) and, per curl upload style, `repeat` distinct random blobs."""
+    recompress)."""
     size = parse_size(p["big_size"])
     layout = os.path.join(work, "big-layout")
     r = subprocess.run([sys.executable, os.path.join(HERE, "mkoci.py"), layout, "--tag", "big",
@@ -153,18 +133,11 @@ def prepare_content(p, work, run_id):
     c = {"layout": layout, "big_label": size_label(size), "layer_digest": man["layers"][0]["digest"],
          "layer_bytes": man["layers"][0]["size"],
          "image_bytes": man["layers"][0]["size"] + man["config"]["size"] + top["size"], "uploads": {}}
-    chunk = p["chunk_mib"] * MiB
-    for mode in ("monolithic", "patch", "chunked"):
-        c["uploads"][mode] = []
-        for rep in range(p["repeat"]):
-            d = os.path.join(work, "upload-%s-%d" % (mode, rep))
-            os.makedirs(d)
-            nfiles = -(-size // chunk) if mode == "chunked" else 1
-            files = [os.path.join(d, "part%04d" % i) for i in range(nfiles)]
-            digest = write_random(files, size, chunk if mode == "chunked" else size,
-                                  "%s-%d-%s" % (mode, rep, run_id))
-            c["uploads"][mode].append({"files": files, "digest": digest, "bytes": size,
-                                       "requests": {"monolithic": 2, "patch": 3}.get(mode, nfiles + 2)})
+    # The curl uploads get fresh random blobs of this size, written right before each one
+    # (phases.RegistryBench.fresh_upload): `repeat` runs × 3 styles × 4 registries of shared
+    # content would crowd the page cache, and curl would then read its input from disk.
+    c.update({"upload_bytes": size, "chunk_bytes": p["chunk_mib"] * MiB, "repeat": p["repeat"],
+              "seed": run_id})
     return c
 
 
@@ -265,7 +238,7 @@ def main():
             meta["limits_rc"] = r.returncode
         content = None
         if "big" in phase_list:
-            log("== generating content (%s image, 3 upload blobs)" % p["big_size"])
+            log("== generating content (%s image)" % p["big_size"])
             t = time.time()
             content = prepare_content(p, work, run_id)
             meta["content_s"] = round(time.time() - t, 1)

@@ -95,6 +95,8 @@ graphroot = "{tmp_path}/podman-root"
     subprocess.run(["podman", "--storage-driver", "overlay", "--root", f"{tmp_path}/podman-root",
                     "--runroot", f"{tmp_path}/podman-run", "system", "reset", "--force"],
                    capture_output=True, env=env)
+    # The overlay driver mounts its home over itself, and `system reset` leaves that mount.
+    subprocess.run(["umount", "-R", str(tmp_path / "podman-root" / "overlay")], capture_output=True)
 
 
 @pytest.fixture
