@@ -363,7 +363,7 @@ class RegistryBench:
                 os.sync()
                 with Measure(self, "upload_%s#%d" % (mode, rep)) as m:
                     t = time.perf_counter()
-                    self.curl_upload("bench/upload-" + mode, up["files"], up["digest"], mode)
+                    self.curl_upload("bench/upload-%s-%d" % (mode, rep), up["files"], up["digest"], mode)
                     dt = time.perf_counter() - t
                     m.extra.update({"bytes": up["bytes"], "MBps": mbps(up["bytes"], dt),
                                     "requests": up["requests"], "size": size_label})
