@@ -132,7 +132,7 @@ def prepare_content(p, work, run_id):
         man = json.load(f)
     c = {"layout": layout, "big_label": size_label(size), "layer_digest": man["layers"][0]["digest"],
          "layer_bytes": man["layers"][0]["size"],
-         "image_bytes": man["layers"][0]["size"] + man["config"]["size"] + top["size"], "uploads": {}}
+         "image_bytes": man["layers"][0]["size"] + man["config"]["size"] + top["size"]}
     # The curl uploads get fresh random blobs of this size, written right before each one
     # (phases.RegistryBench.fresh_upload): `repeat` runs × 3 styles × 4 registries of shared
     # content would crowd the page cache, and curl would then read its input from disk.

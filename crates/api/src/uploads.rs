@@ -58,11 +58,12 @@ impl Uploads {
             offset: 0,
             hasher: session.algorithm.hasher(),
         };
+        let id = session.id.clone();
         let known = Known {
-            session: Some(session.clone()),
+            session: Some(session),
             slot: Arc::new(tokio::sync::Mutex::new(Some(state))),
         };
-        self.known().insert(session.id, known);
+        self.known().insert(id, known);
     }
 
     /// The session of upload `id`, if this process knows it.

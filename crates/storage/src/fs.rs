@@ -4,9 +4,9 @@
 //! appends them. Appends are not synced: an upload in progress is durable only as far as the
 //! page cache, which a crashed process keeps and a crashed machine may not; after either, the
 //! stored bytes are hashed again before any commit (see `berth-api`'s `uploads`), so a torn
-//! upload fails its digest instead of becoming a blob. A commit `fdatasync`s the upload, `rename`s it into the
-//! blob path and fsyncs the directories it touched, so a blob is either complete and durable
-//! under its digest, or absent.
+//! upload fails its digest instead of becoming a blob. A commit `fdatasync`s the upload,
+//! `rename`s it into the blob path and fsyncs the directories it touched, so a blob is either
+//! complete and durable under its digest, or absent.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;

@@ -12,9 +12,7 @@ use berth_oci::{Digest, ErrorCode, Manifest, Reference, RepositoryName, Tag};
 use http::{header, HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 
-use super::{
-    empty, etag, etag_matches, header_str, no_content, Query, ResponseExt, UnreadBody, DRAIN_LIMIT,
-};
+use super::{empty, etag, etag_matches, header_str, no_content, Query, ResponseExt, UnreadBody};
 use crate::error::ApiError;
 use crate::Registry;
 
@@ -49,17 +47,11 @@ pub async fn get(
         .with_header(header::ETAG, etag(&m.digest)))
 }
 
-/// Reads at most `limit` bytes; past it, keeps reading (up to `DRAIN_LIMIT`) so the client
-/// sees the 413 instead of a reset connection.
-async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::ManifestTooLarge,
-            format!("manifests are limited to {limit} bytes"),
-        )
-    };
+/// Reads the manifest, at most `limit` bytes. Past the limit the rest of the body is handed
+/// back unread, for `handle` to drain like that of any refused request.
+async fn read_limited(unread: &mut UnreadBody, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let mut body = unread.take();
     let mut collected = bytes::BytesMut::new();
-    let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             ApiError::new(
@@ -70,16 +62,14 @@ async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::Bytes, ApiE
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        seen = seen.saturating_add(data.len());
-        if seen > DRAIN_LIMIT {
-            break;
+        if collected.len() + data.len() > limit {
+            unread.give_back(body);
+            return Err(ApiError::new(
+                ErrorCode::ManifestTooLarge,
+                format!("manifests are limited to {limit} bytes"),
+            ));
         }
-        if seen <= limit {
-            collected.extend_from_slice(&data);
-        }
-    }
-    if seen > limit {
-        return Err(too_large());
+        collected.extend_from_slice(&data);
     }
     Ok(collected.freeze())
 }
@@ -93,7 +83,7 @@ pub async fn put(
     body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
     let content_type = header_str(headers, header::CONTENT_TYPE).map(str::to_owned);
-    let bytes = read_limited(body.take(), registry.config.max_manifest_bytes).await?;
+    let bytes = read_limited(body, registry.config.max_manifest_bytes).await?;
     let manifest = Manifest::parse(&bytes, content_type.as_deref())?;
 
     let (digest, mut tags) = match reference {

@@ -24,7 +24,7 @@ use crate::Registry;
 /// A client that is refused while still sending its body reads the error only if we read
 /// that body first (else it sees a broken pipe); up to this much is read and dropped, beyond
 /// it the connection is simply closed.
-pub const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
 /// The request body, until a handler takes it. What a failed request left unread is drained
 /// (up to [`DRAIN_LIMIT`]) before its error goes out, whichever check refused it.
@@ -33,6 +33,11 @@ pub struct UnreadBody(Option<Body>);
 impl UnreadBody {
     pub fn take(&mut self) -> Body {
         self.0.take().unwrap_or_else(Body::empty)
+    }
+
+    /// Returns a body a handler read only part of before refusing the request.
+    pub fn give_back(&mut self, body: Body) {
+        self.0 = Some(body);
     }
 
     async fn drain(self) {

@@ -323,6 +323,20 @@ async fn size_limit() {
         "MANIFEST_UNKNOWN",
     )
     .await;
+    // Far past the limit, so the refusal comes while the client is still sending: it must
+    // still read the error, not a broken pipe.
+    body = s
+        .image_manifest(
+            "big",
+            json!({"annotations": {"pad": "x".repeat(16 * 1024 * 1024)}}),
+        )
+        .await;
+    assert_error(
+        s.put_manifest("big", "huge", OCI_MANIFEST, &body).await,
+        413,
+        "SIZE_INVALID",
+    )
+    .await;
 }
 
 #[tokio::test]
