@@ -140,7 +140,7 @@ impl MetadataStore for MeteredMetadataStore {
         &self,
         r: &RepositoryName,
         reference: &Reference,
-    ) -> MetaResult<Option<StoredManifest>> {
+    ) -> MetaResult<Option<Arc<StoredManifest>>> {
         timed!(
             self,
             "metadata",

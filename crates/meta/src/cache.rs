@@ -58,7 +58,7 @@ impl Entries {
         &mut self,
         repo: &str,
         reference: String,
-        found: Option<StoredManifest>,
+        found: Option<Arc<StoredManifest>>,
         writes: u64,
     ) {
         if self.writes != writes {
@@ -67,7 +67,7 @@ impl Entries {
         }
         let entry = Entry {
             fetched: Instant::now(),
-            manifest: found.map(Arc::new),
+            manifest: found,
             refreshing: false,
         };
         let size = entry.size();
@@ -98,9 +98,9 @@ impl Entries {
 }
 
 enum Lookup {
-    Fresh(Option<StoredManifest>),
+    Fresh(Option<Arc<StoredManifest>>),
     /// Expired but within the grace period; `true` when this caller is to refresh it.
-    Stale(Option<StoredManifest>, bool),
+    Stale(Option<Arc<StoredManifest>>, bool),
     Missing,
 }
 
@@ -141,7 +141,7 @@ impl CachedStore {
             return (Lookup::Missing, writes);
         };
         let age = entry.fetched.elapsed();
-        let value = || entry.manifest.as_deref().cloned();
+        let value = || entry.manifest.clone();
         let found = if age < TTL {
             Lookup::Fresh(value())
         } else if age < TTL + STALE_GRACE {
@@ -208,7 +208,7 @@ impl MetadataStore for CachedStore {
         &self,
         repo: &RepositoryName,
         reference: &Reference,
-    ) -> Result<Option<StoredManifest>> {
+    ) -> Result<Option<Arc<StoredManifest>>> {
         let key = reference.to_string();
         match self.lookup(repo, &key) {
             (Lookup::Fresh(found) | Lookup::Stale(found, false), _) => Ok(found),

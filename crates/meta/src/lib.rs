@@ -11,6 +11,8 @@ pub mod cache;
 mod migrations;
 mod sqlite;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use berth_oci::{Digest, Reference, RepositoryName, Tag};
 
@@ -38,8 +40,8 @@ pub enum MetaError {
 
 pub type Result<T> = std::result::Result<T, MetaError>;
 
-/// A manifest as stored: its bytes exactly as pushed. `Bytes`, so that the cache hands the
-/// same bytes to every request instead of copying them.
+/// A manifest as stored: its bytes exactly as pushed. Handed out behind an `Arc`, so that the
+/// cache gives every request the same manifest instead of a copy.
 #[derive(Clone, Debug)]
 pub struct StoredManifest {
     pub digest: Digest,
@@ -126,7 +128,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         repo: &RepositoryName,
         reference: &Reference,
-    ) -> Result<Option<StoredManifest>>;
+    ) -> Result<Option<Arc<StoredManifest>>>;
 
     /// Deletes a manifest and every tag pointing at it; `false` when it did not exist.
     async fn delete_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool>;

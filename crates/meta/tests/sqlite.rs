@@ -351,7 +351,7 @@ async fn cache_refreshes_expired_entries_in_the_background() {
         .put_manifest(manifest(&r, &da, a, &[], None, &[tag("v1")]))
         .await
         .unwrap();
-    let digest = |m: Option<berth_meta::StoredManifest>| m.unwrap().digest;
+    let digest = |m: Option<std::sync::Arc<berth_meta::StoredManifest>>| m.unwrap().digest.clone();
     assert_eq!(digest(cached.get_manifest(&r, &v1).await.unwrap()), da);
 
     // Moved behind the cache's back.

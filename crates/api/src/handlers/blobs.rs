@@ -26,11 +26,11 @@ pub async fn get(
             let body = if head {
                 Body::empty()
             } else {
-                Body::from(m.content)
+                Body::from(m.content.clone())
             };
             return Ok(empty(StatusCode::OK, body)
                 .with_header(header::CONTENT_LENGTH, len.to_string())
-                .with_header(header::CONTENT_TYPE, m.media_type)
+                .with_header(header::CONTENT_TYPE, &m.media_type)
                 .with_header("docker-content-digest", digest.as_str())
                 .with_header(header::ETAG, etag(digest)));
         }

@@ -38,7 +38,7 @@ pub async fn get(
     let body = if head {
         Body::empty()
     } else {
-        Body::from(m.content)
+        Body::from(m.content.clone())
     };
     Ok(empty(StatusCode::OK, body)
         .with_header(header::CONTENT_TYPE, &m.media_type)

@@ -1,6 +1,7 @@
 //! [`MetadataStore`] on SQLite: repositories, blobs, manifests, tags, referrers, uploads.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, Reference, RepositoryName, Tag};
@@ -231,7 +232,7 @@ impl MetadataStore for SqliteStore {
         &self,
         repo: &RepositoryName,
         reference: &Reference,
-    ) -> Result<Option<StoredManifest>> {
+    ) -> Result<Option<Arc<StoredManifest>>> {
         let (repo, reference) = (repo.to_string(), reference.clone());
         self.read(move |conn| {
             let (sql, key) = match &reference {
@@ -258,11 +259,11 @@ impl MetadataStore for SqliteStore {
                 })
                 .optional()?;
             row.map(|(digest, media_type, content)| {
-                Ok(StoredManifest {
+                Ok(Arc::new(StoredManifest {
                     digest: parse_digest(&digest)?,
                     media_type,
                     content: content.into(),
-                })
+                }))
             })
             .transpose()
         })
