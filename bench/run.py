@@ -31,6 +31,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import phases  # noqa: E402
+from mkoci import parse_size  # noqa: E402  (the sizes mkoci.py takes are the sizes we pass it)
 import report  # noqa: E402
 from registries import Registry  # noqa: E402
 
@@ -106,12 +107,6 @@ def elf_has_debug_sections(path):
         return False
     except (OSError, struct.error, ValueError):
         return "/debug/" in path
-
-
-def parse_size(s):
-    s = s.strip().upper().rstrip("B")
-    m = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    return int(float(s[:-1]) * m[s[-1]]) if s[-1] in m else int(s)
 
 
 def size_label(n):
