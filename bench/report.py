@@ -210,6 +210,12 @@ def build(outdir):
                % (fmt(p.get("duration")), ", ".join(str(c) for c in p.get("conns", []))))
     out.append("- htpasswd variant: HTTP Basic with a bcrypt (cost 5) htpasswd file, credentials on every "
                "request")
+    if run.get("registry_data") == "kept to the end":
+        out.append("- Registries run one after the other, each one's data kept until the end of the run "
+                   "(deleting it in between slows the next one: bench/README.md, trap 16)")
+    elif run.get("registry_data"):
+        out.append("- Registries run one after the other, each one's data deleted right after it (the disk "
+                   "could not hold all of it), **which slows the next one** (bench/README.md, trap 16)")
     out.append("- Ratio = Berth ÷ Distribution in the same variant; ↑ higher is better, ↓ lower is better. "
                "Total run time %s s." % fmt(run.get("total_s")))
     out.append("")

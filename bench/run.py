@@ -136,6 +136,12 @@ def prepare_content(p, work, run_id):
     return c
 
 
+def registry_data_bytes(p):
+    """An upper bound on what one registry stores in a run: the big image, every curl upload,
+    and room for the small images and listings."""
+    return parse_size(p["big_size"]) * (1 + 3 * p["repeat"]) + 512 * MiB
+
+
 def machine_description(path, work, berth_bin):
     parts = [("date", ["date", "-u", "+%FT%TZ"]), ("uname -a", ["uname", "-a"]), ("nproc", ["nproc"]),
              ("lscpu", ["lscpu"]), ("free -m", ["free", "-m"]), ("df -h (work dir)", ["df", "-h", work]),
@@ -218,6 +224,17 @@ def main():
             "registries": kinds, "auth_variants": auths, "phases": phase_list,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     machine_description(os.path.join(outdir, "machine.txt"), work, berth_bin)
+    # Deleting a registry's ~10 GiB right before the next one starts slowed that one's phases by
+    # up to a quarter (bench/README.md, trap 16), so every registry's data stays until the end of
+    # the run when the disk has room for all of it.
+    need = len(kinds) * len(auths) * registry_data_bytes(p) + 2 * (1 << 30)
+    keep_to_end = a.keep or shutil.disk_usage(work).free > need
+    meta["registry_data"] = "kept to the end" if keep_to_end else "deleted after each registry"
+    if not keep_to_end:
+        log("== only %.0f GiB free, %.0f GiB needed to keep every registry's data to the end: deleting "
+            "each one's after it (slows the next registry: bench/README.md, trap 16)"
+            % (shutil.disk_usage(work).free / (1 << 30), need / (1 << 30)))
+    finished = []
     try:
         if p["wait_idle"] > 0:
             log("== waiting for a quiet machine (up to %d s)" % p["wait_idle"])
@@ -263,9 +280,14 @@ def main():
                     res["exit_code"] = reg.proc.returncode if reg.proc else None
                     with open(os.path.join(reg_out, "result.json"), "w") as f:
                         json.dump(res, f, indent=1)
-                    if not a.keep:
+                    if keep_to_end:
+                        finished.append(reg_work)
+                    else:
                         shutil.rmtree(reg_work, ignore_errors=True)
     finally:
+        if not a.keep:
+            for d in finished:
+                shutil.rmtree(d, ignore_errors=True)
         meta["total_s"] = round(time.time() - t_start, 1)
         with open(os.path.join(outdir, "run.json"), "w") as f:
             json.dump(meta, f, indent=1)
