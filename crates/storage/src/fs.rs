@@ -24,8 +24,10 @@ use crate::direct::DirectSink;
 use crate::{is_valid_upload_id, paths, Appended, BlobStore, ByteStream, StorageError};
 
 /// Size of each read from disk when serving a blob: large enough that per-chunk overhead
-/// vanishes against the copy, small enough to keep memory per download bounded.
-const READ_CHUNK: usize = 1024 * 1024;
+/// vanishes against the copy, small enough to keep memory per download bounded, and below the
+/// allocator's mmap threshold (`berth` sets 1 MiB) so each chunk's buffer is recycled from the
+/// heap: 1 MiB chunks were each mapped, faulted in page by page and unmapped again.
+const READ_CHUNK: usize = 512 * 1024;
 /// Batches in flight between the network and the disk worker, per request.
 const PIPELINE_DEPTH: usize = 2;
 /// A request body arrives in frames of whatever the socket held (about 64 KiB on loopback);
