@@ -138,8 +138,8 @@ def prepare_content(p, work, run_id):
 
 def registry_data_bytes(p):
     """An upper bound on what one registry stores in a run: the big image, every curl upload,
-    and room for the small images and listings."""
-    return parse_size(p["big_size"]) * (1 + 3 * p["repeat"]) + 512 * MiB
+    and room for the small images and listings (~11 GiB in full mode)."""
+    return parse_size(p["big_size"]) * (1 + 3 * p["repeat"]) + 1024 * MiB
 
 
 def machine_description(path, work, berth_bin):
@@ -224,10 +224,12 @@ def main():
             "registries": kinds, "auth_variants": auths, "phases": phase_list,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     machine_description(os.path.join(outdir, "machine.txt"), work, berth_bin)
-    # Deleting a registry's ~10 GiB right before the next one starts slowed that one's phases by
+    # Deleting a registry's ~11 GiB right before the next one starts slowed that one's phases by
     # up to a quarter (bench/README.md, trap 16), so every registry's data stays until the end of
     # the run when the disk has room for all of it.
-    need = len(kinds) * len(auths) * registry_data_bytes(p) + 2 * (1 << 30)
+    # Besides the registries: the image layout, one upload's input file, limits.py's test file.
+    need = len(kinds) * len(auths) * registry_data_bytes(p) + 2 * parse_size(p["big_size"]) + \
+        p["limits_size_mb"] * MiB
     keep_to_end = a.keep or shutil.disk_usage(work).free > need
     meta["registry_data"] = "kept to the end" if keep_to_end else "deleted after each registry"
     if not keep_to_end:
