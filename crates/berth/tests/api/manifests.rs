@@ -288,55 +288,41 @@ async fn invalid_manifests() {
     assert_error(s.get("/v2/bad/manifests/v1").await, 404, "MANIFEST_UNKNOWN").await;
 }
 
+/// An image manifest in `repo` whose `pad` annotation makes it about `pad` bytes longer.
+async fn padded_manifest(s: &Server, repo: &str, pad: usize) -> Vec<u8> {
+    s.image_manifest(repo, json!({"annotations": {"pad": "x".repeat(pad)}}))
+        .await
+}
+
 #[tokio::test]
 async fn size_limit() {
     let s = Server::start().await;
-    let mut body = s
-        .image_manifest(
-            "big",
-            json!({"annotations": {"pad": "x".repeat(4 * 1024 * 1024 - 2000)}}),
-        )
-        .await;
-    assert!(body.len() < 4 * 1024 * 1024);
+    let fits = padded_manifest(&s, "big", 4 * 1024 * 1024 - 2000).await;
+    assert!(fits.len() < 4 * 1024 * 1024);
     assert_eq!(
-        s.put_manifest("big", "fits", OCI_MANIFEST, &body)
+        s.put_manifest("big", "fits", OCI_MANIFEST, &fits)
             .await
             .status(),
         StatusCode::CREATED,
         "4 MiB accepted"
     );
-    body = s
-        .image_manifest(
-            "big",
-            json!({"annotations": {"pad": "x".repeat(4 * 1024 * 1024 + 10)}}),
+    // Just past the limit; then far past it, so the refusal comes while the client is still
+    // sending: it must still read the error, not a broken pipe. Neither is stored.
+    for (tag, pad) in [("toobig", 4 * 1024 * 1024 + 10), ("huge", 16 * 1024 * 1024)] {
+        let body = padded_manifest(&s, "big", pad).await;
+        assert_error(
+            s.put_manifest("big", tag, OCI_MANIFEST, &body).await,
+            413,
+            "SIZE_INVALID",
         )
         .await;
-    assert_error(
-        s.put_manifest("big", "toobig", OCI_MANIFEST, &body).await,
-        413,
-        "SIZE_INVALID",
-    )
-    .await;
-    assert_error(
-        s.get("/v2/big/manifests/toobig").await,
-        404,
-        "MANIFEST_UNKNOWN",
-    )
-    .await;
-    // Far past the limit, so the refusal comes while the client is still sending: it must
-    // still read the error, not a broken pipe.
-    body = s
-        .image_manifest(
-            "big",
-            json!({"annotations": {"pad": "x".repeat(16 * 1024 * 1024)}}),
+        assert_error(
+            s.get(&format!("/v2/big/manifests/{tag}")).await,
+            404,
+            "MANIFEST_UNKNOWN",
         )
         .await;
-    assert_error(
-        s.put_manifest("big", "huge", OCI_MANIFEST, &body).await,
-        413,
-        "SIZE_INVALID",
-    )
-    .await;
+    }
 }
 
 #[tokio::test]
