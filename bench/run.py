@@ -226,16 +226,17 @@ def main():
     machine_description(os.path.join(outdir, "machine.txt"), work, berth_bin)
     # Deleting a registry's ~11 GiB right before the next one starts slowed that one's phases by
     # up to a quarter (bench/README.md, trap 16), so every registry's data stays until the end of
-    # the run when the disk has room for all of it.
-    # Besides the registries: the image layout, one upload's input file, limits.py's test file.
+    # the run when the disk has room for it, and for the image layout, one upload's input file
+    # and limits.py's test file.
     need = len(kinds) * len(auths) * registry_data_bytes(p) + 2 * parse_size(p["big_size"]) + \
         p["limits_size_mb"] * MiB
-    keep_to_end = a.keep or shutil.disk_usage(work).free > need
+    free = shutil.disk_usage(work).free
+    keep_to_end = a.keep or free > need
     meta["registry_data"] = "kept to the end" if keep_to_end else "deleted after each registry"
     if not keep_to_end:
         log("== only %.0f GiB free, %.0f GiB needed to keep every registry's data to the end: deleting "
             "each one's after it (slows the next registry: bench/README.md, trap 16)"
-            % (shutil.disk_usage(work).free / (1 << 30), need / (1 << 30)))
+            % (free / (1 << 30), need / (1 << 30)))
     finished = []
     try:
         if p["wait_idle"] > 0:
