@@ -35,6 +35,8 @@ struct Cli {
 /// upload's socket reads kept landing in new pages the kernel had to zero (163k page faults
 /// per 3 GiB uploaded, 10% of the server's CPU); keeping up to 16 MiB free per arena and
 /// serving buffers below 1 MiB from the heap brings that to 13k, with the same peak memory.
+/// Blob downloads read in chunks below that threshold for the same reason (`READ_CHUNK` in
+/// `berth-storage`'s `fs.rs`): raise the chunk past it and every chunk is mapped again.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator parameters; called before any other thread exists.
