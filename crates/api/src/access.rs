@@ -3,11 +3,18 @@
 //! The `authorize` middleware runs after the route is resolved: it identifies the caller
 //! (Basic credentials or a bearer token), works out what the endpoint needs (pull, push,
 //! delete on a repository; the catalog; just a login for `/v2/`), and either passes the
-//! request on with an [`Access`] attached or answers 401 with a challenge, 403, or 429.
+//! request on with an [`Access`] attached or answers 401 with a challenge, 403, or 429. The
+//! admin API and the token service identify callers and check passwords through the same
+//! functions ([`Registry::identify`], [`Registry::check_password`], [`Registry::may`]).
+//!
+//! A bearer token is worth its `access` claim and no more. For Berth's own tokens that claim is
+//! also intersected with what the live access model allows its subject now, so a revoked role,
+//! a deleted user or an expired robot loses its rights as soon as the model reloads (within
+//! two seconds), not when the token expires. An external issuer's token is worth exactly its
+//! claim: its subject is never taken for a local account of the same name.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
@@ -15,8 +22,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use berth_auth::htpasswd::verify_bcrypt;
 use berth_auth::{
-    AccessModel, Action, Claims, FailedLogins, Htpasswd, LoginCache, Principal, TokenIssuer,
-    TokenVerifier,
+    AccessModel, Action, Claims, FailedLogins, Htpasswd, LoginCache, LoginLimits, Principal,
+    TokenIssuer, TokenVerifier,
 };
 use berth_meta::AccessStore;
 use berth_oci::{ErrorCode, RepositoryName};
@@ -26,10 +33,6 @@ use sha2::{Digest as _, Sha256};
 use crate::error::ApiError;
 use crate::route::Endpoint;
 use crate::Registry;
-
-/// Failed logins allowed per user and per client address within [`FAILED_LOGIN_WINDOW`].
-pub const FAILED_LOGIN_LIMIT: u32 = 10;
-pub const FAILED_LOGIN_WINDOW: Duration = Duration::from_secs(300);
 
 /// How callers prove who they are, and the model that decides what they may do.
 pub enum Authenticator {
@@ -136,13 +139,59 @@ impl TokenAuth {
         })
     }
 
-    /// Verifies a bearer token from Berth's own service or the external issuer.
-    pub fn verify_token(&self, token: &str) -> Option<Claims> {
-        self.issuer
-            .verifier()
-            .verify(token)
-            .ok()
-            .or_else(|| self.external.as_ref().and_then(|v| v.verify(token).ok()))
+    /// Verifies a bearer token and names its holder: for Berth's own tokens the local user or
+    /// robot the token was issued to, as the live model knows them now (`None` once they are
+    /// gone or expired); for an external issuer's token, an external subject.
+    pub fn verify_token(&self, token: &str) -> Option<(Claims, Principal)> {
+        if let Ok(claims) = self.issuer.verifier().verify(token) {
+            let principal = self.local_subject(&claims.sub)?;
+            return Some((claims, principal));
+        }
+        let claims = self.external.as_ref()?.verify(token).ok()?;
+        let principal = Principal::External {
+            issuer: claims.iss.clone(),
+            subject: claims.sub.clone(),
+        };
+        Some((claims, principal))
+    }
+
+    /// The local account named `subject` by one of Berth's tokens, if it still exists.
+    fn local_subject(&self, subject: &str) -> Option<Principal> {
+        if subject.is_empty() {
+            return Some(Principal::Anonymous);
+        }
+        let model = self.model();
+        if let Some(robot) = model.robots.get(subject) {
+            let expired = robot.expires_at.is_some_and(|t| t <= berth_meta::now());
+            return (!expired).then(|| Principal::Robot {
+                name: subject.to_owned(),
+                project: robot.project.clone(),
+                actions: robot.actions.clone(),
+            });
+        }
+        if let Some(user) = model.users.get(subject) {
+            return Some(Principal::User {
+                name: subject.to_owned(),
+                admin: user.admin,
+            });
+        }
+        self.htpasswd
+            .as_ref()
+            .filter(|f| f.contains(subject))
+            .map(|_| Principal::user(subject))
+    }
+
+    /// When a token issued now to `principal` must expire at the latest: a robot's expiry.
+    pub fn not_after(&self, principal: &Principal) -> Option<u64> {
+        match principal {
+            Principal::Robot { name, .. } => self
+                .model()
+                .robots
+                .get(name)
+                .and_then(|r| r.expires_at)
+                .map(|t| t.max(0) as u64),
+            _ => None,
+        }
     }
 }
 
@@ -153,6 +202,9 @@ pub enum Need {
     Login,
     Catalog,
     Repository(RepositoryName, Action),
+    /// The admin API: a password login, or one of Berth's tokens with the scope
+    /// `registry:admin:*`. What the caller may then change is decided by their live rights.
+    Admin,
 }
 
 /// The access an endpoint requires for a method.
@@ -172,12 +224,21 @@ pub fn need(endpoint: &Endpoint, method: &Method) -> Need {
     }
 }
 
+/// How the caller proved who they are.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    None,
+    /// Basic credentials, checked against the user table, robots or htpasswd.
+    Password,
+    /// A bearer token and its verified claims.
+    Token(Arc<Claims>),
+}
+
 /// How a request was authorized: the caller, and what they hold.
 #[derive(Clone, Debug)]
 pub struct Access {
     pub principal: Principal,
-    /// The claims of a bearer token; `None` for Basic or anonymous callers.
-    pub claims: Option<Arc<Claims>>,
+    pub credential: Credential,
     /// Client address, for audit records.
     pub client: String,
 }
@@ -186,10 +247,25 @@ impl Access {
     pub fn anonymous(client: String) -> Access {
         Access {
             principal: Principal::Anonymous,
-            claims: None,
+            credential: Credential::None,
             client,
         }
     }
+
+    pub fn claims(&self) -> Option<&Claims> {
+        match &self.credential {
+            Credential::Token(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Why a password login was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// Too many failures from this address, or for this user from this address.
+    RateLimited,
+    Invalid,
 }
 
 /// The `user:password` of a Basic `Authorization` header.
@@ -240,126 +316,151 @@ pub fn external_base(headers: &HeaderMap, tls: bool) -> String {
     format!("{scheme}://{host}")
 }
 
-/// Failed logins, counted per user and per client address for every auth mode.
-pub fn failed_logins() -> FailedLogins {
-    FailedLogins::new(FAILED_LOGIN_LIMIT, FAILED_LOGIN_WINDOW)
+/// Failed logins, counted per (user, address) and per address for every auth mode.
+pub fn failed_logins(limits: LoginLimits) -> FailedLogins {
+    FailedLogins::new(limits)
 }
 
 impl Registry {
-    pub fn login_blocked(&self, user: &str, client: &str) -> bool {
-        self.failed_logins
-            .blocked(&[&format!("user:{user}"), &format!("addr:{client}")])
-    }
-
-    pub fn login_failed(&self, user: &str, client: &str) {
-        self.failed_logins
-            .record_failure(&[&format!("user:{user}"), &format!("addr:{client}")]);
-    }
-
-    pub fn login_succeeded(&self, user: &str) {
-        self.failed_logins.record_success(&format!("user:{user}"));
+    /// Checks a password login — the one login sequence of every interface. The attempt is
+    /// reserved against the failed-login limits before the password is checked, so parallel
+    /// guesses cannot all be checked before the first failure counts. Failures are audited
+    /// (the audit log folds floods of them into summaries).
+    pub async fn check_password(
+        &self,
+        user: &str,
+        password: &str,
+        client: &str,
+        via: &str,
+    ) -> Result<Principal, LoginRefused> {
+        let Some(attempt) = self.failed_logins.begin(user, client, password) else {
+            self.audit
+                .record_refusal(user, "login", via, client, "refused logins (rate limited)");
+            return Err(LoginRefused::RateLimited);
+        };
+        let principal = match &self.auth {
+            Authenticator::Open => None,
+            Authenticator::Htpasswd { file, .. } => file
+                .verify(user, password)
+                .await
+                .then(|| Principal::user(user)),
+            Authenticator::Token(t) => t.login(user, password).await,
+        };
+        match principal {
+            Some(p) => {
+                attempt.succeeded();
+                Ok(p)
+            }
+            None => {
+                attempt.failed();
+                self.audit
+                    .record(user, "login", via, "failed", client, "invalid password");
+                Err(LoginRefused::Invalid)
+            }
+        }
     }
 
     /// The single authorization decision for an already identified caller.
     pub fn may(&self, access: &Access, need: &Need) -> bool {
+        let anonymous = access.principal.is_anonymous();
         match &self.auth {
             Authenticator::Open => true,
             // registry:2 semantics: any valid user may do everything.
-            Authenticator::Htpasswd { .. } => !access.principal.is_anonymous(),
-            Authenticator::Token(t) => match (&access.claims, need) {
-                (Some(_), Need::Login) => true,
-                (None, Need::Login | Need::Catalog) => !access.principal.is_anonymous(),
-                (Some(claims), Need::Catalog) => claims.grants("registry", "catalog", "*"),
-                (Some(claims), Need::Repository(name, action)) => {
-                    claims.grants("repository", name.as_str(), action.as_str())
+            Authenticator::Htpasswd { .. } => !anonymous && *need != Need::Admin,
+            Authenticator::Token(t) => match (&access.credential, need) {
+                (Credential::Token(_), Need::Login) => true,
+                (Credential::Token(claims), Need::Catalog) => {
+                    claims.grants("registry", "catalog", "*")
                 }
-                (None, Need::Repository(name, action)) => {
+                (Credential::Token(claims), Need::Admin) => {
+                    !matches!(access.principal, Principal::External { .. })
+                        && claims.grants("registry", "admin", "*")
+                }
+                (Credential::Token(claims), Need::Repository(name, action)) => {
+                    claims.grants("repository", name.as_str(), action.as_str())
+                        && (matches!(access.principal, Principal::External { .. })
+                            || t.model().may(&access.principal, name.as_str(), *action))
+                }
+                (_, Need::Login | Need::Catalog | Need::Admin) => !anonymous,
+                (_, Need::Repository(name, action)) => {
                     t.model().may(&access.principal, name.as_str(), *action)
                 }
             },
         }
     }
 
-    /// May the caller read `repository`? Used to filter listings and to allow mounts.
-    pub fn may_pull(&self, access: &Access, repository: &RepositoryName) -> bool {
-        match &self.auth {
-            Authenticator::Token(t) if access.claims.is_some() => {
-                // A token's own grant, or what the live model allows its subject.
-                self.may(access, &Need::Repository(repository.clone(), Action::Pull))
-                    || t.model().may(
-                        &principal_of_token(t, access),
-                        repository.as_str(),
-                        Action::Pull,
-                    )
+    /// Is `repository` listed in the caller's catalog? A catalog token lists what its local
+    /// subject may pull now; an external token lists only what it names.
+    pub fn may_list(&self, access: &Access, repository: &RepositoryName) -> bool {
+        let pull = Need::Repository(repository.clone(), Action::Pull);
+        match (&self.auth, &access.credential, &access.principal) {
+            (Authenticator::Token(_), Credential::Token(_), Principal::External { .. }) => {
+                self.may(access, &pull)
             }
-            _ => self.may(access, &Need::Repository(repository.clone(), Action::Pull)),
+            (Authenticator::Token(t), Credential::Token(_), principal) => {
+                t.model().may(principal, repository.as_str(), Action::Pull)
+            }
+            _ => self.may(access, &pull),
         }
     }
 
+    /// The response for a caller that lacks `need`: a 401 challenge naming it for callers
+    /// without credentials, else 403 (token holders also get the challenge, marked
+    /// `insufficient_scope` (RFC 6750), so clients that fetch narrow tokens can ask again).
+    pub fn refusal(&self, headers: &HeaderMap, access: &Access, need: &Need) -> Response {
+        let detail = format!("{need:?} is not allowed for {}", access.principal.name());
+        if matches!(access.credential, Credential::None) {
+            return self.challenge(headers, Some(need), &detail).into_response();
+        }
+        let mut response = ApiError::Denied(detail).into_response();
+        if matches!(access.credential, Credential::Token(_)) {
+            if let ApiError::Unauthorized { challenge, .. } =
+                self.challenge(headers, Some(need), "")
+            {
+                let value = format!("{challenge},error=\"insufficient_scope\"");
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+        }
+        response
+    }
+
+    /// Who is calling: from a bearer token, Basic credentials, or nobody.
     pub(crate) async fn identify(
         &self,
         headers: &HeaderMap,
         client: &str,
     ) -> Result<Access, ApiError> {
         let anonymous = Access::anonymous(client.to_owned());
-        match &self.auth {
-            Authenticator::Open => Ok(anonymous),
-            Authenticator::Htpasswd { file, .. } => match basic_credentials(headers) {
-                None => Ok(anonymous),
-                Some((user, _)) if self.login_blocked(&user, client) => Err(ApiError::new(
-                    ErrorCode::TooManyRequests,
-                    "too many failed logins; try later",
-                )),
-                Some((user, password)) if file.verify(&user, &password).await => {
-                    self.login_succeeded(&user);
-                    Ok(Access {
-                        principal: Principal::user(user),
-                        ..anonymous
-                    })
-                }
-                Some((user, _)) => {
-                    self.login_failed(&user, client);
-                    self.audit
-                        .record(&user, "login", "registry", "failed", client, "basic");
-                    Err(self.challenge(headers, None, "invalid username or password"))
-                }
-            },
-            Authenticator::Token(t) => {
-                if let Some(token) = bearer_token(headers) {
-                    let claims = t
-                        .verify_token(token)
-                        .ok_or_else(|| self.challenge(headers, None, "invalid or expired token"))?;
-                    let principal = principal_of_claims(t, &claims);
-                    return Ok(Access {
-                        principal,
-                        claims: Some(Arc::new(claims)),
-                        ..anonymous
-                    });
-                }
-                let Some((user, password)) = basic_credentials(headers) else {
-                    return Ok(anonymous);
-                };
-                if self.login_blocked(&user, client) {
-                    return Err(ApiError::new(
-                        ErrorCode::TooManyRequests,
-                        "too many failed logins; try later",
-                    ));
-                }
-                match t.login(&user, &password).await {
-                    Some(principal) => {
-                        self.login_succeeded(&user);
-                        Ok(Access {
-                            principal,
-                            ..anonymous
-                        })
-                    }
-                    None => {
-                        self.login_failed(&user, client);
-                        self.audit
-                            .record(&user, "login", "registry", "failed", client, "basic");
-                        Err(self.challenge(headers, None, "invalid username or password"))
-                    }
-                }
+        if let Authenticator::Open = self.auth {
+            return Ok(anonymous);
+        }
+        if let (Authenticator::Token(t), Some(token)) = (&self.auth, bearer_token(headers)) {
+            let (claims, principal) = t
+                .verify_token(token)
+                .ok_or_else(|| self.challenge(headers, None, "invalid or expired token"))?;
+            return Ok(Access {
+                principal,
+                credential: Credential::Token(Arc::new(claims)),
+                ..anonymous
+            });
+        }
+        let Some((user, password)) = basic_credentials(headers) else {
+            return Ok(anonymous);
+        };
+        match self.check_password(&user, &password, client, "basic").await {
+            Ok(principal) => Ok(Access {
+                principal,
+                credential: Credential::Password,
+                ..anonymous
+            }),
+            Err(LoginRefused::RateLimited) => Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                "too many failed logins from this address; try again later",
+            )),
+            Err(LoginRefused::Invalid) => {
+                Err(self.challenge(headers, None, "invalid username or password"))
             }
         }
     }
@@ -386,6 +487,7 @@ impl Registry {
                         c.push_str(&format!(",scope=\"repository:{name}:{actions}\""));
                     }
                     Some(Need::Catalog) => c.push_str(",scope=\"registry:catalog:*\""),
+                    Some(Need::Admin) => c.push_str(",scope=\"registry:admin:*\""),
                     _ => {}
                 }
                 c
@@ -396,34 +498,6 @@ impl Registry {
             detail: detail.to_owned(),
         }
     }
-}
-
-fn principal_of_claims(t: &TokenAuth, claims: &Claims) -> Principal {
-    let model = t.model();
-    if let Some(robot) = model.robots.get(&claims.sub) {
-        return Principal::Robot {
-            name: claims.sub.clone(),
-            project: robot.project.clone(),
-            actions: robot.actions.clone(),
-        };
-    }
-    let admin = model.users.get(&claims.sub).is_some_and(|u| u.admin);
-    if claims.sub.is_empty() || claims.sub == "anonymous" {
-        Principal::Anonymous
-    } else {
-        Principal::User {
-            name: claims.sub.clone(),
-            admin,
-        }
-    }
-}
-
-fn principal_of_token(t: &TokenAuth, access: &Access) -> Principal {
-    access
-        .claims
-        .as_ref()
-        .map(|c| principal_of_claims(t, c))
-        .unwrap_or(Principal::Anonymous)
 }
 
 pub async fn authorize(
@@ -441,29 +515,9 @@ pub async fn authorize(
         Err(e) => return e.into_response(),
     };
     if !registry.may(&access, &need) {
-        let detail = format!("{need:?} is not allowed for {}", access.principal.name());
-        if access.claims.is_none() && access.principal.is_anonymous() {
-            // No credentials at all: ask for them, naming exactly what is needed.
-            return registry
-                .challenge(request.headers(), Some(&need), &detail)
-                .into_response();
-        }
-        // Known caller without the right: 403. A token holder also gets the challenge, marked
-        // insufficient_scope (RFC 6750), so clients that fetch narrow tokens can ask again.
-        let mut response = ApiError::Denied(detail).into_response();
-        if access.claims.is_some() {
-            if let ApiError::Unauthorized { challenge, .. } =
-                registry.challenge(request.headers(), Some(&need), "")
-            {
-                let value = format!("{challenge},error=\"insufficient_scope\"");
-                if let Ok(v) = http::HeaderValue::from_str(&value) {
-                    response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-                }
-            }
-        }
-        return response;
+        return registry.refusal(request.headers(), &access, &need);
     }
-    let user = access.principal.name().to_owned();
+    let user = access.principal.name().into_owned();
     request.extensions_mut().insert(access);
     let mut response = next.run(request).await;
     response

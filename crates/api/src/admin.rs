@@ -1,11 +1,14 @@
 //! The admin HTTP API (`/api/v1`), available with token auth: users, projects and members,
-//! robot accounts, and the audit log. Callers authenticate like registry clients (Basic or a
-//! bearer token); system admins may do everything, project admins manage their project.
-//! Every change is audited and takes effect at once. Documented in `docs/admin-api.md`.
+//! robot accounts, and the audit log. Callers log in with Basic credentials or bring one of
+//! Berth's tokens issued for the scope `registry:admin:*` (a token scoped to repositories is
+//! not enough, and an external issuer's token never is); system admins may do everything,
+//! project admins manage their project. Every change is audited and takes effect at once.
+//! Documented in `docs/admin-api.md`.
 
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path, Query};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use berth_auth::admin::{self, AdminError};
@@ -16,7 +19,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::access::{client_address, Access, Authenticator, TokenAuth};
+use crate::access::{client_address, Access, Authenticator, Need, TokenAuth};
 use crate::error::ApiError;
 use crate::Registry;
 
@@ -47,19 +50,22 @@ struct Caller {
 }
 
 impl FromRequestParts<Arc<Registry>> for Caller {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
         registry: &Arc<Registry>,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, Response> {
         if !matches!(registry.auth, Authenticator::Token(_)) {
-            return Err(ApiError::NoRoute);
+            return Err(ApiError::NoRoute.into_response());
         }
         let client = client_address(&parts.extensions);
-        let access = registry.identify(&parts.headers, &client).await?;
-        if access.principal.is_anonymous() {
-            return Err(registry.challenge(&parts.headers, None, "the admin API needs a login"));
+        let access = registry
+            .identify(&parts.headers, &client)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !registry.may(&access, &Need::Admin) {
+            return Err(registry.refusal(&parts.headers, &access, &Need::Admin));
         }
         Ok(Caller {
             registry: registry.clone(),
@@ -101,7 +107,7 @@ impl Caller {
     async fn changed(&self, action: &str, resource: &str, detail: &str) -> Result<(), ApiError> {
         let a = &self.access;
         self.registry.audit.record(
-            a.principal.name(),
+            &a.principal.name(),
             action,
             resource,
             "ok",
@@ -223,7 +229,7 @@ async fn list_projects(c: Caller) -> Reply {
         .filter(|(name, public)| {
             **public
                 || matches!(c.access.principal, Principal::User { admin: true, .. })
-                || model.role(name, c.access.principal.name()).is_some()
+                || model.role(name, &c.access.principal.name()).is_some()
         })
         .map(|(name, public)| json!({"name": name, "public": public}))
         .collect();

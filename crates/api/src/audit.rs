@@ -1,10 +1,16 @@
 //! The audit log: who did what, when, from where. Events are queued without blocking the
 //! request, written to the metadata store in batches, and optionally streamed as JSON lines
 //! to stdout or a file. Secrets never reach an event.
+//!
+//! Refusals that a flood can produce at will (logins refused by the rate limit) are folded:
+//! the first per client address and action in a [`FOLD_WINDOW`] is written, the rest are only
+//! counted and written as one summary event when the window closes, so no flood writes a row
+//! per request. Old events are pruned by age and count ([`AuditLog::prune`]).
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_meta::{AccessStore, AuditEvent};
@@ -13,13 +19,27 @@ use tokio::sync::mpsc;
 /// Events waiting to be written; beyond this the newest are dropped and counted.
 const QUEUE: usize = 16_384;
 const BATCH: usize = 512;
+/// How long repeated refusals from one address are counted before their summary is written.
+pub const FOLD_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses folded at once; beyond, refusals are counted under one `*` entry.
+const MAX_FOLDS: usize = 10_000;
+/// User names a summary lists.
+const FOLD_NAMES: usize = 8;
 
 #[derive(Clone)]
 pub struct AuditLog {
     tx: Option<mpsc::Sender<AuditEvent>>,
     dropped: Arc<AtomicU64>,
+    folds: Arc<Mutex<HashMap<(String, String), Fold>>>,
     /// Record every manifest pull (off keeps the log to logins, pushes, deletes, changes).
     pub pulls: bool,
+}
+
+/// Refusals seen for one (client, action) in the current window, after the first.
+struct Fold {
+    first: AuditEvent,
+    more: u64,
+    actors: BTreeSet<String>,
 }
 
 fn now_ms() -> i64 {
@@ -35,15 +55,18 @@ impl AuditLog {
         AuditLog {
             tx: None,
             dropped: Arc::default(),
+            folds: Arc::default(),
             pulls: false,
         }
     }
 
-    /// Starts the writer task.
+    /// Starts the writer task, and the task that writes folded refusals' summaries every
+    /// `fold_window`.
     pub fn spawn(
         store: Arc<dyn AccessStore>,
         mut stream: Option<Box<dyn Write + Send>>,
         pulls: bool,
+        fold_window: Duration,
     ) -> AuditLog {
         let (tx, mut rx) = mpsc::channel::<AuditEvent>(QUEUE);
         tokio::spawn(async move {
@@ -72,11 +95,107 @@ impl AuditLog {
                 batch.clear();
             }
         });
-        AuditLog {
+        let log = AuditLog {
             tx: Some(tx),
             dropped: Arc::default(),
+            folds: Arc::default(),
             pulls,
+        };
+        let summaries = log.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(fold_window);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                summaries.close_folds(fold_window);
+            }
+        });
+        log
+    }
+
+    /// Records a refusal a client can repeat at will: the first per (client, action) in a
+    /// window is written, the others are counted into one summary.
+    pub fn record_refusal(
+        &self,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        client: &str,
+        detail: &str,
+    ) {
+        let event = AuditEvent {
+            at_ms: now_ms(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            outcome: "denied".to_owned(),
+            client: client.to_owned(),
+            detail: detail.to_owned(),
+        };
+        {
+            let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
+            let key = if folds.len() < MAX_FOLDS {
+                (client.to_owned(), action.to_owned())
+            } else {
+                ("*".to_owned(), action.to_owned())
+            };
+            if let Some(fold) = folds.get_mut(&key) {
+                fold.more += 1;
+                if fold.actors.len() < FOLD_NAMES {
+                    fold.actors.insert(actor.to_owned());
+                }
+                return;
+            }
+            folds.insert(
+                key,
+                Fold {
+                    first: event.clone(),
+                    more: 0,
+                    actors: BTreeSet::new(),
+                },
+            );
         }
+        self.send(event);
+    }
+
+    /// Ends the current window: one summary event per (client, action) that was refused
+    /// again after its first event; the next refusal opens a new window.
+    fn close_folds(&self, window: Duration) {
+        let folds = std::mem::take(&mut *self.folds.lock().unwrap_or_else(|p| p.into_inner()));
+        for ((client, _), fold) in folds {
+            if fold.more == 0 {
+                continue;
+            }
+            let names: Vec<&str> = fold.actors.iter().map(String::as_str).collect();
+            self.send(AuditEvent {
+                at_ms: now_ms(),
+                actor: fold.first.actor,
+                action: fold.first.action,
+                resource: fold.first.resource,
+                outcome: "denied".to_owned(),
+                client,
+                detail: format!(
+                    "{} more {} in {} s (as {})",
+                    fold.more,
+                    fold.first.detail,
+                    window.as_secs(),
+                    names.join(", ")
+                ),
+            });
+        }
+    }
+
+    /// Deletes events older than `max_age` and beyond the newest `max_events` (0 = no limit
+    /// for either).
+    pub async fn prune(
+        store: &dyn AccessStore,
+        max_age: Duration,
+        max_events: u64,
+    ) -> Result<u64, berth_meta::MetaError> {
+        let before = (!max_age.is_zero()).then(|| now_ms() - max_age.as_millis() as i64);
+        store
+            .prune_audit(before, (max_events > 0).then_some(max_events))
+            .await
     }
 
     pub fn record(
@@ -88,8 +207,7 @@ impl AuditLog {
         client: &str,
         detail: &str,
     ) {
-        let Some(tx) = &self.tx else { return };
-        let event = AuditEvent {
+        self.send(AuditEvent {
             at_ms: now_ms(),
             actor: actor.to_owned(),
             action: action.to_owned(),
@@ -97,7 +215,11 @@ impl AuditLog {
             outcome: outcome.to_owned(),
             client: client.to_owned(),
             detail: detail.to_owned(),
-        };
+        });
+    }
+
+    fn send(&self, event: AuditEvent) {
+        let Some(tx) = &self.tx else { return };
         if tx.try_send(event).is_err()
             && self
                 .dropped
@@ -106,5 +228,102 @@ impl AuditLog {
         {
             tracing::warn!("audit queue full; events are being dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_meta::{AuditQuery, SqliteStore};
+
+    async fn events(store: &SqliteStore, want: usize) -> Vec<AuditEvent> {
+        for _ in 0..100 {
+            let found = store
+                .query_audit(&AuditQuery {
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            if found.len() >= want {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fewer than {want} audit events");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_refusals_is_one_event_and_one_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("m.sqlite"))
+                .await
+                .unwrap(),
+        );
+        let log = AuditLog::spawn(store.clone(), None, false, Duration::from_millis(200));
+        for i in 0..3000 {
+            log.record_refusal(
+                &format!("u{}", i % 3),
+                "login",
+                "token",
+                "10.0.0.9",
+                "rate limited",
+            );
+        }
+        log.record_refusal("solo", "login", "token", "10.0.0.10", "rate limited");
+        let found = events(&store, 3).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let found_later = events(&store, 3).await;
+        assert_eq!(
+            found.len(),
+            found_later.len(),
+            "nothing more after the summary"
+        );
+        assert_eq!(found.len(), 3, "{found:?}");
+        let summary = found
+            .iter()
+            .find(|e| e.detail.starts_with("2999 more"))
+            .unwrap_or_else(|| panic!("no summary in {found:?}"));
+        assert_eq!(summary.client, "10.0.0.9");
+        assert!(summary.detail.contains("u0, u1, u2"), "{}", summary.detail);
+
+        // A new window writes its first refusal again.
+        log.record_refusal("u0", "login", "token", "10.0.0.9", "rate limited");
+        assert_eq!(events(&store, 4).await.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_the_newest_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("m.sqlite"))
+            .await
+            .unwrap();
+        let event = |at_ms: i64| AuditEvent {
+            at_ms,
+            actor: "a".into(),
+            action: "push".into(),
+            resource: "r".into(),
+            outcome: "ok".into(),
+            client: "c".into(),
+            detail: String::new(),
+        };
+        let now = now_ms();
+        let old: Vec<_> = (0..5).map(|i| event(now - 10 * 86_400_000 - i)).collect();
+        let recent: Vec<_> = (0..10).map(|i| event(now - i)).collect();
+        store.record_audit(&old).await.unwrap();
+        store.record_audit(&recent).await.unwrap();
+        let deleted = AuditLog::prune(&store, Duration::from_secs(86_400), 0)
+            .await
+            .unwrap();
+        assert_eq!(deleted, 5, "older than a day");
+        let deleted = AuditLog::prune(&store, Duration::ZERO, 4).await.unwrap();
+        assert_eq!(deleted, 6);
+        let left = events(&store, 4).await;
+        assert_eq!(left.len(), 4);
+        assert!(
+            left.iter().all(|e| e.at_ms > now - 4),
+            "the newest stay: {left:?}"
+        );
     }
 }

@@ -42,6 +42,8 @@ pub struct ApiConfig {
     pub max_manifest_bytes: usize,
     /// Served over TLS (for absolute URLs such as the token realm).
     pub tls: bool,
+    /// Failed password logins allowed before further attempts are refused for a while.
+    pub login_limits: berth_auth::LoginLimits,
 }
 
 impl Default for ApiConfig {
@@ -50,6 +52,7 @@ impl Default for ApiConfig {
             delete_enabled: true,
             max_manifest_bytes: 4 * 1024 * 1024,
             tls: false,
+            login_limits: berth_auth::LoginLimits::default(),
         }
     }
 }
@@ -87,6 +90,7 @@ impl Registry {
             inner: meta,
             metrics: metrics.clone(),
         });
+        let failed_logins = access::failed_logins(config.login_limits);
         Registry {
             blobs,
             meta,
@@ -95,7 +99,7 @@ impl Registry {
             audit,
             metrics,
             traces: None,
-            failed_logins: access::failed_logins(),
+            failed_logins,
             blob_locks: gc::DigestLocks::default(),
             uploads: uploads::Uploads::default(),
         }

@@ -1,6 +1,8 @@
 //! The built-in Docker token service: `GET /auth/token?service=…&scope=…` (Basic credentials
 //! or anonymous) and the OAuth2 form `POST /auth/token` (`grant_type=password`). It issues a
-//! short-lived JWT for the subset of the requested scopes the caller is allowed.
+//! short-lived JWT for the subset of the requested scopes the caller is allowed. A robot's token
+//! never outlives the robot. Scopes: `repository:<name>:<actions>`, `registry:catalog:*`
+//! (any logged-in caller) and `registry:admin:*` (users, for the admin API).
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use berth_oci::{ErrorCode, RepositoryName};
 use http::{header, Method, StatusCode};
 use http_body_util::BodyExt;
 
-use crate::access::{basic_credentials, client_address, Authenticator};
+use crate::access::{basic_credentials, client_address, Authenticator, LoginRefused};
 use crate::error::ApiError;
 use crate::Registry;
 
@@ -90,36 +92,29 @@ async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiErr
 
     let principal = match &credentials {
         None => Principal::Anonymous,
-        Some((user, password)) => {
-            if registry.login_blocked(user, &client) {
+        Some((user, password)) => match registry
+            .check_password(user, password, &client, "token")
+            .await
+        {
+            Ok(p) => {
                 registry
                     .audit
-                    .record(user, "login", "token", "denied", &client, "rate limited");
+                    .record(user, "login", "token", "ok", &client, "");
+                p
+            }
+            Err(LoginRefused::RateLimited) => {
                 return Err(ApiError::new(
                     ErrorCode::TooManyRequests,
-                    "too many failed logins; try later",
-                ));
+                    "too many failed logins from this address; try again later",
+                ))
             }
-            match t.login(user, password).await {
-                Some(p) => {
-                    registry.login_succeeded(user);
-                    registry
-                        .audit
-                        .record(user, "login", "token", "ok", &client, "");
-                    p
-                }
-                None => {
-                    registry.login_failed(user, &client);
-                    registry
-                        .audit
-                        .record(user, "login", "token", "failed", &client, "");
-                    return Err(ApiError::Unauthorized {
-                        challenge: String::new(),
-                        detail: "invalid username or password".into(),
-                    });
-                }
+            Err(LoginRefused::Invalid) => {
+                return Err(ApiError::Unauthorized {
+                    challenge: String::new(),
+                    detail: "invalid username or password".into(),
+                })
             }
-        }
+        },
     };
 
     let model = t.model();
@@ -159,15 +154,25 @@ async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiErr
                     actions: vec!["*".into()],
                 });
             }
+            // The admin API, for users only; what they may change there is decided by their
+            // rights at the time of each request.
+            "registry" if scope.name == "admin" && matches!(principal, Principal::User { .. }) => {
+                access.push(AccessEntry {
+                    kind: "registry".into(),
+                    name: "admin".into(),
+                    actions: vec!["*".into()],
+                });
+            }
             _ => {}
         }
     }
     let subject = if principal.is_anonymous() {
-        ""
+        String::new()
     } else {
-        principal.name()
+        principal.name().into_owned()
     };
-    let (token, claims) = t.issuer.issue(subject, access).map_err(|e| {
+    let not_after = t.not_after(&principal);
+    let (token, claims) = t.issuer.issue(&subject, access, not_after).map_err(|e| {
         ApiError::new(
             ErrorCode::Unsupported,
             format!("issuing the token failed: {e}"),

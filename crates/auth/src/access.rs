@@ -112,6 +112,12 @@ pub enum Principal {
         project: String,
         actions: Vec<Action>,
     },
+    /// The subject of an external issuer's token. It is never a local account, whatever its
+    /// name: it may do exactly what its token's `access` claim grants, nothing from the model.
+    External {
+        issuer: String,
+        subject: String,
+    },
 }
 
 impl Principal {
@@ -122,11 +128,13 @@ impl Principal {
         }
     }
 
-    /// The name for logs and audit records.
-    pub fn name(&self) -> &str {
+    /// The name for logs and audit records; an external subject is `<issuer>:<subject>`, so
+    /// it never reads as a local account.
+    pub fn name(&self) -> std::borrow::Cow<'_, str> {
         match self {
-            Principal::Anonymous => "anonymous",
-            Principal::User { name, .. } | Principal::Robot { name, .. } => name,
+            Principal::Anonymous => "anonymous".into(),
+            Principal::User { name, .. } | Principal::Robot { name, .. } => name.as_str().into(),
+            Principal::External { issuer, subject } => format!("{issuer}:{subject}").into(),
         }
     }
 

@@ -17,7 +17,7 @@ pub mod token;
 
 pub use access::{Action, Principal, Role};
 pub use htpasswd::{Htpasswd, HtpasswdError, HtpasswdFile};
-pub use logins::{FailedLogins, LoginCache};
+pub use logins::{Attempt, FailedLogins, LoginCache, LoginLimits};
 pub use policy::AccessModel;
 pub use secret::constant_time_eq;
 pub use token::{AccessEntry, Claims, Scope, TokenIssuer, TokenVerifier};

@@ -2,8 +2,10 @@
 //!
 //! Registry clients send credentials with every request and bcrypt costs ~70 ms, so a verified
 //! login is remembered — as a keyed fingerprint, never the password — until the user data
-//! changes or the entry ages out. Failed logins are counted per user and per client address;
-//! past a limit, further attempts are refused for the rest of the window.
+//! changes or the entry ages out. Failed logins are counted per (user, client address) and per
+//! client address — never per user alone, so a stranger cannot lock a real user out; past a
+//! limit, further attempts from there are refused for the rest of the window. Each attempt is
+//! reserved before its password is checked, so parallel guesses count as they start.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -78,53 +80,195 @@ impl LoginCache {
     }
 }
 
-/// Counts failed logins per key (a user name, a client address).
+/// How many failed logins are allowed, and for how long a limit holds once reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginLimits {
+    /// Failures allowed per (user, client address): a guesser is stopped without locking the
+    /// real user out from anywhere else.
+    pub per_user_and_address: u32,
+    /// Failures allowed per client address, whatever the user names (guessing many users).
+    pub per_address: u32,
+    pub window: Duration,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        LoginLimits {
+            per_user_and_address: 10,
+            per_address: 30,
+            window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Failures and attempts in progress for one key (a (user, address) pair, or an address).
+#[derive(Default)]
+struct Counter {
+    failures: u32,
+    since: Option<Instant>,
+    /// Attempts being verified right now, by password fingerprint: the same password sent on
+    /// many parallel requests (a client pushing layers at once) is one attempt, not many.
+    in_flight: HashMap<[u8; 32], u32>,
+}
+
+impl Counter {
+    fn expire(&mut self, window: Duration) {
+        if self.since.is_some_and(|s| s.elapsed() >= window) {
+            self.failures = 0;
+            self.since = None;
+        }
+    }
+
+    /// What counts against the limit for an attempt with `fingerprint`: past failures plus the
+    /// other passwords being checked at this moment.
+    fn load(&self, fingerprint: &[u8; 32]) -> u32 {
+        let others = self.in_flight.keys().filter(|f| *f != fingerprint).count();
+        self.failures + others as u32
+    }
+}
+
+/// Counts failed logins per (user, address) and per address, and reserves an attempt before
+/// its password is checked, so that parallel guesses cannot all be checked before the first
+/// failure is counted.
 pub struct FailedLogins {
-    limit: u32,
-    window: Duration,
-    entries: Mutex<HashMap<String, (u32, Instant)>>,
+    limits: LoginLimits,
+    key: [u8; 32],
+    counters: Mutex<HashMap<String, Counter>>,
+}
+
+/// A login attempt that was allowed to be checked. Report how it went with [`Attempt::failed`]
+/// or [`Attempt::succeeded`]; dropped unreported, it only frees its reservation.
+pub struct Attempt<'a> {
+    logins: &'a FailedLogins,
+    keys: [String; 2],
+    fingerprint: [u8; 32],
 }
 
 impl FailedLogins {
-    pub fn new(limit: u32, window: Duration) -> Self {
+    pub fn new(limits: LoginLimits) -> Self {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
         FailedLogins {
-            limit,
-            window,
-            entries: Mutex::new(HashMap::new()),
+            limits,
+            key,
+            counters: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Is any of `keys` over the limit within the current window?
-    pub fn blocked(&self, keys: &[&str]) -> bool {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        keys.iter().any(|k| {
-            entries
-                .get(*k)
-                .is_some_and(|(n, since)| *n >= self.limit && since.elapsed() < self.window)
+    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counter>> {
+        self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves an attempt by `user` from `address` with `password`, or `None` when a limit is
+    /// reached (the attempt must then be refused without checking the password).
+    pub fn begin(&self, user: &str, address: &str, password: &str) -> Option<Attempt<'_>> {
+        let mut h = Sha256::new();
+        h.update(self.key);
+        h.update(user.as_bytes());
+        h.update([0]);
+        h.update(password.as_bytes());
+        let fingerprint: [u8; 32] = h.finalize().into();
+        let address = address_group(address);
+        let keys = [format!("pair:{user}\0{address}"), format!("addr:{address}")];
+        let limits = [self.limits.per_user_and_address, self.limits.per_address];
+        let mut counters = self.counters();
+        if counters.len() >= MAX_ENTRIES {
+            let window = self.limits.window;
+            counters.retain(|_, c| {
+                c.expire(window);
+                c.failures > 0 || !c.in_flight.is_empty()
+            });
+        }
+        for (key, limit) in keys.iter().zip(limits) {
+            if let Some(c) = counters.get_mut(key) {
+                c.expire(self.limits.window);
+                if c.load(&fingerprint) >= limit {
+                    return None;
+                }
+            }
+        }
+        for key in &keys {
+            let c = counters.entry(key.clone()).or_default();
+            *c.in_flight.entry(fingerprint).or_default() += 1;
+        }
+        drop(counters);
+        Some(Attempt {
+            logins: self,
+            keys,
+            fingerprint,
         })
     }
 
-    pub fn record_failure(&self, keys: &[&str]) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_ENTRIES {
-            entries.retain(|_, (_, since)| since.elapsed() < self.window);
-        }
-        for k in keys {
-            let e = entries
-                .entry((*k).to_owned())
-                .or_insert((0, Instant::now()));
-            if e.1.elapsed() >= self.window {
-                *e = (0, Instant::now());
+    fn finish(&self, attempt: &Attempt<'_>, failed: bool) {
+        let mut counters = self.counters();
+        for (i, key) in attempt.keys.iter().enumerate() {
+            let Some(c) = counters.get_mut(key) else {
+                continue;
+            };
+            if let Some(n) = c.in_flight.get_mut(&attempt.fingerprint) {
+                *n -= 1;
+                if *n == 0 {
+                    c.in_flight.remove(&attempt.fingerprint);
+                }
             }
-            e.0 += 1;
+            if failed {
+                c.expire(self.limits.window);
+                c.failures += 1;
+                c.since.get_or_insert_with(Instant::now);
+            } else if i == 0 {
+                // A correct password clears its own (user, address) count, not the address's.
+                c.failures = 0;
+                c.since = None;
+            }
+            if c.failures == 0 && c.in_flight.is_empty() {
+                counters.remove(key);
+            }
         }
     }
+}
 
-    pub fn record_success(&self, key: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+/// The unit a client address is counted in: the address itself for IPv4, its /64 network for
+/// IPv6, since one IPv6 host usually holds a whole /64 and could otherwise rotate addresses.
+fn address_group(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Ok(std::net::IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map(|v4| v4.to_string())
+            .unwrap_or_default(),
+        _ => address.to_owned(),
+    }
+}
+
+impl Attempt<'_> {
+    pub fn failed(self) {
+        self.logins.finish(&self, true);
+        std::mem::forget(self);
+    }
+
+    pub fn succeeded(self) {
+        self.logins.finish(&self, false);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        // Neither reported (the request was cancelled mid-check): free the reservation only.
+        let mut counters = self.logins.counters();
+        for key in &self.keys {
+            if let Some(c) = counters.get_mut(key) {
+                if let Some(n) = c.in_flight.get_mut(&self.fingerprint) {
+                    *n -= 1;
+                    if *n == 0 {
+                        c.in_flight.remove(&self.fingerprint);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -143,24 +287,84 @@ mod tests {
         assert!(!c.hit("u", &fp, 2), "a change to the user data invalidates");
     }
 
-    #[test]
-    fn failures_block_after_the_limit() {
-        let f = FailedLogins::new(3, Duration::from_secs(60));
-        for _ in 0..2 {
-            f.record_failure(&["user:bob", "addr:1.2.3.4"]);
+    fn limits(pair: u32, address: u32) -> LoginLimits {
+        LoginLimits {
+            per_user_and_address: pair,
+            per_address: address,
+            window: Duration::from_secs(60),
         }
-        assert!(!f.blocked(&["user:bob"]));
-        f.record_failure(&["user:bob", "addr:1.2.3.4"]);
-        assert!(f.blocked(&["user:bob"]));
+    }
+
+    #[test]
+    fn failures_block_the_pair_not_the_user_elsewhere() {
+        let f = FailedLogins::new(limits(3, 100));
+        for i in 0..3 {
+            f.begin("bob", "1.2.3.4", &format!("guess{i}"))
+                .unwrap()
+                .failed();
+        }
+        assert!(f.begin("bob", "1.2.3.4", "right").is_none());
         assert!(
-            f.blocked(&["user:eve", "addr:1.2.3.4"]),
-            "the address is blocked too"
+            f.begin("bob", "5.6.7.8", "right").is_some(),
+            "another address is not locked out"
         );
-        f.record_success("user:bob");
-        assert!(!f.blocked(&["user:bob"]));
-        let quick = FailedLogins::new(1, Duration::from_millis(1));
-        quick.record_failure(&["k"]);
+        assert!(
+            f.begin("eve", "1.2.3.4", "x").is_some(),
+            "per pair, not per address"
+        );
+        let quick = FailedLogins::new(LoginLimits {
+            window: Duration::from_millis(1),
+            ..limits(1, 100)
+        });
+        quick.begin("u", "a", "x").unwrap().failed();
         std::thread::sleep(Duration::from_millis(5));
-        assert!(!quick.blocked(&["k"]), "the window expires");
+        assert!(quick.begin("u", "a", "x").is_some(), "the window expires");
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_network() {
+        let f = FailedLogins::new(limits(2, 100));
+        f.begin("bob", "2001:db8:1:2::1", "x").unwrap().failed();
+        f.begin("bob", "2001:db8:1:2:ffff::9", "y")
+            .unwrap()
+            .failed();
+        assert!(f.begin("bob", "2001:db8:1:2::77", "z").is_none());
+        assert!(f.begin("bob", "2001:db8:1:3::1", "z").is_some());
+    }
+
+    #[test]
+    fn an_address_guessing_many_users_is_blocked() {
+        let f = FailedLogins::new(limits(10, 3));
+        for user in ["a", "b", "c"] {
+            f.begin(user, "9.9.9.9", "x").unwrap().failed();
+        }
+        assert!(f.begin("d", "9.9.9.9", "x").is_none());
+        assert!(f.begin("d", "8.8.8.8", "x").is_some());
+    }
+
+    #[test]
+    fn parallel_guesses_are_reserved_before_they_are_checked() {
+        let f = FailedLogins::new(limits(3, 100));
+        let held: Vec<_> = (0..3)
+            .map(|i| f.begin("bob", "1.1.1.1", &format!("g{i}")).unwrap())
+            .collect();
+        assert!(
+            f.begin("bob", "1.1.1.1", "g9").is_none(),
+            "three guesses in flight use up the limit"
+        );
+        // The same password on many parallel requests is one attempt.
+        assert!(f.begin("bob", "1.1.1.1", "g0").is_some());
+        drop(held);
+        assert!(
+            f.begin("bob", "1.1.1.1", "g9").is_some(),
+            "dropped attempts free their place"
+        );
+        let ok = f.begin("bob", "1.1.1.1", "right").unwrap();
+        f.begin("bob", "1.1.1.1", "w").unwrap().failed();
+        ok.succeeded();
+        assert!(
+            f.begin("bob", "1.1.1.1", "again").is_some(),
+            "a success clears the pair"
+        );
     }
 }

@@ -92,6 +92,8 @@ impl AccessModel {
         let project = project_of(repository);
         match principal {
             Principal::User { admin: true, .. } => true,
+            // Worth its token's claim only, which the caller checks; nothing here.
+            Principal::External { .. } => false,
             _ if !self.projects.contains_key(project) => false,
             Principal::Anonymous => action == Action::Pull && self.projects[project],
             Principal::User { name, .. } => {

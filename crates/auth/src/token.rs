@@ -37,8 +37,12 @@ pub struct Claims {
     pub sub: String,
     pub aud: String,
     pub exp: u64,
+    /// Not valid before; checked when present (external issuers may leave it out).
+    #[serde(default)]
     pub nbf: u64,
+    #[serde(default)]
     pub iat: u64,
+    #[serde(default)]
     pub jti: String,
     #[serde(default)]
     pub access: Vec<AccessEntry>,
@@ -144,20 +148,23 @@ impl TokenIssuer {
         &self.verifier
     }
 
-    /// Issues a token for `subject` with exactly `access`.
+    /// Issues a token for `subject` with exactly `access`, valid for the issuer's lifetime or
+    /// until `not_after` (seconds since the epoch, e.g. a robot's expiry), whichever is sooner.
     pub fn issue(
         &self,
         subject: &str,
         access: Vec<AccessEntry>,
+        not_after: Option<u64>,
     ) -> Result<(String, Claims), TokenError> {
         let now = now();
+        let exp = (now + self.ttl.as_secs()).min(not_after.unwrap_or(u64::MAX));
         let mut jti = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut jti);
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: subject.to_owned(),
             aud: self.service.clone(),
-            exp: now + self.ttl.as_secs(),
+            exp,
             // A little slack for clocks of replicas verifying the token.
             nbf: now.saturating_sub(10),
             iat: now,
@@ -197,6 +204,7 @@ impl TokenVerifier {
         validation.set_audience(&[service]);
         validation.set_issuer(&[issuer]);
         validation.leeway = 30;
+        validation.validate_nbf = true;
         Ok(TokenVerifier { key, validation })
     }
 
@@ -236,7 +244,7 @@ mod tests {
             name: "a/b".into(),
             actions: vec!["pull".into()],
         }];
-        let (token, _) = issuer.issue("alice", access).unwrap();
+        let (token, _) = issuer.issue("alice", access, None).unwrap();
         let claims = issuer.verifier().verify(&token).unwrap();
         assert_eq!(claims.sub, "alice");
         assert!(claims.grants("repository", "a/b", "pull"));
@@ -259,5 +267,39 @@ mod tests {
         )
         .unwrap();
         assert!(foreign.verifier().verify(&token).is_err());
+    }
+
+    #[test]
+    fn lifetime_is_capped_and_nbf_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = TokenIssuer::open(
+            &dir.path().join("k.pem"),
+            "berth",
+            "registry",
+            Duration::from_secs(300),
+        )
+        .unwrap();
+        let soon = now() + 5;
+        let (_, claims) = issuer.issue("robot$p+ci", vec![], Some(soon)).unwrap();
+        assert_eq!(claims.exp, soon, "capped at the robot's expiry");
+
+        // A token that becomes valid tomorrow is refused today, even though it is signed right.
+        let key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.path().join("k.pem")).unwrap())
+                .unwrap();
+        let encoding = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+        let mut future = claims.clone();
+        future.exp = now() + 2 * 86_400;
+        future.nbf = now() + 86_400;
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &future, &encoding).unwrap();
+        assert!(
+            issuer.verifier().verify(&token).is_err(),
+            "nbf in the future"
+        );
+        future.nbf = now();
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::ES256), &future, &encoding).unwrap();
+        assert!(issuer.verifier().verify(&token).is_ok());
     }
 }

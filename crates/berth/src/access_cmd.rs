@@ -334,12 +334,50 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<()> {
             if a.json {
                 println!("{}", serde_json::to_string(&e)?);
             } else {
-                println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    e.at_ms, e.actor, e.action, e.resource, e.outcome, e.client, e.detail
-                );
+                let fields = [
+                    &e.actor,
+                    &e.action,
+                    &e.resource,
+                    &e.outcome,
+                    &e.client,
+                    &e.detail,
+                ];
+                let escaped: Vec<String> = fields.iter().map(|f| printable(f)).collect();
+                println!("{}\t{}", e.at_ms, escaped.join("\t"));
             }
         }
         Ok(())
     })
+}
+
+/// A field as it may be printed on one line of a terminal: control characters (newlines,
+/// tabs, escape sequences) and backslashes are escaped as in Rust strings, so a recorded
+/// user name such as `x\n\x1b[2K…` cannot forge lines or rewrite what is shown.
+fn printable(field: &str) -> String {
+    // Bidirectional overrides and zero-width characters can reorder or hide what is shown.
+    let hidden = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let mut out = String::with_capacity(field.len());
+    for c in field.chars() {
+        if c.is_control() || c == '\\' || hidden(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn audit_fields_cannot_carry_control_characters() {
+        assert_eq!(printable("alice"), "alice");
+        assert_eq!(printable("über"), "über", "non-ASCII letters stay readable");
+        let forged = printable("x\n1700000000000\tadmin\x1b[2K\u{9b}");
+        assert!(!forged.chars().any(char::is_control), "{forged:?}");
+        assert_eq!(printable("a\\b"), "a\\\\b");
+        assert_eq!(printable("ü\u{202e}x"), "ü\\u{202e}x");
+    }
 }

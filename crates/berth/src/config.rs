@@ -21,6 +21,16 @@ pub struct Config {
     pub audit: AuditConfig,
     pub tracing: TracingConfig,
     pub gc: GcConfig,
+    pub manifests: ManifestsConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManifestsConfig {
+    /// Accept image manifests whose layers and indexes whose child manifests are absent
+    /// (sparse mirrors that copy only some platforms). Off: such pushes get
+    /// `MANIFEST_BLOB_UNKNOWN`.
+    pub allow_sparse: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -70,6 +80,19 @@ pub struct ServerConfig {
     /// Serve `/metrics` on this separate address too (e.g. `0.0.0.0:9090`); it is always
     /// available on the main port.
     pub metrics_addr: String,
+    /// A client must send a request's complete headers within this many seconds.
+    pub header_read_timeout_seconds: u64,
+    /// A TLS client must complete its handshake within this many seconds.
+    pub tls_handshake_timeout_seconds: u64,
+    /// A keep-alive connection with no request in flight is closed after this many seconds.
+    pub idle_timeout_seconds: u64,
+    /// A request body (an upload) that delivers no byte for this many seconds is abandoned; a
+    /// slow upload that keeps moving is never cut off.
+    pub body_read_timeout_seconds: u64,
+    /// Connections served at once; 0 = three quarters of the process's file descriptor
+    /// limit, so that files and the database keep descriptors. At the cap, the oldest
+    /// connection that is idle or still sending its headers is closed for a new client.
+    pub max_connections: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -96,6 +119,11 @@ pub struct MetadataConfig {
 pub struct LimitsConfig {
     /// Largest manifest accepted, in bytes (the spec asks registries to take at least 4 MiB).
     pub max_manifest_bytes: u64,
+    /// Upload sessions one user may have in progress at once (0 = no limit); beyond, `POST`
+    /// gets 429 `TOOMANYREQUESTS`. Without authentication every client counts as one user.
+    pub max_uploads_per_user: u64,
+    /// Upload sessions in progress per repository (0 = no limit).
+    pub max_uploads_per_repository: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -134,6 +162,12 @@ pub struct AuthConfig {
     pub external_issuer: String,
     /// Token mode: when no user exists yet, create `admin` with this password at startup.
     pub bootstrap_admin_password: String,
+    /// Failed logins allowed per user and client address within the window; then that user
+    /// is refused from that address (and only there) until the window ends.
+    pub failed_login_limit: u32,
+    /// Failed logins allowed per client address within the window, whatever users it names.
+    pub failed_login_address_limit: u32,
+    pub failed_login_window_seconds: u64,
 }
 
 impl Default for AuthConfig {
@@ -150,6 +184,9 @@ impl Default for AuthConfig {
             external_public_key_path: String::new(),
             external_issuer: String::new(),
             bootstrap_admin_password: String::new(),
+            failed_login_limit: 10,
+            failed_login_address_limit: 30,
+            failed_login_window_seconds: 300,
         }
     }
 }
@@ -161,6 +198,10 @@ pub struct AuditConfig {
     pub stream: String,
     /// Record every manifest pull (logins, pushes, deletes and changes are always recorded).
     pub pulls: bool,
+    /// Events older than this many days are deleted (hourly); 0 keeps them forever.
+    pub retention_days: u64,
+    /// At most this many events are kept, the oldest deleted first; 0 = no cap.
+    pub max_events: u64,
 }
 
 impl Default for AuditConfig {
@@ -168,6 +209,8 @@ impl Default for AuditConfig {
         AuditConfig {
             stream: String::new(),
             pulls: true,
+            retention_days: 90,
+            max_events: 1_000_000,
         }
     }
 }
@@ -187,6 +230,11 @@ impl Default for ServerConfig {
             addr: "0.0.0.0:5000".into(),
             drain_seconds: 30,
             metrics_addr: String::new(),
+            header_read_timeout_seconds: 20,
+            tls_handshake_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            body_read_timeout_seconds: 60,
+            max_connections: 0,
         }
     }
 }
@@ -205,6 +253,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_manifest_bytes: 4 * 1024 * 1024,
+            max_uploads_per_user: 1024,
+            max_uploads_per_repository: 256,
         }
     }
 }

@@ -55,7 +55,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         meta.clone(),
         audit_stream(&config.audit.stream)?,
         config.audit.pulls,
+        berth_api::audit::FOLD_WINDOW,
     );
+    let pruned = meta.clone();
+    let audit_age = std::time::Duration::from_secs(config.audit.retention_days * 86_400);
+    let max_events = config.audit.max_events;
+    tokio::spawn(async move {
+        // At startup, then hourly.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match AuditLog::prune(&*pruned, audit_age, max_events).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "pruned old audit events"),
+                Err(e) => tracing::error!("pruning the audit log failed: {e}"),
+            }
+        }
+    });
     let registry = Registry::new(
         Arc::new(blobs),
         Arc::new(CachedStore::new(meta.clone())),
@@ -64,6 +80,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes)
                 .unwrap_or(usize::MAX),
             tls: !config.tls.certificate.is_empty(),
+            login_limits: berth_auth::LoginLimits {
+                per_user_and_address: config.auth.failed_login_limit.max(1),
+                per_address: config.auth.failed_login_address_limit.max(1),
+                window: std::time::Duration::from_secs(config.auth.failed_login_window_seconds),
+            },
         },
         auth,
         audit,

@@ -101,6 +101,9 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn delete_robot(&self, name: &str) -> Result<bool>;
 
     async fn record_audit(&self, events: &[AuditEvent]) -> Result<()>;
+    /// Deletes events older than `before_ms` (when given), then all but the newest
+    /// `keep_at_most` (when given). Returns how many were deleted.
+    async fn prune_audit(&self, before_ms: Option<i64>, keep_at_most: Option<u64>) -> Result<u64>;
     /// Newest first.
     async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
 }

@@ -16,6 +16,8 @@ use crate::Registry;
 
 /// Largest page served; larger `n` values are clamped, and `Link` points to the rest.
 const MAX_PAGE: u32 = 10_000;
+/// Repositories read from the store at a time while a catalog page is filled.
+const CATALOG_BATCH: u32 = 500;
 
 fn page_size(query: &Query) -> Result<Option<u32>, ApiError> {
     query
@@ -56,33 +58,43 @@ fn link(path: &str, n: Option<u32>, last: &str) -> String {
     format!("<{path}?{q}>; rel=\"next\"")
 }
 
-/// Repositories the caller may pull, in pages; a page can hold fewer than `n` entries when
-/// some are hidden, and `Link` still points on.
+/// Repositories the caller may pull, in pages. Pagination runs over what the caller may
+/// see: hidden repositories are skipped while the page is filled, so neither the page nor its
+/// `Link` (which names the page's last entry) reveals a name the caller may not pull.
 pub async fn catalog(
     registry: &Registry,
     access: &Access,
     query: &Query,
 ) -> Result<Response, ApiError> {
-    let n = page_size(query)?;
-    if n == Some(0) {
+    let n = page_size(query)?.unwrap_or(MAX_PAGE);
+    if n == 0 {
         return Ok(json_response(json!({ "repositories": [] })));
     }
-    let page = Page {
-        last: query.get("last"),
-        limit: Some(n.unwrap_or(MAX_PAGE) + 1),
-    };
-    let repos = registry.meta.list_repositories(page).await?;
-    let (repos, next) = paginate(repos, Some(n.unwrap_or(MAX_PAGE)));
-    let visible: Vec<String> = repos
-        .into_iter()
-        .filter(|r| {
+    // One entry past the page tells whether a next page exists.
+    let wanted = n as usize + 1;
+    let batch = (n + 1).max(CATALOG_BATCH);
+    let mut visible: Vec<String> = Vec::with_capacity(wanted.min(1024));
+    let mut cursor = query.get("last").map(str::to_owned);
+    loop {
+        let page = Page {
+            last: cursor.as_deref(),
+            limit: Some(batch),
+        };
+        let repos = registry.meta.list_repositories(page).await?;
+        let exhausted = repos.len() < batch as usize;
+        cursor = repos.last().cloned();
+        visible.extend(repos.into_iter().filter(|r| {
             r.parse::<RepositoryName>()
-                .is_ok_and(|name| registry.may_pull(access, &name))
-        })
-        .collect();
+                .is_ok_and(|name| registry.may_list(access, &name))
+        }));
+        if visible.len() >= wanted || exhausted {
+            break;
+        }
+    }
+    let (visible, next) = paginate(visible, Some(n));
     let mut response = json_response(json!({ "repositories": visible }));
     if let Some(last) = next {
-        response = response.with_header(header::LINK, link("/v2/_catalog", n, &last));
+        response = response.with_header(header::LINK, link("/v2/_catalog", Some(n), &last));
     }
     Ok(response)
 }

@@ -155,7 +155,7 @@ async fn dispatch(
 
 fn audit(registry: &Registry, access: &Access, action: &str, resource: &str) {
     registry.audit.record(
-        access.principal.name(),
+        &access.principal.name(),
         action,
         resource,
         "ok",

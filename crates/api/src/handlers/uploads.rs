@@ -12,7 +12,7 @@ use http::{header, HeaderMap, StatusCode};
 use rand::RngCore;
 
 use super::{body_stream, header_str, no_content, Query, ResponseExt, UnreadBody};
-use crate::access::Access;
+use crate::access::{Access, Need};
 use crate::error::ApiError;
 use crate::uploads::{hasher_at, HashState};
 use crate::Registry;
@@ -55,7 +55,13 @@ pub async fn start(
         let from = query
             .get("from")
             .and_then(|f| f.parse::<RepositoryName>().ok());
-        if let Some(from) = from.filter(|f| registry.may_pull(access, f)) {
+        let readable = |f: &RepositoryName| {
+            registry.may(
+                access,
+                &Need::Repository(f.clone(), berth_auth::Action::Pull),
+            )
+        };
+        if let Some(from) = from.filter(readable) {
             if registry
                 .meta
                 .mount_blob(&from, name, &digest)

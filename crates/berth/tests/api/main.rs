@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod access_attacks;
 mod auth;
 mod blobs;
 mod cli;

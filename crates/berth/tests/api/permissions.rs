@@ -606,7 +606,7 @@ async fn external_issuer_tokens_and_audit_stream() {
         }]
     };
     let (push, _) = external
-        .issue("sso-user", grant(&["pull", "push"]))
+        .issue("sso-user", grant(&["pull", "push"]), None)
         .unwrap();
     let r = s
         .req(Method::POST, "/v2/sso/app/blobs/uploads/")
@@ -615,7 +615,7 @@ async fn external_issuer_tokens_and_audit_stream() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let (pull, _) = external.issue("sso-user", grant(&["pull"])).unwrap();
+    let (pull, _) = external.issue("sso-user", grant(&["pull"]), None).unwrap();
     let r = s
         .req(Method::POST, "/v2/sso/app/blobs/uploads/")
         .bearer_auth(&pull)
@@ -631,7 +631,7 @@ async fn external_issuer_tokens_and_audit_stream() {
     )
     .unwrap();
     let (forged, _) = stranger
-        .issue("sso-user", grant(&["pull", "push"]))
+        .issue("sso-user", grant(&["pull", "push"]), None)
         .unwrap();
     let r = s
         .req(Method::POST, "/v2/sso/app/blobs/uploads/")

@@ -2,7 +2,7 @@
 //! transaction, so servers notice changes made by the CLI or another replica.
 
 use async_trait::async_trait;
-use rusqlite::{Connection, Params};
+use rusqlite::{Connection, OptionalExtension, Params};
 
 use super::SqliteStore;
 use crate::access::{
@@ -236,6 +236,40 @@ impl AccessStore for SqliteStore {
                 ))?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn prune_audit(&self, before_ms: Option<i64>, keep_at_most: Option<u64>) -> Result<u64> {
+        self.write(move |conn| {
+            let mut deleted = 0;
+            if let Some(before) = before_ms {
+                deleted += conn
+                    .prepare_cached("DELETE FROM audit_events WHERE at_ms < $1")?
+                    .execute([before])? as u64;
+            }
+            if let Some(keep) = keep_at_most {
+                // The newest event beyond the cap; it and everything older go. (No `LIMIT -1`:
+                // the query is the same on PostgreSQL.)
+                let cutoff: Option<(i64, String)> = conn
+                    .prepare_cached(
+                        "SELECT at_ms, id FROM audit_events ORDER BY at_ms DESC, id DESC
+                         LIMIT 1 OFFSET $1",
+                    )?
+                    .query_row([i64::try_from(keep).unwrap_or(i64::MAX)], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                if let Some((at, id)) = cutoff {
+                    deleted += conn
+                        .prepare_cached(
+                            "DELETE FROM audit_events
+                             WHERE at_ms < $1 OR (at_ms = $1 AND id <= $2)",
+                        )?
+                        .execute((at, id))? as u64;
+                }
+            }
+            Ok(deleted)
         })
         .await
     }
