@@ -215,7 +215,9 @@ pub fn need(endpoint: &Endpoint, method: &Method) -> Need {
         Endpoint::Base => Need::Login,
         Endpoint::Catalog => Need::Catalog,
         Endpoint::Tags { name } | Endpoint::Referrers { name, .. } => on(name, Action::Pull),
-        Endpoint::Manifest { name, .. } | Endpoint::Blob { name, .. } => match *method {
+        Endpoint::Manifest { name, .. }
+        | Endpoint::InvalidTag { name, .. }
+        | Endpoint::Blob { name, .. } => match *method {
             _ if read => on(name, Action::Pull),
             Method::DELETE => on(name, Action::Delete),
             _ => on(name, Action::Push),

@@ -18,6 +18,12 @@ pub enum ApiError {
     RangeNotSatisfiable { size: u64 },
     #[error("no such endpoint")]
     NoRoute,
+    /// The endpoint exists but not for this method; `allow` lists the methods it takes.
+    #[error("method not allowed: {detail}")]
+    MethodNotAllowed { allow: String, detail: String },
+    /// A failure of ours that the client cannot fix.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The caller must (re-)authenticate; `challenge` is the `WWW-Authenticate` value.
     #[error("unauthorized: {detail}")]
     Unauthorized { challenge: String, detail: String },
@@ -47,21 +53,59 @@ impl ApiError {
         self.wire().1.unwrap_or(ErrorCode::Unsupported)
     }
 
+    /// Whether the failure is the registry's storage (blobs or metadata) being full.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            ApiError::Storage(StorageError::Io(e)) => is_full(e),
+            ApiError::Meta(e) => e.is_storage_full(),
+            _ => false,
+        }
+    }
+
     /// Status, spec code (None for internal errors) and detail: the single mapping.
     fn wire(&self) -> (StatusCode, Option<ErrorCode>, String) {
         let oci = |code: ErrorCode, detail: String| {
             let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
             (status, Some(code), detail)
         };
+        if self.is_storage_full() {
+            // No spec code says "full"; DENIED is what quota refusals use too, and the status
+            // and message say why.
+            return (
+                StatusCode::INSUFFICIENT_STORAGE,
+                Some(ErrorCode::Denied),
+                "the registry's storage is full; nothing was stored. Try again once space is freed"
+                    .into(),
+            );
+        }
         match self {
             ApiError::Oci { code, detail } => oci(*code, detail.clone()),
             ApiError::RangeNotSatisfiable { size } => {
                 oci(ErrorCode::RangeInvalid, format!("blob size is {size}"))
             }
-            ApiError::NoRoute => (StatusCode::NOT_FOUND, None, "no such endpoint".into()),
+            // UNSUPPORTED, the spec's code for what the registry does not implement.
+            ApiError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                Some(ErrorCode::Unsupported),
+                "no such endpoint".into(),
+            ),
+            ApiError::MethodNotAllowed { detail, .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Some(ErrorCode::Unsupported),
+                detail.clone(),
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                None,
+                "internal error".into(),
+            ),
             ApiError::Unauthorized { detail, .. } => oci(ErrorCode::Unauthorized, detail.clone()),
             ApiError::Denied(detail) => oci(ErrorCode::Denied, detail.clone()),
-            ApiError::InvalidRequest(detail) => (StatusCode::BAD_REQUEST, None, detail.clone()),
+            ApiError::InvalidRequest(detail) => (
+                StatusCode::BAD_REQUEST,
+                Some(ErrorCode::Unsupported),
+                detail.clone(),
+            ),
             ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, None, detail.clone()),
             ApiError::Storage(e) => match e {
                 StorageError::BlobNotFound => oci(ErrorCode::BlobUnknown, e.to_string()),
@@ -79,6 +123,14 @@ impl ApiError {
                     ErrorCode::ManifestBlobUnknown,
                     format!("not in this repository: {}", missing.join(", ")),
                 ),
+                MetaError::WrongSizes(wrong) => oci(
+                    ErrorCode::ManifestInvalid,
+                    format!("descriptor sizes do not match: {}", wrong.join("; ")),
+                ),
+                MetaError::TooManyUploads { .. } => oci(
+                    ErrorCode::TooManyRequests,
+                    format!("{e}; finish or cancel some before starting more"),
+                ),
                 _ => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     None,
@@ -87,6 +139,14 @@ impl ApiError {
             },
         }
     }
+}
+
+/// ENOSPC and EDQUOT, whichever way the error was wrapped.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl From<NameError> for ApiError {
@@ -115,7 +175,8 @@ impl From<ManifestError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, detail) = self.wire();
-        if status.is_server_error() {
+        // A full disk is logged once per episode by the registry, not once per request.
+        if status.is_server_error() && !self.is_storage_full() {
             tracing::error!(error = %self, "request failed");
         }
         let (code_str, message) = match code {
@@ -143,6 +204,11 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized { challenge, .. } if !challenge.is_empty() => {
                 if let Ok(v) = HeaderValue::from_str(challenge) {
                     headers.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                if let Ok(v) = HeaderValue::from_str(allow) {
+                    headers.insert(header::ALLOW, v);
                 }
             }
             _ => {}

@@ -44,6 +44,10 @@ pub struct ApiConfig {
     pub tls: bool,
     /// Failed password logins allowed before further attempts are refused for a while.
     pub login_limits: berth_auth::LoginLimits,
+    /// Upload sessions in progress allowed per user and per repository.
+    pub upload_limits: berth_meta::UploadLimits,
+    /// Accept manifests whose blobs or child manifests are absent (sparse mirrors).
+    pub allow_sparse_manifests: bool,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +57,11 @@ impl Default for ApiConfig {
             max_manifest_bytes: 4 * 1024 * 1024,
             tls: false,
             login_limits: berth_auth::LoginLimits::default(),
+            upload_limits: berth_meta::UploadLimits {
+                per_owner: Some(1024),
+                per_repository: Some(256),
+            },
+            allow_sparse_manifests: false,
         }
     }
 }
@@ -144,6 +153,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
             access::authorize,
         ))
         .layer(axum::middleware::from_fn(resolve))
+        .layer(axum::middleware::from_fn(require_one_host))
         .layer(axum::middleware::map_response(api_version_header))
         .layer(axum::middleware::from_fn_with_state(
             registry.clone(),
@@ -183,6 +193,20 @@ async fn dispatch(State(registry): State<Arc<Registry>>, mut request: Request) -
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
+}
+
+/// RFC 9112: an HTTP/1.1 request without a `Host` header, or with several, gets 400. (HTTP/2
+/// carries `:authority` instead; HTTP/1.0 predates the rule.)
+async fn require_one_host(request: Request, next: Next) -> Response {
+    if request.version() == http::Version::HTTP_11
+        && request.headers().get_all(http::header::HOST).iter().count() != 1
+    {
+        return ApiError::InvalidRequest(
+            "an HTTP/1.1 request needs exactly one Host header".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn api_version_header(mut response: Response) -> Response {

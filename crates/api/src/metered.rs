@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use berth_meta::{MetadataStore, NewManifest, Page, Referrer, StoredManifest, UploadSession};
+use berth_meta::{
+    MetadataStore, NewManifest, Page, Referrer, StoredManifest, UploadLimits, UploadSession,
+};
 use berth_oci::{Digest, Hasher, Reference, RepositoryName, Tag};
 use berth_storage::{Appended, BlobStore, ByteStream, StorageError};
 
@@ -187,12 +189,12 @@ impl MetadataStore for MeteredMetadataStore {
             self.inner.referrers(r, subject, artifact_type)
         )
     }
-    async fn create_upload(&self, s: &UploadSession) -> MetaResult<()> {
+    async fn create_upload(&self, s: &UploadSession, limits: UploadLimits) -> MetaResult<()> {
         timed!(
             self,
             "metadata",
             "create_upload",
-            self.inner.create_upload(s)
+            self.inner.create_upload(s, limits)
         )
     }
     async fn get_upload(&self, id: &str) -> MetaResult<Option<UploadSession>> {

@@ -5,7 +5,8 @@
 //! `referrers/<digest>`) decides the endpoint and everything before it is the name. This is a
 //! pure function; every routing rule is unit-tested below.
 
-use berth_oci::{Digest, Reference, RepositoryName};
+use berth_oci::{Digest, NameError, Reference, RepositoryName};
+use http::Method;
 
 use crate::error::ApiError;
 
@@ -21,6 +22,13 @@ pub enum Endpoint {
     Manifest {
         name: RepositoryName,
         reference: Reference,
+    },
+    /// `/v2/<name>/manifests/<reference>` where the reference is not a valid tag: nothing can
+    /// exist under it (a read is `MANIFEST_UNKNOWN`), and nothing may be pushed to it
+    /// (`TAG_INVALID`).
+    InvalidTag {
+        name: RepositoryName,
+        reference: String,
     },
     /// `/v2/<name>/blobs/<digest>`
     Blob {
@@ -45,10 +53,29 @@ impl Endpoint {
             Endpoint::Base | Endpoint::Catalog => None,
             Endpoint::Tags { name }
             | Endpoint::Manifest { name, .. }
+            | Endpoint::InvalidTag { name, .. }
             | Endpoint::Blob { name, .. }
             | Endpoint::UploadStart { name }
             | Endpoint::Upload { name, .. }
             | Endpoint::Referrers { name, .. } => Some(name),
+        }
+    }
+}
+
+impl Endpoint {
+    /// The methods the endpoint takes, as an `Allow` header lists them.
+    pub fn allowed_methods(&self) -> &'static [Method] {
+        match self {
+            Endpoint::Base => &[Method::GET, Method::HEAD],
+            Endpoint::Catalog | Endpoint::Tags { .. } | Endpoint::Referrers { .. } => {
+                &[Method::GET]
+            }
+            Endpoint::Manifest { .. } | Endpoint::InvalidTag { .. } => {
+                &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE]
+            }
+            Endpoint::Blob { .. } => &[Method::GET, Method::HEAD, Method::DELETE],
+            Endpoint::UploadStart { .. } => &[Method::POST],
+            Endpoint::Upload { .. } => &[Method::GET, Method::PATCH, Method::PUT, Method::DELETE],
         }
     }
 }
@@ -99,10 +126,17 @@ pub fn parse(path: &str) -> Result<Option<Endpoint>, ApiError> {
         return Ok(None);
     };
     let endpoint = match kind {
-        "manifests" => Endpoint::Manifest {
-            name: name(n)?,
-            reference: last.parse().map_err(ApiError::from)?,
-        },
+        "manifests" => {
+            let name = name(n)?;
+            match last.parse::<Reference>() {
+                Ok(reference) => Endpoint::Manifest { name, reference },
+                Err(NameError::InvalidTag(_)) => Endpoint::InvalidTag {
+                    name,
+                    reference: last.to_owned(),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
         "blobs" => Endpoint::Blob {
             name: name(n)?,
             digest: digest(last)?,
@@ -193,7 +227,10 @@ mod tests {
     fn bad_input_gets_the_right_code() {
         assert_eq!(code("/v2/UPPER/tags/list"), ErrorCode::NameInvalid);
         assert_eq!(code("/v2/a//b/manifests/v1"), ErrorCode::NameInvalid);
-        assert_eq!(code("/v2/a/manifests/bad%tag"), ErrorCode::TagInvalid);
+        assert!(matches!(
+            ok("/v2/a/manifests/.INVALID_MANIFEST_NAME"),
+            Endpoint::InvalidTag { .. }
+        ));
         assert_eq!(code("/v2/a/manifests/sha256:abc"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/sha256:abc"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/latest"), ErrorCode::DigestInvalid);

@@ -55,7 +55,7 @@ async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiErr
         let body = http_body_util::Limited::new(request.into_body(), MAX_FORM)
             .collect()
             .await
-            .map_err(|_| ApiError::new(ErrorCode::Unsupported, "token request body too large"))?
+            .map_err(|_| ApiError::InvalidRequest("token request body too large".into()))?
             .to_bytes();
         let form = params(&String::from_utf8_lossy(&body));
         match form
@@ -172,12 +172,10 @@ async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiErr
         principal.name().into_owned()
     };
     let not_after = t.not_after(&principal);
-    let (token, claims) = t.issuer.issue(&subject, access, not_after).map_err(|e| {
-        ApiError::new(
-            ErrorCode::Unsupported,
-            format!("issuing the token failed: {e}"),
-        )
-    })?;
+    let (token, claims) = t
+        .issuer
+        .issue(&subject, access, not_after)
+        .map_err(|e| ApiError::Internal(format!("issuing a token failed: {e}")))?;
     let body = serde_json::json!({
         "token": token,
         "access_token": token,

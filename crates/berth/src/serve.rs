@@ -85,6 +85,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 per_address: config.auth.failed_login_address_limit.max(1),
                 window: std::time::Duration::from_secs(config.auth.failed_login_window_seconds),
             },
+            upload_limits: berth_meta::UploadLimits {
+                per_owner: (config.limits.max_uploads_per_user > 0)
+                    .then_some(config.limits.max_uploads_per_user),
+                per_repository: (config.limits.max_uploads_per_repository > 0)
+                    .then_some(config.limits.max_uploads_per_repository),
+            },
+            allow_sparse_manifests: config.manifests.allow_sparse,
         },
         auth,
         audit,

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use berth_oci::{Digest, Reference, RepositoryName, Tag};
 
-use crate::{MetadataStore, NewManifest, Page, Referrer, Result, StoredManifest, UploadSession};
+use crate::{
+    MetadataStore, NewManifest, Page, Referrer, Result, StoredManifest, UploadLimits, UploadSession,
+};
 
 /// How long a cached answer is fresh.
 pub const TTL: Duration = Duration::from_secs(2);
@@ -248,8 +250,8 @@ impl MetadataStore for CachedStore {
     ) -> Result<Vec<Referrer>> {
         self.inner.referrers(r, subject, artifact_type).await
     }
-    async fn create_upload(&self, s: &UploadSession) -> Result<()> {
-        self.inner.create_upload(s).await
+    async fn create_upload(&self, s: &UploadSession, limits: UploadLimits) -> Result<()> {
+        self.inner.create_upload(s, limits).await
     }
     async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>> {
         self.inner.get_upload(id).await

@@ -14,7 +14,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use berth_oci::{Digest, Reference, RepositoryName, Tag};
+use berth_oci::{Digest, Reference, Referenced, RepositoryName, Tag};
 
 pub use access::{
     AccessSnapshot, AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User,
@@ -26,6 +26,9 @@ pub use sqlite::SqliteStore;
 pub enum MetaError {
     #[error("manifest references content missing from the repository: {0:?}")]
     MissingReferences(Vec<String>),
+    /// Descriptors whose declared size is not the stored content's, as `digest: why`.
+    #[error("manifest descriptors declare wrong sizes: {0:?}")]
+    WrongSizes(Vec<String>),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("metadata database error: {0}")]
@@ -36,6 +39,26 @@ pub enum MetaError {
     Durability(String),
     #[error("metadata worker failed: {0}")]
     Worker(String),
+    #[error("{count} upload sessions are in progress for {scope} (the limit is {limit})")]
+    TooManyUploads {
+        scope: String,
+        count: u64,
+        limit: u64,
+    },
+}
+
+impl MetaError {
+    /// The database could not grow: its disk (or quota) is full.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            MetaError::Database(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull
+            }
+            // A failed group commit carries SQLite's message: SQLITE_FULL reads so.
+            MetaError::Durability(detail) => detail.contains("database or disk is full"),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, MetaError>;
@@ -56,8 +79,11 @@ pub struct NewManifest<'a> {
     pub digest: &'a Digest,
     pub media_type: &'a str,
     pub content: &'a [u8],
-    pub blobs: &'a [Digest],
-    pub children: &'a [Digest],
+    pub blobs: &'a [Referenced],
+    pub children: &'a [Referenced],
+    /// Accept references to blobs and child manifests the repository does not hold (a sparse
+    /// mirror); those it holds must still match their declared sizes.
+    pub allow_missing: bool,
     pub subject: Option<&'a Digest>,
     pub artifact_type: Option<&'a str>,
     /// The manifest's annotations as a JSON object, for the referrers API.
@@ -81,6 +107,15 @@ pub struct UploadSession {
     pub repository: RepositoryName,
     pub algorithm: berth_oci::Algorithm,
     pub created_at: i64,
+    /// The user (or robot, or `anonymous`) who started it.
+    pub owner: String,
+}
+
+/// How many upload sessions may be in progress at once; `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadLimits {
+    pub per_owner: Option<u64>,
+    pub per_repository: Option<u64>,
 }
 
 /// One page of a lexically ordered listing.
@@ -121,7 +156,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn unlink_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool>;
 
     /// Stores a manifest, its references and its tags atomically. Fails with
-    /// [`MetaError::MissingReferences`] when a blob or child manifest is not in the repository.
+    /// [`MetaError::MissingReferences`] when a blob or child manifest is not in the repository
+    /// (unless `allow_missing`), and with [`MetaError::WrongSizes`] when one is there with
+    /// another size than its descriptor declares.
     async fn put_manifest(&self, manifest: NewManifest<'_>) -> Result<()>;
 
     async fn get_manifest(
@@ -150,7 +187,10 @@ pub trait MetadataStore: Send + Sync + 'static {
         artifact_type: Option<&str>,
     ) -> Result<Vec<Referrer>>;
 
-    async fn create_upload(&self, session: &UploadSession) -> Result<()>;
+    /// Records a new upload session unless its owner or repository already has `limits`
+    /// sessions in progress ([`MetaError::TooManyUploads`]). The count and the insert are one
+    /// atomic step: concurrent creations never exceed a limit.
+    async fn create_upload(&self, session: &UploadSession, limits: UploadLimits) -> Result<()>;
     async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>>;
     async fn delete_upload(&self, id: &str) -> Result<()>;
     /// Upload sessions created before `before` (seconds since the epoch), oldest first.

@@ -1,7 +1,9 @@
 //! The metadata store's behaviour, against a real SQLite file.
 
-use berth_meta::{MetaError, MetadataStore, NewManifest, Page, SqliteStore, UploadSession};
-use berth_oci::{Algorithm, Digest, Reference, RepositoryName, Tag};
+use berth_meta::{
+    MetaError, MetadataStore, NewManifest, Page, SqliteStore, UploadLimits, UploadSession,
+};
+use berth_oci::{Algorithm, Digest, Reference, Referenced, RepositoryName, Tag};
 
 fn repo(s: &str) -> RepositoryName {
     s.parse().unwrap()
@@ -23,7 +25,7 @@ fn manifest<'a>(
     repository: &'a RepositoryName,
     digest: &'a Digest,
     content: &'a [u8],
-    blobs: &'a [Digest],
+    blobs: &'a [Referenced],
     subject: Option<&'a Digest>,
     tags: &'a [Tag],
 ) -> NewManifest<'a> {
@@ -34,6 +36,7 @@ fn manifest<'a>(
         content,
         blobs,
         children: &[],
+        allow_missing: false,
         subject,
         artifact_type: Some("application/x-test"),
         annotations_json: None,
@@ -70,16 +73,13 @@ async fn manifests_tags_and_referrers() {
     let layer = Digest::sha256_of(b"layer");
     let content = b"{\"manifest\":1}";
     let md = Digest::sha256_of(content);
+    let layer_ref = [Referenced {
+        digest: layer.clone(),
+        size: 5,
+    }];
 
     let missing = store
-        .put_manifest(manifest(
-            &r,
-            &md,
-            content,
-            std::slice::from_ref(&layer),
-            None,
-            &[tag("v1")],
-        ))
+        .put_manifest(manifest(&r, &md, content, &layer_ref, None, &[tag("v1")]))
         .await;
     assert!(
         matches!(missing, Err(MetaError::MissingReferences(ref m)) if m == &[layer.to_string()])
@@ -91,16 +91,21 @@ async fn manifests_tags_and_referrers() {
         .is_none());
 
     store.add_blob(&r, &layer, 5, None).await.unwrap();
+    // Present, but not with the size the descriptor declares: refused, nothing stored.
+    let wrong = [Referenced {
+        digest: layer.clone(),
+        size: 1,
+    }];
+    let refused = store
+        .put_manifest(manifest(&r, &md, content, &wrong, None, &[tag("v1")]))
+        .await;
+    assert!(
+        matches!(refused, Err(MetaError::WrongSizes(ref w)) if w[0].contains("5 bytes")),
+        "{refused:?}"
+    );
     let tags = [tag("v1"), tag("latest")];
     store
-        .put_manifest(manifest(
-            &r,
-            &md,
-            content,
-            std::slice::from_ref(&layer),
-            None,
-            &tags,
-        ))
+        .put_manifest(manifest(&r, &md, content, &layer_ref, None, &tags))
         .await
         .unwrap();
     let got = store
@@ -197,14 +202,19 @@ async fn uploads_and_catalog() {
         repository: repo("x/y"),
         algorithm: Algorithm::Sha512,
         created_at: 7,
+        owner: "alice".into(),
     };
-    store.create_upload(&session).await.unwrap();
+    store
+        .create_upload(&session, UploadLimits::default())
+        .await
+        .unwrap();
     drop(store);
     let store = SqliteStore::open(&dir.path().join("meta.sqlite"))
         .await
         .unwrap();
     let back = store.get_upload("abc").await.unwrap().unwrap();
     assert_eq!(back.repository, repo("x/y"));
+    assert_eq!(back.owner, "alice");
     assert_eq!(back.algorithm, Algorithm::Sha512);
     store
         .add_blob(&repo("x/y"), &Digest::sha256_of(b"1"), 1, Some("abc"))
@@ -298,7 +308,17 @@ async fn a_failed_write_leaves_its_group_intact() {
                 let digest = Digest::sha256_of(body.as_bytes());
                 let tags = [tag(&format!("t{i}"))];
                 store
-                    .put_manifest(manifest(&r, &digest, body.as_bytes(), &[blob], None, &tags))
+                    .put_manifest(manifest(
+                        &r,
+                        &digest,
+                        body.as_bytes(),
+                        &[Referenced {
+                            digest: blob,
+                            size: 0,
+                        }],
+                        None,
+                        &tags,
+                    ))
                     .await
             }
         }));
@@ -380,4 +400,113 @@ async fn cache_refreshes_expired_entries_in_the_background() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(seen, db, "the refresh brought the moved tag");
+}
+
+/// Sessions in progress are limited per owner and per repository, and the limit holds when
+/// many sessions are created at once.
+#[tokio::test]
+async fn upload_limits_hold_under_concurrency() {
+    let (_dir, store) = open().await;
+    let store = std::sync::Arc::new(store);
+    let limits = UploadLimits {
+        per_owner: Some(5),
+        per_repository: Some(8),
+    };
+    let attempts = (0..40).map(|i| {
+        let store = store.clone();
+        async move {
+            let session = UploadSession {
+                id: format!("u{i}"),
+                repository: repo(if i % 2 == 0 { "x/even" } else { "x/odd" }),
+                algorithm: Algorithm::Sha256,
+                created_at: 1,
+                owner: "mallory".into(),
+            };
+            store.create_upload(&session, limits).await
+        }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 5, "the owner limit");
+    assert!(results
+        .iter()
+        .all(|r| matches!(r, Ok(()) | Err(MetaError::TooManyUploads { limit: 5, .. }))));
+    // Another owner is limited by the repository alone.
+    let mut repository_full = 0;
+    for i in 0..10 {
+        let session = UploadSession {
+            id: format!("v{i}"),
+            repository: repo("x/even"),
+            algorithm: Algorithm::Sha256,
+            created_at: 1,
+            owner: format!("user{i}"),
+        };
+        if let Err(MetaError::TooManyUploads { scope, .. }) =
+            store.create_upload(&session, limits).await
+        {
+            assert_eq!(scope, "repository x/even");
+            repository_full += 1;
+        }
+    }
+    let even = results.iter().step_by(2).filter(|r| r.is_ok()).count();
+    assert_eq!(repository_full, 10 - (8 - even));
+}
+
+/// A sparse mirror may push manifests whose blobs and children are absent; what is present
+/// must still have its declared size.
+#[tokio::test]
+async fn sparse_manifests_when_allowed() {
+    let (_dir, store) = open().await;
+    let r = repo("mirror/app");
+    let absent = [Referenced {
+        digest: Digest::sha256_of(b"not here"),
+        size: 8,
+    }];
+    let child_body = b"{\"child\":1}";
+    let child = Digest::sha256_of(child_body);
+    store
+        .put_manifest(manifest(&r, &child, child_body, &[], None, &[]))
+        .await
+        .unwrap();
+    let index_body = b"{\"index\":1}";
+    let index = Digest::sha256_of(index_body);
+    let children = [
+        Referenced {
+            digest: child.clone(),
+            size: child_body.len() as u64,
+        },
+        Referenced {
+            digest: Digest::sha256_of(b"other platform"),
+            size: 99,
+        },
+    ];
+    let sparse = |blobs, children| NewManifest {
+        allow_missing: true,
+        children,
+        ..manifest(&r, &index, index_body, blobs, None, &[])
+    };
+    store
+        .put_manifest(sparse(&absent, &children))
+        .await
+        .unwrap();
+    assert!(store
+        .get_manifest(&r, &Reference::Digest(index.clone()))
+        .await
+        .unwrap()
+        .is_some());
+    let wrong_child = [Referenced {
+        digest: child.clone(),
+        size: 1,
+    }];
+    let other = Digest::sha256_of(b"{}");
+    let refused = store
+        .put_manifest(NewManifest {
+            digest: &other,
+            ..sparse(&[], &wrong_child)
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(MetaError::WrongSizes(_))),
+        "{refused:?}"
+    );
 }

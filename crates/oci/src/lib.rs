@@ -9,5 +9,5 @@ pub mod name;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorCode;
-pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
+pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind, Referenced};
 pub use name::{NameError, Reference, RepositoryName, Tag};

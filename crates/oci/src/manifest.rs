@@ -67,6 +67,20 @@ pub enum ManifestError {
     BadDescriptorDigest(String),
     #[error("descriptor size must not be negative")]
     NegativeSize,
+    /// The image spec requires `mediaType`, `digest` and `size` in every descriptor.
+    #[error("the {place} descriptor {digest} has no {field}")]
+    MissingField {
+        place: String,
+        digest: String,
+        field: &'static str,
+    },
+}
+
+/// Content a manifest references, with the size its descriptor declares.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Referenced {
+    pub digest: Digest,
+    pub size: u64,
 }
 
 /// A content descriptor as found inside manifests, leniently parsed.
@@ -77,7 +91,7 @@ pub struct Descriptor {
     pub media_type: Option<String>,
     pub digest: String,
     #[serde(default)]
-    pub size: i64,
+    pub size: Option<i64>,
     #[serde(default)]
     pub urls: Option<Vec<String>>,
     #[serde(default)]
@@ -91,6 +105,25 @@ impl Descriptor {
         self.digest
             .parse()
             .map_err(|_| ManifestError::BadDescriptorDigest(self.digest.clone()))
+    }
+
+    /// Checks the fields every descriptor must carry; `place` names it in the error
+    /// (`config`, `layers[2]`, `manifests[0]`, `subject`).
+    fn referenced(&self, place: &str) -> Result<Referenced, ManifestError> {
+        let missing = |field| ManifestError::MissingField {
+            place: place.to_owned(),
+            digest: self.digest.clone(),
+            field,
+        };
+        if self.media_type.as_deref().is_none_or(str::is_empty) {
+            return Err(missing("mediaType"));
+        }
+        let size = self.size.ok_or_else(|| missing("size"))?;
+        let size = u64::try_from(size).map_err(|_| ManifestError::NegativeSize)?;
+        Ok(Referenced {
+            digest: self.digest()?,
+            size,
+        })
     }
 
     /// Foreign/non-distributable layers live elsewhere by design; a registry must accept a
@@ -122,10 +155,11 @@ pub struct Manifest {
     pub kind: ManifestKind,
     /// The media type the manifest is stored and served with.
     pub media_type: String,
-    /// Blobs that must exist in the repository (config and distributable layers).
-    pub blobs: Vec<Digest>,
+    /// Blobs that must exist in the repository with the declared sizes (config and
+    /// distributable layers).
+    pub blobs: Vec<Referenced>,
     /// Child manifests of an index that must exist in the repository.
-    pub children: Vec<Digest>,
+    pub children: Vec<Referenced>,
     pub subject: Option<Digest>,
     /// For the referrers API: `artifactType`, else the config's media type.
     pub artifact_type: Option<String>,
@@ -164,26 +198,27 @@ impl Manifest {
                 .manifests
                 .as_ref()
                 .ok_or(ManifestError::MissingManifests)?;
-            for d in manifests {
-                check_size(d)?;
-                children.push(d.digest()?);
+            for (i, d) in manifests.iter().enumerate() {
+                children.push(d.referenced(&format!("manifests[{i}]"))?);
             }
         } else {
             let config = raw.config.as_ref().ok_or(ManifestError::MissingConfig)?;
-            check_size(config)?;
-            blobs.push(config.digest()?);
+            blobs.push(config.referenced("config")?);
             if artifact_type.is_none() {
                 artifact_type = config.media_type.clone();
             }
-            for layer in raw.layers.iter().flatten() {
-                check_size(layer)?;
-                let digest = layer.digest()?;
+            for (i, layer) in raw.layers.iter().flatten().enumerate() {
+                let referenced = layer.referenced(&format!("layers[{i}]"))?;
                 if !layer.is_non_distributable() {
-                    blobs.push(digest);
+                    blobs.push(referenced);
                 }
             }
         }
-        let subject = raw.subject.as_ref().map(Descriptor::digest).transpose()?;
+        let subject = raw
+            .subject
+            .as_ref()
+            .map(|d| d.referenced("subject").map(|r| r.digest))
+            .transpose()?;
         blobs.sort();
         blobs.dedup();
         children.sort();
@@ -197,14 +232,6 @@ impl Manifest {
             artifact_type,
             annotations: raw.annotations,
         })
-    }
-}
-
-fn check_size(d: &Descriptor) -> Result<(), ManifestError> {
-    if d.size < 0 {
-        Err(ManifestError::NegativeSize)
-    } else {
-        Ok(())
     }
 }
 
@@ -233,7 +260,7 @@ mod tests {
     fn image_manifest_references() {
         let m = Manifest::parse(image("").as_bytes(), Some(OCI_MANIFEST)).unwrap();
         assert_eq!(m.kind, ManifestKind::OciImage);
-        let blobs: Vec<_> = m.blobs.iter().map(|b| b.to_string()).collect();
+        let blobs: Vec<_> = m.blobs.iter().map(|b| b.digest.to_string()).collect();
         assert_eq!(blobs, vec![d('a'), d('b')], "foreign layer must be skipped");
         assert_eq!(
             m.artifact_type.as_deref(),
@@ -287,6 +314,20 @@ mod tests {
             Manifest::parse(br#"{"schemaVersion":2}"#, Some(OCI_MANIFEST)).unwrap_err(),
             ManifestError::MissingConfig
         );
+        let no_type = image("").replace(
+            r#""mediaType":"application/vnd.oci.image.config.v1+json","#,
+            "",
+        );
+        assert!(matches!(
+            Manifest::parse(no_type.as_bytes(), None),
+            Err(ManifestError::MissingField {
+                field: "mediaType",
+                ..
+            })
+        ));
+        let no_size = image("").replace(r#","size":3}"#, "}");
+        let err = Manifest::parse(no_size.as_bytes(), None).unwrap_err();
+        assert!(err.to_string().contains("layers[0]"), "{err}");
         let bad_digest = image("").replace(&d('b'), "sha256:nothex");
         assert!(matches!(
             Manifest::parse(bad_digest.as_bytes(), None),

@@ -5,7 +5,7 @@ use std::ops::Range;
 use axum::body::Body;
 use axum::response::Response;
 use berth_oci::{Digest, ErrorCode, Reference, RepositoryName};
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap, Method, StatusCode};
 
 use super::{empty, etag, etag_matches, header_str, no_content, ResponseExt};
 use crate::error::ApiError;
@@ -44,11 +44,10 @@ pub async fn get(
             .with_header("docker-content-digest", digest.as_str())
             .with_header(header::ETAG, etag(digest)));
     }
-    let range = match header_str(headers, header::RANGE) {
-        Some(value) => {
-            Some(parse_range(value, size).ok_or(ApiError::RangeNotSatisfiable { size })?)
-        }
-        None => None,
+    let range = match header_str(headers, header::RANGE).map(|v| parse_range(v, size)) {
+        None | Some(RangeRequest::Whole) => None,
+        Some(RangeRequest::Part(span)) => Some(span),
+        Some(RangeRequest::Unsatisfiable) => return Err(ApiError::RangeNotSatisfiable { size }),
     };
     let (status, span) = match &range {
         Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone()),
@@ -80,8 +79,9 @@ pub async fn delete(
     digest: &Digest,
 ) -> Result<Response, ApiError> {
     if !registry.config.delete_enabled {
-        return Err(ApiError::new(
-            ErrorCode::Unsupported,
+        return Err(super::method_not_allowed(
+            &[Method::GET, Method::HEAD, Method::DELETE],
+            &Method::DELETE,
             "deletes are disabled on this registry",
         ));
     }
@@ -97,12 +97,41 @@ pub async fn delete(
     }
 }
 
-/// Parses one `bytes=` range against a blob of `size` bytes. `None` means 416.
-pub fn parse_range(value: &str, size: u64) -> Option<Range<u64>> {
-    let spec = value.trim().strip_prefix("bytes=")?.trim();
-    if spec.contains(',') {
-        return None;
+/// What a `Range` header asks of a blob.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// Serve the whole blob (200): the header names a unit other than bytes, which RFC 9110
+    /// says to ignore, or several ranges, which a 200 with everything also satisfies.
+    Whole,
+    Part(Range<u64>),
+    /// 416: a malformed byte range, or one that starts past the end.
+    Unsatisfiable,
+}
+
+/// Parses a `Range` header against a blob of `size` bytes (one byte range is served as 206).
+pub fn parse_range(value: &str, size: u64) -> RangeRequest {
+    let Some((unit, spec)) = value.trim().split_once('=') else {
+        return RangeRequest::Unsatisfiable;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return RangeRequest::Whole;
     }
+    let spec = spec.trim();
+    if spec.contains(',') {
+        let all_valid = spec
+            .split(',')
+            .all(|one| one_range(one.trim(), size).is_some());
+        return if all_valid {
+            RangeRequest::Whole
+        } else {
+            RangeRequest::Unsatisfiable
+        };
+    }
+    one_range(spec, size).map_or(RangeRequest::Unsatisfiable, RangeRequest::Part)
+}
+
+/// One `first-last`, `first-` or `-suffix` range; `None` when malformed or unsatisfiable.
+fn one_range(spec: &str, size: u64) -> Option<Range<u64>> {
     let (first, last) = spec.split_once('-')?;
     let (first, last) = (first.trim(), last.trim());
     let number = |s: &str| -> Option<u64> {
@@ -138,28 +167,43 @@ pub fn parse_range(value: &str, size: u64) -> Option<Range<u64>> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, RangeRequest};
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some(0..10));
-        assert_eq!(parse_range("bytes=90-", 100), Some(90..100));
-        assert_eq!(parse_range("bytes=-10", 100), Some(90..100));
-        assert_eq!(parse_range("bytes=-1000", 100), Some(0..100));
+        use RangeRequest::*;
+        assert_eq!(parse_range("bytes=0-9", 100), Part(0..10));
+        assert_eq!(parse_range("bytes=90-", 100), Part(90..100));
+        assert_eq!(parse_range("bytes=-10", 100), Part(90..100));
+        assert_eq!(parse_range("bytes=-1000", 100), Part(0..100));
         assert_eq!(
             parse_range("bytes=50-5000", 100),
-            Some(50..100),
+            Part(50..100),
             "clamped to what exists"
         );
-        assert_eq!(parse_range("bytes=500-0", 1000), None, "end before start");
+        assert_eq!(
+            parse_range("bytes=500-0", 1000),
+            Unsatisfiable,
+            "end before start"
+        );
         assert_eq!(
             parse_range("bytes=100-200", 100),
-            None,
+            Unsatisfiable,
             "start past the end"
         );
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
-        assert_eq!(parse_range("bytes=a-b", 100), None);
-        assert_eq!(parse_range("bytes=-0", 100), None);
+        assert_eq!(
+            parse_range("bytes=0-1,5-6", 100),
+            Whole,
+            "several ranges: all of it"
+        );
+        assert_eq!(parse_range("bytes=0-1,500-600", 100), Unsatisfiable);
+        assert_eq!(
+            parse_range("items=0-1", 100),
+            Whole,
+            "unknown units are ignored"
+        );
+        assert_eq!(parse_range("bytes=a-b", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("nonsense", 100), Unsatisfiable);
     }
 }

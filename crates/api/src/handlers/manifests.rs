@@ -9,7 +9,7 @@ use axum::response::Response;
 use berth_meta::NewManifest;
 use berth_oci::manifest::MANIFEST_MEDIA_TYPES;
 use berth_oci::{Digest, ErrorCode, Manifest, Reference, RepositoryName, Tag};
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 
 use super::{empty, etag, etag_matches, header_str, no_content, Query, ResponseExt, UnreadBody};
@@ -121,6 +121,7 @@ pub async fn put(
             content: &bytes,
             blobs: &manifest.blobs,
             children: &manifest.children,
+            allow_missing: registry.config.allow_sparse_manifests,
             subject: manifest.subject.as_ref(),
             artifact_type: manifest.artifact_type.as_deref(),
             annotations_json,
@@ -143,8 +144,9 @@ pub async fn delete(
     reference: &Reference,
 ) -> Result<Response, ApiError> {
     if !registry.config.delete_enabled {
-        return Err(ApiError::new(
-            ErrorCode::Unsupported,
+        return Err(super::method_not_allowed(
+            &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE],
+            &Method::DELETE,
             "deletes are disabled on this registry",
         ));
     }

@@ -80,7 +80,18 @@ async fn dispatch(
         .get::<Access>()
         .cloned()
         .unwrap_or_else(|| Access::anonymous(client_address(&request.extensions)));
+    let allowed = endpoint.allowed_methods();
     match (endpoint, method) {
+        (Endpoint::InvalidTag { name, reference }, Method::GET | Method::HEAD | Method::DELETE) => {
+            Err(ApiError::new(
+                ErrorCode::ManifestUnknown,
+                format!("{name}:{reference} does not exist ({reference:?} is not a valid tag)"),
+            ))
+        }
+        (Endpoint::InvalidTag { reference, .. }, _) => Err(ApiError::new(
+            ErrorCode::TagInvalid,
+            format!("{reference:?} is not a valid tag"),
+        )),
         (Endpoint::Base, Method::GET | Method::HEAD) => Ok(empty(StatusCode::OK, Body::from("{}"))
             .with_header(header::CONTENT_TYPE, "application/json")),
         (Endpoint::Catalog, Method::GET) => listing::catalog(registry, &access, &query).await,
@@ -146,10 +157,28 @@ async fn dispatch(
         (Endpoint::Upload { name, id }, Method::DELETE) => {
             uploads::cancel(registry, &name, &id).await
         }
-        (_, method) => Err(ApiError::new(
-            ErrorCode::Unsupported,
-            format!("method {method} is not allowed here"),
-        )),
+        (_, method) => Err(method_not_allowed(allowed, &method, "")),
+    }
+}
+
+/// 405 with the `Allow` header RFC 9110 requires: the endpoint's methods but `refused`.
+pub fn method_not_allowed(allowed: &[Method], refused: &Method, why: &str) -> ApiError {
+    let allow: Vec<&str> = allowed
+        .iter()
+        .filter(|m| *m != refused)
+        .map(Method::as_str)
+        .collect();
+    let detail = if why.is_empty() {
+        format!(
+            "method {refused} is not allowed here; use {}",
+            allow.join(", ")
+        )
+    } else {
+        why.to_owned()
+    };
+    ApiError::MethodNotAllowed {
+        allow: allow.join(", "),
+        detail,
     }
 }
 
@@ -190,7 +219,14 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The digest named by `key`; given twice, the request is ambiguous and refused.
     pub fn digest(&self, key: &str) -> Result<Option<Digest>, ApiError> {
+        if self.all(key).nth(1).is_some() {
+            return Err(ApiError::new(
+                ErrorCode::DigestInvalid,
+                format!("the {key} parameter is given more than once"),
+            ));
+        }
         self.get(key)
             .map(|d| d.parse().map_err(ApiError::from))
             .transpose()

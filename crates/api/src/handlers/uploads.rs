@@ -100,8 +100,16 @@ pub async fn start(
         repository: name.clone(),
         algorithm,
         created_at: berth_meta::now(),
+        owner: access.principal.name().into_owned(),
     };
-    registry.meta.create_upload(&session).await?;
+    if let Err(e) = registry
+        .meta
+        .create_upload(&session, registry.config.upload_limits)
+        .await
+    {
+        registry.blobs.delete_upload(&id).await?;
+        return Err(e.into());
+    }
     registry.uploads.started(session);
     Ok(progress(name, &id, 0, StatusCode::ACCEPTED))
 }
@@ -142,16 +150,15 @@ async fn current_size(
         .ok_or_else(|| ApiError::new(ErrorCode::BlobUploadUnknown, "upload has no data"))
 }
 
-/// `Content-Range: <start>-<end>` (inclusive), optionally with a `bytes ` prefix or `/total`.
+/// `Content-Range: <start>-<end>` (inclusive), exactly as the spec writes it
+/// (`^[0-9]+-[0-9]+$`): no unit, no spaces, no total.
 fn parse_content_range(value: &str) -> Option<(u64, u64)> {
-    let v = value.trim();
-    let v = v
-        .strip_prefix("bytes")
-        .map(|r| r.trim_start_matches([' ', '=']))
-        .unwrap_or(v);
-    let v = v.split('/').next()?;
-    let (a, b) = v.split_once('-')?;
-    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    let (a, b) = value.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    if !digits(a) || !digits(b) {
+        return None;
+    }
+    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
     (a <= b).then_some((a, b))
 }
 
@@ -304,10 +311,19 @@ mod tests {
     #[test]
     fn content_ranges() {
         assert_eq!(parse_content_range("0-99"), Some((0, 99)));
-        assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, 199)));
-        assert_eq!(parse_content_range("bytes=5-5"), Some((5, 5)));
-        assert_eq!(parse_content_range("9-1"), None);
-        assert_eq!(parse_content_range("x-1"), None);
-        assert_eq!(parse_content_range("100"), None);
+        assert_eq!(parse_content_range("5-5"), Some((5, 5)));
+        for refused in [
+            "9-1",
+            "x-1",
+            "100",
+            "0 - 9",
+            " 0-9",
+            "bytes 100-199/1000",
+            "bytes=5-5",
+            "-5",
+            "1-",
+        ] {
+            assert_eq!(parse_content_range(refused), None, "{refused:?}");
+        }
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod access_attacks;
 mod auth;
+mod bad_input;
 mod blobs;
 mod cli;
 mod listing;

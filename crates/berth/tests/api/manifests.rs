@@ -178,10 +178,11 @@ async fn index_and_docker_types() {
     assert_eq!(header(&r, "content-type"), OCI_INDEX);
 
     // Docker schema 2 and manifest list, served with the pushed type.
-    let cfg = s.push_blob("types", b"{\"os\":\"linux\"}").await;
+    let config = b"{\"os\":\"linux\"}";
+    let cfg = s.push_blob("types", config).await;
     let docker = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cfg, "size": 15},
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": cfg, "size": config.len()},
         "layers": [],
     }))
     .unwrap();
@@ -221,7 +222,7 @@ async fn index_and_docker_types() {
     );
     let foreign = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": 15},
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": config.len()},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "digest": sha256(b"far away"), "size": 8, "urls": ["https://example.com/layer"]}],
     }))
     .unwrap();

@@ -1,4 +1,5 @@
 use reqwest::{Method, StatusCode};
+use serde_json::Value;
 
 use crate::common::*;
 
@@ -347,4 +348,52 @@ async fn cross_repository_mount() {
         "DIGEST_INVALID",
     )
     .await;
+}
+
+/// Upload sessions in progress are capped per user and per repository, also when they are
+/// opened all at once; a finished or cancelled one frees its place.
+#[tokio::test]
+async fn sessions_in_progress_are_limited() {
+    let s = Server::start_with_env(&[
+        ("BERTH_LIMITS_MAX_UPLOADS_PER_USER", "6"),
+        ("BERTH_LIMITS_MAX_UPLOADS_PER_REPOSITORY", "4"),
+    ])
+    .await;
+    let opens = (0..20).map(|_| s.req(Method::POST, "/v2/team/a/blobs/uploads/").send());
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(opens)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    let opened = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(opened, 4, "{statuses:?}");
+    let r = s
+        .req(Method::POST, "/v2/team/a/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
+    let detail = body["errors"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("repository team/a") && detail.contains("limit is 4"),
+        "{detail}"
+    );
+
+    let b1 = s.start_upload("team/b").await;
+    s.start_upload("team/b").await;
+    // Without authentication every client is the same user: six sessions in all.
+    let r = s
+        .req(Method::POST, "/v2/team/c/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 429, "TOOMANYREQUESTS").await;
+    assert_eq!(s.delete(&b1).await.status(), StatusCode::NO_CONTENT);
+    s.start_upload("team/c").await;
+    // Single-request pushes hold no session and are not limited.
+    s.push_blob("team/a", b"monolithic").await;
 }

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::SqliteStore;
 use crate::{
     now, MetaError, MetadataStore, NewManifest, Page, Referrer, Result, StoredManifest,
-    UploadSession,
+    UploadLimits, UploadSession,
 };
 
 fn ensure_repository(conn: &Connection, repo: &str) -> Result<()> {
@@ -55,8 +55,10 @@ struct OwnedManifest {
     digest: String,
     media_type: String,
     content: Vec<u8>,
-    blobs: Vec<String>,
-    children: Vec<String>,
+    /// `(digest, declared size)`.
+    blobs: Vec<(String, u64)>,
+    children: Vec<(String, u64)>,
+    allow_missing: bool,
     subject: Option<String>,
     artifact_type: Option<String>,
     annotations_json: Option<String>,
@@ -70,8 +72,17 @@ impl From<NewManifest<'_>> for OwnedManifest {
             digest: m.digest.to_string(),
             media_type: m.media_type.to_owned(),
             content: m.content.to_vec(),
-            blobs: m.blobs.iter().map(Digest::to_string).collect(),
-            children: m.children.iter().map(Digest::to_string).collect(),
+            blobs: m
+                .blobs
+                .iter()
+                .map(|r| (r.digest.to_string(), r.size))
+                .collect(),
+            children: m
+                .children
+                .iter()
+                .map(|r| (r.digest.to_string(), r.size))
+                .collect(),
+            allow_missing: m.allow_missing,
             subject: m.subject.map(Digest::to_string),
             artifact_type: m.artifact_type.map(str::to_owned),
             annotations_json: m.annotations_json,
@@ -84,25 +95,32 @@ fn put_manifest(conn: &Connection, m: &OwnedManifest) -> Result<()> {
     let repo = m.repository.as_str();
     ensure_repository(conn, repo)?;
 
-    let mut missing = Vec::new();
+    let (mut missing, mut wrong) = (Vec::new(), Vec::new());
+    let mut check = |digest: &str, declared: u64, stored: Option<u64>| match stored {
+        None => missing.push(digest.to_owned()),
+        Some(size) if size != declared => wrong.push(format!(
+            "{digest} is {size} bytes, its descriptor says {declared}"
+        )),
+        Some(_) => {}
+    };
+    for (blob, declared) in &m.blobs {
+        check(blob, *declared, repository_blob_size(conn, repo, blob)?);
+    }
     {
-        let mut has_blob = conn.prepare_cached(
-            "SELECT 1 FROM repository_blobs WHERE repository = $1 AND digest = $2",
+        let mut manifest_size = conn.prepare_cached(
+            "SELECT length(content) FROM manifests WHERE repository = $1 AND digest = $2",
         )?;
-        for blob in &m.blobs {
-            if !has_blob.exists((repo, blob))? {
-                missing.push(blob.clone());
-            }
-        }
-        let mut has_manifest =
-            conn.prepare_cached("SELECT 1 FROM manifests WHERE repository = $1 AND digest = $2")?;
-        for child in &m.children {
-            if !has_manifest.exists((repo, child))? {
-                missing.push(child.clone());
-            }
+        for (child, declared) in &m.children {
+            let stored: Option<i64> = manifest_size
+                .query_row((repo, child), |r| r.get(0))
+                .optional()?;
+            check(child, *declared, stored.map(|s| s.max(0) as u64));
         }
     }
-    if !missing.is_empty() {
+    if !wrong.is_empty() {
+        return Err(MetaError::WrongSizes(wrong));
+    }
+    if !missing.is_empty() && !m.allow_missing {
         return Err(MetaError::MissingReferences(missing));
     }
 
@@ -128,14 +146,14 @@ fn put_manifest(conn: &Connection, m: &OwnedManifest) -> Result<()> {
             "INSERT INTO manifest_blobs (repository, manifest, blob) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
         )?;
-        for blob in &m.blobs {
+        for (blob, _) in &m.blobs {
             add_blob.execute((repo, &m.digest, blob))?;
         }
         let mut add_child = conn.prepare_cached(
             "INSERT INTO manifest_children (repository, manifest, child) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
         )?;
-        for child in &m.children {
+        for (child, _) in &m.children {
             add_child.execute((repo, &m.digest, child))?;
         }
     }
@@ -361,18 +379,43 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn create_upload(&self, s: &UploadSession) -> Result<()> {
+    async fn create_upload(&self, s: &UploadSession, limits: UploadLimits) -> Result<()> {
         let s = s.clone();
         self.write(move |conn| {
+            // One writer runs this whole closure: nothing can insert between count and insert.
+            let checks = [
+                ("repository", s.repository.as_str(), limits.per_repository),
+                ("owner", s.owner.as_str(), limits.per_owner),
+            ];
+            for (column, value, limit) in checks {
+                let Some(limit) = limit else { continue };
+                let sql = format!("SELECT COUNT(*) FROM uploads WHERE {column} = $1");
+                let count: i64 = conn
+                    .prepare_cached(&sql)?
+                    .query_row([value], |r| r.get(0))?;
+                let count = count.max(0) as u64;
+                if count >= limit {
+                    let scope = match column {
+                        "repository" => format!("repository {value}"),
+                        _ => format!("user {value}"),
+                    };
+                    return Err(MetaError::TooManyUploads {
+                        scope,
+                        count,
+                        limit,
+                    });
+                }
+            }
             conn.prepare_cached(
-                "INSERT INTO uploads (id, repository, algorithm, created_at)
-                 VALUES ($1, $2, $3, $4)",
+                "INSERT INTO uploads (id, repository, algorithm, created_at, owner)
+                 VALUES ($1, $2, $3, $4, $5)",
             )?
             .execute((
                 &s.id,
                 s.repository.as_str(),
                 s.algorithm.as_str(),
                 s.created_at,
+                &s.owner,
             ))?;
             Ok(())
         })
@@ -384,7 +427,7 @@ impl MetadataStore for SqliteStore {
         self.read(move |conn| {
             let row = conn
                 .prepare_cached(
-                    "SELECT id, repository, algorithm, created_at FROM uploads WHERE id = $1",
+                    "SELECT id, repository, algorithm, created_at, owner FROM uploads WHERE id = $1",
                 )?
                 .query_row([&id], |r| {
                     Ok((
@@ -392,10 +435,11 @@ impl MetadataStore for SqliteStore {
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
                     ))
                 })
                 .optional()?;
-            row.map(|(id, repository, algorithm, created_at)| {
+            row.map(|(id, repository, algorithm, created_at, owner)| {
                 Ok(UploadSession {
                     id,
                     repository: repository
@@ -405,6 +449,7 @@ impl MetadataStore for SqliteStore {
                         .parse()
                         .map_err(|e: berth_oci::DigestError| MetaError::Corrupt(e.to_string()))?,
                     created_at,
+                    owner,
                 })
             })
             .transpose()
