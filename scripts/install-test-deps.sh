@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine: real registry clients
-# (skopeo, podman, containerd/ctr), the reference registry and Apache's htpasswd, Go for the
-# Helm chart renderer (Debian), and oras, pytest, kubernetes-validate (PyPI, in ./.venv).
+# (skopeo, podman, containerd/ctr, Docker's engine), the reference registry and Apache's
+# htpasswd, Go for the Helm chart renderer (Debian), and oras, pytest, kubernetes-validate
+# (PyPI, in ./.venv).
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,9 @@ SUDO=""
 
 packages=(skopeo podman containerd runc uidmap fuse-overlayfs apache2-utils docker-registry
           curl jq python3-venv openssl wrk iperf3
+          # tests/interop/test_docker.py: Debian's dockerd and its matching client (a private
+          # daemon), and `ip netns`/veth to reach the registry at a non-loopback address
+          docker.io iproute2
           # tests/deploy renders the Helm chart with Go's text/template (Helm is not packaged)
           golang-go golang-gopkg-yaml.v3-dev
           # tests/deploy builds the Containerfile's image around a static (musl) binary

@@ -26,17 +26,25 @@ def berth_binary():
 
 
 class Berth:
-    """A running `berth serve` on an ephemeral 127.0.0.1 port."""
+    """A running `berth serve` on an ephemeral 127.0.0.1 port.
 
-    def __init__(self, data, env=None):
+    `addr` listens elsewhere (port 0 = ephemeral); `prefix` wraps the command, e.g.
+    `["ip", "netns", "exec", NS]` (it must exec the binary, so that stop() signals berth);
+    `base_env` replaces the inherited environment and the default log level, for a test that
+    configures berth with nothing but the variables it names."""
+
+    def __init__(self, data, env=None, addr="127.0.0.1:0", prefix=(), base_env=None):
         self.data = data
-        self.env = {**os.environ, "BERTH_LOG_LEVEL": "warn", **(env or {})}
+        base = {**os.environ, "BERTH_LOG_LEVEL": "warn"} if base_env is None else base_env
+        self.env = {**base, **(env or {})}
+        self.addr = addr
+        self.prefix = list(prefix)
         self.proc = None
         self.start()
 
     def start(self):
         self.proc = subprocess.Popen(
-            [berth_binary(), "serve", "--addr", "127.0.0.1:0", "--data", str(self.data)],
+            [*self.prefix, berth_binary(), "serve", "--addr", self.addr, "--data", str(self.data)],
             stdout=subprocess.PIPE, env=self.env, text=True)
         deadline = time.time() + 20
         while time.time() < deadline:
