@@ -77,6 +77,8 @@ pub struct Registry {
     /// Where request spans go, when OpenTelemetry export is configured.
     pub traces: Option<otlp::TraceExporter>,
     failed_logins: berth_auth::FailedLogins,
+    /// Set while writes fail because the storage is full: the episode is logged once.
+    storage_full: std::sync::atomic::AtomicBool,
     blob_locks: gc::DigestLocks,
     uploads: uploads::Uploads,
 }
@@ -109,9 +111,37 @@ impl Registry {
             metrics,
             traces: None,
             failed_logins,
+            storage_full: Default::default(),
             blob_locks: gc::DigestLocks::default(),
             uploads: uploads::Uploads::default(),
         }
+    }
+}
+
+impl Registry {
+    /// Notes how a write went: the first refusal for a full disk starts an episode (logged
+    /// once, shown in `/metrics`), the next successful write ends it.
+    pub(crate) fn note_write<T>(&self, outcome: &Result<T, ApiError>) {
+        use std::sync::atomic::Ordering;
+        match outcome {
+            Err(e) if e.is_storage_full() => {
+                if !self.storage_full.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        "the registry's storage is full: writes are refused with 507 until space is freed ({e})"
+                    );
+                }
+            }
+            Ok(_) => {
+                if self.storage_full.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("the registry's storage has room again: writes succeed");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    pub fn storage_is_full(&self) -> bool {
+        self.storage_full.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -78,6 +78,9 @@ impl BlobStore for MeteredBlobStore {
     async fn check(&self) -> Result<(), StorageError> {
         timed!(self, "blob", "check", self.inner.check())
     }
+    async fn capacity(&self) -> Result<Option<berth_storage::Capacity>, StorageError> {
+        self.inner.capacity().await
+    }
 }
 
 pub struct MeteredMetadataStore {

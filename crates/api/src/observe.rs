@@ -394,12 +394,34 @@ pub async fn observe(
 }
 
 pub async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
-    let mut r = registry.metrics.render().into_response();
+    let mut text = registry.metrics.render();
+    text.push_str(&storage_gauges(&registry).await);
+    let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// Room in the blob store, read at scrape time, and whether writes are failing for lack of it.
+async fn storage_gauges(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Ok(Some(c)) = registry.blobs.capacity().await {
+        out.push_str(&format!(
+            "# HELP berth_storage_free_bytes Bytes available where blobs are stored.\n\
+             # TYPE berth_storage_free_bytes gauge\nberth_storage_free_bytes {}\n\
+             # HELP berth_storage_total_bytes Size of the filesystem where blobs are stored.\n\
+             # TYPE berth_storage_total_bytes gauge\nberth_storage_total_bytes {}\n",
+            c.free, c.total
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP berth_storage_full 1 while writes are refused because the storage is full.\n\
+         # TYPE berth_storage_full gauge\nberth_storage_full {}\n",
+        u8::from(registry.storage_is_full())
+    ));
+    out
 }
 
 /// Alive: the process answers. No store is touched, so it is cheap for frequent probes.

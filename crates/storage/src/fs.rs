@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::direct::DirectSink;
-use crate::{is_valid_upload_id, paths, Appended, BlobStore, ByteStream, StorageError};
+use crate::{is_valid_upload_id, paths, Appended, BlobStore, ByteStream, Capacity, StorageError};
 
 /// Size of each read from disk when serving a blob: large enough that per-chunk overhead
 /// vanishes against the copy, small enough to keep memory per download bounded, and below the
@@ -450,6 +450,34 @@ impl BlobStore for FsBlobStore {
         tokio::fs::metadata(paths::uploads_dir(&self.root)).await?;
         Ok(())
     }
+
+    async fn capacity(&self) -> Result<Option<Capacity>, StorageError> {
+        let root = self.root.clone();
+        let capacity = tokio::task::spawn_blocking(move || statvfs(&root))
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+        Ok(Some(capacity))
+    }
+}
+
+fn statvfs(path: &Path) -> std::io::Result<Capacity> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: c_path is a valid NUL-terminated string and st points to writable memory of the
+    // right type; statvfs only writes into it.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let st = unsafe { st.assume_init() };
+    let fragment = st.f_frsize as u64;
+    Ok(Capacity {
+        total: st.f_blocks as u64 * fragment,
+        free: st.f_bavail as u64 * fragment,
+    })
 }
 
 #[cfg(test)]

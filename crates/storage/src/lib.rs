@@ -99,4 +99,18 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Cheap reachability probe for readiness checks.
     async fn check(&self) -> Result<(), StorageError>;
+
+    /// Room left where the blobs are kept, when the backend can tell (an object store may
+    /// have no such limit).
+    async fn capacity(&self) -> Result<Option<Capacity>, StorageError> {
+        Ok(None)
+    }
+}
+
+/// Size and free space of the filesystem (or volume) holding the blobs, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub total: u64,
+    /// Available to this process (not counting blocks reserved for root).
+    pub free: u64,
 }

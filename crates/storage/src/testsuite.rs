@@ -46,6 +46,9 @@ pub async fn run_all(store: &dyn BlobStore) {
     dedupe_and_delete(store).await;
     bad_upload_ids(store).await;
     store.check().await.expect("check");
+    if let Some(c) = store.capacity().await.expect("capacity") {
+        assert!(c.total > 0 && c.free <= c.total, "{c:?}");
+    }
 }
 
 async fn roundtrip_and_ranges(store: &dyn BlobStore) {

@@ -61,6 +61,9 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let mut body = UnreadBody(Some(body));
     let result = dispatch(registry, endpoint, &parts, &mut body).await;
+    if !matches!(parts.method, Method::GET | Method::HEAD) {
+        registry.note_write(&result);
+    }
     if result.is_err() {
         body.drain().await;
     }

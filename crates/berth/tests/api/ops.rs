@@ -60,6 +60,13 @@ async fn a_push_shows_up_in_the_metrics() {
         0.0
     );
     assert!(metric(&text, "process_resident_memory_bytes") > 1e6);
+    // Room where the blobs live, from the filesystem holding the data directory.
+    let (free, total) = (
+        metric(&text, "berth_storage_free_bytes"),
+        metric(&text, "berth_storage_total_bytes"),
+    );
+    assert!(free > 0.0 && total >= free, "free {free}, total {total}");
+    assert_eq!(metric(&text, "berth_storage_full"), 0.0);
 }
 
 #[tokio::test]
