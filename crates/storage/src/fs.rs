@@ -473,10 +473,10 @@ fn statvfs(path: &Path) -> std::io::Result<Capacity> {
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let st = unsafe { st.assume_init() };
-    let fragment = st.f_frsize as u64;
+    let fragment = st.f_frsize;
     Ok(Capacity {
-        total: st.f_blocks as u64 * fragment,
-        free: st.f_bavail as u64 * fragment,
+        total: st.f_blocks * fragment,
+        free: st.f_bavail * fragment,
     })
 }
 
