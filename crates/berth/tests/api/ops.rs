@@ -349,3 +349,26 @@ async fn online_gc_frees_unreferenced_blobs() {
         .unwrap();
     assert_eq!(back.as_ref(), &orphan_bytes[..]);
 }
+
+/// Text logs written to a file or pipe (what `kubectl logs` shows) carry no colour codes.
+#[tokio::test]
+async fn text_logs_off_a_terminal_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let s = Server::start_with_env(&[
+        ("BERTH_TEST_LOG", log.to_str().unwrap()),
+        ("BERTH_LOG_LEVEL", "info"),
+    ])
+    .await;
+    s.get("/v2/").await;
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("berth::access") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains("berth::access"), "{text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in {text:?}");
+}
