@@ -48,6 +48,8 @@ pub struct ApiConfig {
     pub upload_limits: berth_meta::UploadLimits,
     /// Accept manifests whose blobs or child manifests are absent (sparse mirrors).
     pub allow_sparse_manifests: bool,
+    /// A request body that delivers nothing for this long is abandoned.
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -62,6 +64,7 @@ impl Default for ApiConfig {
                 per_repository: Some(256),
             },
             allow_sparse_manifests: false,
+            body_read_timeout: std::time::Duration::from_secs(60),
         }
     }
 }

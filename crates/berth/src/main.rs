@@ -6,6 +6,7 @@ mod compat;
 mod config;
 mod htpasswd;
 mod serve;
+mod server;
 mod tls;
 
 use std::path::PathBuf;

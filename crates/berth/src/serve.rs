@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::compat::Notice;
 use crate::config::Config;
-use crate::tls;
+use crate::{server, tls};
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -94,6 +94,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     .then_some(config.limits.max_uploads_per_repository),
             },
             allow_sparse_manifests: config.manifests.allow_sparse,
+            body_read_timeout: std::time::Duration::from_secs(
+                config.server.body_read_timeout_seconds.max(1),
+            ),
         },
         auth,
         audit,
@@ -170,20 +173,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "https"
     };
     tracing::info!(addr = %local, scheme, root = %config.storage.root.display(), "berth is ready");
-    if config.tls.certificate.is_empty() {
-        // A plain line on stdout that scripts and tests can wait for.
-        println!("berth listening on http://{local}");
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-        tokio::select! {
-            result = server => result.context("serving")?,
-            _ = drain_over(stop_rx, drain) => {
-                tracing::warn!("drain time over; exiting with requests still in flight (their uploads resume after restart)");
-            }
-        }
+    let tls_config = if config.tls.certificate.is_empty() {
+        None
     } else {
         let cert =
             tls::ReloadingCert::load(config.tls.certificate.as_ref(), config.tls.key.as_ref())?;
@@ -193,68 +184,32 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             |c| c.reload_if_changed(),
             "TLS certificate",
         );
-        let tls_config = tls::server_config(cert)?;
-        println!("berth listening on https://{local}");
-        tokio::select! {
-            _ = serve_tls(listener, app, tls_config, stopped(stop_rx.clone())) => {}
-            _ = drain_over(stop_rx, drain) => {
-                tracing::warn!("drain time over; exiting with requests still in flight (their uploads resume after restart)");
-            }
+        Some(tls::server_config(cert)?)
+    };
+    let s = &config.server;
+    let limits = server::Limits {
+        header_read: std::time::Duration::from_secs(s.header_read_timeout_seconds.max(1)),
+        tls_handshake: std::time::Duration::from_secs(s.tls_handshake_timeout_seconds.max(1)),
+        idle: std::time::Duration::from_secs(s.idle_timeout_seconds.max(1)),
+        max_connections: match s.max_connections {
+            0 => server::default_max_connections(),
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
+    // A plain line on stdout that scripts and tests can wait for.
+    println!("berth listening on {scheme}://{local}");
+    tokio::select! {
+        _ = server::serve(listener, app, tls_config, limits, stop_rx.clone()) => {}
+        _ = drain_over(stop_rx, drain) => {
+            tracing::warn!("drain time over; exiting with requests still in flight (their uploads resume after restart)");
         }
     }
     tracing::info!("berth stopped");
     Ok(())
-}
-
-/// Accepts TLS connections and serves each with HTTP/1.1 or HTTP/2, as ALPN decided, until a
-/// shutdown signal; then lets open connections finish.
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    tls_config: Arc<rustls::ServerConfig>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto;
-    use hyper_util::service::TowerToHyperService;
-
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(stop);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let service = TowerToHyperService::new(
-            app.clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
-        );
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(e) => {
-                    tracing::debug!("TLS handshake failed: {e}");
-                    return;
-                }
-            };
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!("connection ended: {e}");
-            }
-        });
-    }
-    graceful.shutdown().await;
 }
 
 /// Re-checks a watched file every `every`, logging reloads and errors.

@@ -49,10 +49,21 @@ pub async fn get(
 
 /// Reads the manifest, at most `limit` bytes. Past the limit the rest of the body is handed
 /// back unread, for `handle` to drain like that of any refused request.
-async fn read_limited(unread: &mut UnreadBody, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_limited(
+    unread: &mut UnreadBody,
+    limit: usize,
+    stall: std::time::Duration,
+) -> Result<bytes::Bytes, ApiError> {
     let mut body = unread.take();
     let mut collected = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(stall, body.frame()).await else {
+            return Err(ApiError::new(
+                ErrorCode::ManifestInvalid,
+                format!("the manifest body sent nothing for {} s", stall.as_secs()),
+            ));
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| {
             ApiError::new(
                 ErrorCode::ManifestInvalid,
@@ -83,7 +94,12 @@ pub async fn put(
     body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
     let content_type = header_str(headers, header::CONTENT_TYPE).map(str::to_owned);
-    let bytes = read_limited(body, registry.config.max_manifest_bytes).await?;
+    let bytes = read_limited(
+        body,
+        registry.config.max_manifest_bytes,
+        registry.config.body_read_timeout,
+    )
+    .await?;
     let manifest = Manifest::parse(&bytes, content_type.as_deref())?;
 
     let (digest, mut tags) = match reference {

@@ -267,6 +267,26 @@ pub fn body_stream(body: Body) -> ByteStream {
     Box::pin(body.into_data_stream().map_err(io::Error::other))
 }
 
+/// Ends `stream` with a `TimedOut` error when no chunk arrives within `limit`: the timeout is
+/// per chunk, so a slow body that keeps moving is read to its end.
+pub fn stall_timeout(stream: ByteStream, limit: std::time::Duration) -> ByteStream {
+    let timed = futures_util::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(limit, futures_util::StreamExt::next(&mut stream)).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => {
+                let stalled = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the request body sent nothing for {} s", limit.as_secs()),
+                );
+                Some((Err(stalled), None))
+            }
+        }
+    });
+    Box::pin(timed)
+}
+
 pub fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }

@@ -11,7 +11,7 @@ use berth_oci::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
 use http::{header, HeaderMap, StatusCode};
 use rand::RngCore;
 
-use super::{body_stream, header_str, no_content, Query, ResponseExt, UnreadBody};
+use super::{body_stream, header_str, no_content, stall_timeout, Query, ResponseExt, UnreadBody};
 use crate::access::{Access, Need};
 use crate::error::ApiError;
 use crate::uploads::{hasher_at, HashState};
@@ -22,6 +22,12 @@ fn new_upload_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+/// The request body for the blob store, abandoned when it stalls (no byte for the configured
+/// time); a slow body that keeps moving is read to the end.
+fn upload_body(registry: &Registry, body: &mut UnreadBody) -> berth_storage::ByteStream {
+    stall_timeout(body_stream(body.take()), registry.config.body_read_timeout)
 }
 
 fn upload_location(name: &RepositoryName, id: &str) -> String {
@@ -83,7 +89,7 @@ pub async fn start(
         let hasher = digest.algorithm().hasher();
         let appended = registry
             .blobs
-            .append_upload(&id, 0, body_stream(body.take()), hasher)
+            .append_upload(&id, 0, upload_body(registry, body), hasher)
             .await;
         let appended = match appended {
             Ok(a) => a,
@@ -200,7 +206,7 @@ pub async fn patch(
     let hasher = hasher_at(&*registry.blobs, id, size, session.algorithm, state.take()).await?;
     let appended = registry
         .blobs
-        .append_upload(id, size, body_stream(body.take()), hasher)
+        .append_upload(id, size, upload_body(registry, body), hasher)
         .await?;
     let new_size = appended.size;
     *state = Some(HashState {
@@ -232,7 +238,7 @@ pub async fn finish(
     let (hasher, size) = if has_body(headers) {
         let appended = registry
             .blobs
-            .append_upload(id, size, body_stream(body.take()), hasher)
+            .append_upload(id, size, upload_body(registry, body), hasher)
             .await?;
         (appended.hasher, appended.size)
     } else {

@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod blobs;
 mod cli;
+mod connections;
 mod listing;
 mod manifests;
 mod ops;

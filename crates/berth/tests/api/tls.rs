@@ -118,3 +118,45 @@ fn tls_config_errors_are_clear() {
         "a certificate without a key is refused"
     );
 }
+
+/// A TLS client that never sends its ClientHello is closed at the handshake timeout, and a
+/// real client is served meanwhile.
+#[tokio::test]
+async fn silent_tls_clients_time_out() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    tls_init(dir.path());
+    let s = Server::start_with_env(&[
+        (
+            "BERTH_TLS_CERTIFICATE",
+            dir.path().join("server.crt").to_str().unwrap(),
+        ),
+        (
+            "BERTH_TLS_KEY",
+            dir.path().join("server.key").to_str().unwrap(),
+        ),
+        ("BERTH_SERVER_TLS_HANDSHAKE_TIMEOUT_SECONDS", "1"),
+    ])
+    .await;
+    let addr = s.base.trim_start_matches("https://").to_owned();
+    let started = std::time::Instant::now();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut conn = std::net::TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        matches!(conn.read(&mut buf), Ok(0) | Err(_))
+    });
+    let r = client_trusting(&dir.path().join("ca.crt"))
+        .get(s.url("/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(closed.await.unwrap());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "held for {:?}",
+        started.elapsed()
+    );
+}

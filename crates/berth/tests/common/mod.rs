@@ -46,6 +46,28 @@ fn spawn(data: &Path, env: &[(String, String)]) -> (Child, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // BERTH_TEST_NOFILE=<n> starts the server with that file descriptor limit.
+    if let Some(n) = env
+        .iter()
+        .find(|(k, _)| k == "BERTH_TEST_NOFILE")
+        .and_then(|(_, v)| v.parse::<u64>().ok())
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
     let mut child = cmd.spawn().expect("spawn berth");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
