@@ -305,11 +305,36 @@ pub struct RequestFacts {
     pub repository: String,
 }
 
-fn content_length(headers: &http::HeaderMap) -> u64 {
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// The request with a body that counts the bytes the handlers really read (chunked uploads
+/// carry no `Content-Length`).
+fn counting_body(request: Request) -> (Request, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    let (parts, body) = request.into_parts();
+    let stream = futures_util::TryStreamExt::inspect_ok(body.into_data_stream(), move |chunk| {
+        seen.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    });
+    (
+        Request::from_parts(parts, axum::body::Body::from_stream(stream)),
+        count,
+    )
+}
+
+/// Bytes the response body will carry: none for HEAD (its `Content-Length` describes the GET),
+/// else the length it declares or knows exactly.
+fn response_length(method: &http::Method, response: &Response) -> u64 {
+    if method == http::Method::HEAD {
+        return 0;
+    }
+    content_length(response.headers())
+        .or_else(|| axum::body::HttpBody::size_hint(response.body()).exact())
         .unwrap_or(0)
 }
 
@@ -331,7 +356,7 @@ pub async fn observe(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = route_of(&path);
-    let bytes_in = content_length(request.headers());
+    let (request, bytes_read) = counting_body(request);
     let metrics = &registry.metrics;
     let upload = route == "upload";
     if upload {
@@ -343,7 +368,8 @@ pub async fn observe(
     }
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let bytes_out = content_length(response.headers());
+    let bytes_in = bytes_read.load(Ordering::Relaxed);
+    let bytes_out = response_length(&method, &response);
     metrics.bytes_in.fetch_add(bytes_in, Ordering::Relaxed);
     metrics.bytes_out.fetch_add(bytes_out, Ordering::Relaxed);
     metrics.request(route, method_label(&method), status, elapsed);

@@ -372,3 +372,57 @@ async fn text_logs_off_a_terminal_have_no_colour_codes() {
     assert!(text.contains("berth::access"), "{text}");
     assert!(!text.contains('\u{1b}'), "escape codes in {text:?}");
 }
+
+/// The access log counts the bytes that really moved: a chunked upload without
+/// `Content-Length`, a JSON listing, and nothing for a HEAD.
+#[tokio::test]
+async fn access_log_bytes_are_the_bytes_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let s = Server::start_with_env(&[
+        ("BERTH_TEST_LOG", log.to_str().unwrap()),
+        ("BERTH_LOG_FORMAT", "json"),
+        ("BERTH_LOG_LEVEL", "info"),
+    ])
+    .await;
+    let location = s.start_upload("counted/app").await;
+    let data = random_bytes(100_000);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        data.chunks(10_000).map(|c| Ok(c.to_vec())).collect();
+    let r = s
+        .req(Method::PATCH, &location)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let digest = s.push_blob("counted/app", b"0123456789").await;
+    s.head(&format!("/v2/counted/app/blobs/{digest}")).await;
+    s.get("/v2/_catalog").await;
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "berth::access")
+            .map(|v| v["fields"].clone())
+            .collect();
+        if lines.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let find = |method: &str, route: &str| {
+        lines
+            .iter()
+            .find(|l| l["method"] == method && l["route"] == route)
+            .unwrap_or_else(|| panic!("no {method} {route} in {lines:?}"))
+            .clone()
+    };
+    assert_eq!(find("PATCH", "upload")["bytes_in"], 100_000);
+    assert_eq!(find("HEAD", "blob")["bytes_out"], 0);
+    assert!(find("GET", "catalog")["bytes_out"].as_u64().unwrap() > 10);
+}
