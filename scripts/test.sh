@@ -28,6 +28,9 @@ export BERTH_BIN="${CARGO_TARGET_DIR:-target}/debug/berth"
 step "interoperability with skopeo, podman, containerd and oras"
 .venv/bin/pytest -q -p no:cacheprovider tests/interop
 
+step "full disk: Berth on a 64 MiB tmpfs refuses writes with 507, keeps what it acknowledged"
+.venv/bin/pytest -q -p no:cacheprovider tests/faults
+
 step "Kubernetes manifests, Helm chart and Containerfile against the binary; the image built and run"
 .venv/bin/pytest -q -p no:cacheprovider tests/deploy
 

@@ -49,6 +49,45 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Writes one batch. A full disk is waited out (the queue holds what comes meanwhile, and
+/// drops and counts the newest beyond it), logged once; other failures are retried three
+/// times, then the batch is dropped with an error.
+async fn write_batch(store: &dyn AccessStore, batch: &[AuditEvent]) {
+    let mut attempt = 0;
+    let mut full_since: Option<std::time::Instant> = None;
+    loop {
+        let Err(e) = store.record_audit(batch).await else {
+            if let Some(since) = full_since {
+                tracing::warn!(
+                    waited_s = since.elapsed().as_secs(),
+                    "audit events are written again"
+                );
+            }
+            return;
+        };
+        if e.is_storage_full() {
+            if full_since.is_none() {
+                tracing::error!(
+                    "the metadata store is full: {} audit events wait until space is freed",
+                    batch.len()
+                );
+                full_since = Some(std::time::Instant::now());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        attempt += 1;
+        tracing::error!(
+            "writing {} audit events failed (attempt {attempt}): {e}",
+            batch.len()
+        );
+        if attempt >= 3 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 impl AuditLog {
     /// An audit log that records nothing (tests, tools).
     pub fn disabled() -> AuditLog {
@@ -80,18 +119,7 @@ impl AuditLog {
                     }
                     let _ = out.flush();
                 }
-                let mut attempt = 0;
-                while let Err(e) = store.record_audit(&batch).await {
-                    attempt += 1;
-                    tracing::error!(
-                        "writing {} audit events failed (attempt {attempt}): {e}",
-                        batch.len()
-                    );
-                    if attempt >= 3 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                write_batch(&*store, &batch).await;
                 batch.clear();
             }
         });

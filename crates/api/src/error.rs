@@ -127,6 +127,8 @@ impl ApiError {
                     ErrorCode::ManifestInvalid,
                     format!("descriptor sizes do not match: {}", wrong.join("; ")),
                 ),
+                // Transient: another change holds what this one needs; retrying succeeds.
+                MetaError::Conflict(detail) => oci(ErrorCode::TooManyRequests, detail.clone()),
                 MetaError::TooManyUploads { .. } => oci(
                     ErrorCode::TooManyRequests,
                     format!("{e}; finish or cancel some before starting more"),

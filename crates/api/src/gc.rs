@@ -1,94 +1,119 @@
-//! Online garbage collection: the bytes of blobs that no repository links and no manifest
-//! references are deleted while the registry keeps serving — no read-only window.
+//! Online garbage collection by reachability: the bytes of blobs that nothing can reach are
+//! deleted while the registry keeps serving — no read-only window.
 //!
-//! Safety against a concurrent push of the same digest: GC and upload commits take the same
-//! per-digest lock, and GC first removes the blob's row only if it is still unreferenced (one
-//! conditional DELETE), then its bytes. A blob pushed again afterwards is simply stored anew.
+//! A blob is kept while a manifest of any repository references it, while a push or mount
+//! linked it within the grace period, and while a commit holds its lease. Deleting a manifest
+//! (or a repository's manifests) therefore frees the layers nothing else references once the
+//! grace period since they were pushed has passed. Manifests themselves are never collected
+//! here: untagged manifests stay until a retention rule removes them.
+//!
+//! Coordination goes through the metadata store, not a lock in this process, so it holds with
+//! any number of replicas and with `berth gc` running beside a server: GC marks a blob
+//! `deleting` in the same atomic step that re-checks it is unreachable, then deletes its
+//! bytes, then its row. Pushes, mounts and manifest reference checks ignore marked blobs; a
+//! commit first reserves its blob (which fails while it is marked, and makes GC leave it
+//! alone until the commit has linked it), so a blob pushed again while GC deletes it is
+//! stored anew after GC is done, never left as a row without bytes.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_meta::BlobReservation;
 use berth_oci::Digest;
 
 use crate::error::ApiError;
 use crate::Registry;
 
-/// One lock per digest being committed or collected.
-#[derive(Default)]
-pub struct DigestLocks {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
+/// How long a commit may hold its blob between reserving it and linking it; a process that
+/// dies in between leaves the blob collectable again after this.
+pub const COMMIT_LEASE: Duration = Duration::from_secs(600);
+/// How long a commit waits for a collection that is deleting the same digest.
+const WAIT_FOR_COLLECTION: Duration = Duration::from_secs(10);
 
-impl DigestLocks {
-    /// Runs `f` while holding the lock of `digest`.
-    pub async fn with<T>(&self, digest: &Digest, f: impl std::future::Future<Output = T>) -> T {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-            locks.entry(digest.to_string()).or_default().clone()
-        };
-        let result = {
-            let _held = lock.lock().await;
-            f.await
-        };
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        // Drop the entry when nobody else waits on it (our clone and the map's are the two).
-        if Arc::strong_count(&lock) <= 2 {
-            locks.remove(digest.as_str());
-        }
-        result
-    }
-}
-
-/// What one collection did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What one collection did (or, dry, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
     pub blobs_deleted: u64,
     pub bytes_freed: u64,
+    /// The digests removed (or, dry, that would be), with their sizes.
+    pub removed: Vec<(String, u64)>,
 }
 
 impl Registry {
-    /// Deletes blobs unreferenced for at least `grace` (by creation time).
+    /// Deletes blobs nothing has reached for at least `grace`.
     pub async fn collect_garbage(&self, grace: Duration) -> Result<GcReport, ApiError> {
+        self.garbage(grace, false).await
+    }
+
+    /// What [`collect_garbage`](Self::collect_garbage) would delete now, deleting nothing.
+    pub async fn garbage_dry_run(&self, grace: Duration) -> Result<GcReport, ApiError> {
+        self.garbage(grace, true).await
+    }
+
+    async fn garbage(&self, grace: Duration, dry: bool) -> Result<GcReport, ApiError> {
         let started = Instant::now();
-        let before = berth_meta::now() - grace.as_secs() as i64;
+        let now = berth_meta::now();
+        let before = now - grace.as_secs() as i64;
         let mut report = GcReport::default();
+        let mut seen = std::collections::HashSet::new();
         loop {
-            let batch = self.meta.unreferenced_blobs(before, 500).await?;
+            let batch = self.meta.collectable_blobs(before, now, 500).await?;
             let mut progressed = false;
             for (text, size) in batch {
+                if !seen.insert(text.clone()) {
+                    continue;
+                }
+                progressed = true;
                 let Ok(digest) = text.parse::<Digest>() else {
                     continue;
                 };
-                let removed = self
-                    .blob_locks
-                    .with(&digest, async {
-                        if self.meta.forget_blob_if_unreferenced(&digest).await? {
-                            self.blobs.delete_blob(&digest).await?;
-                            return Ok::<_, ApiError>(true);
-                        }
-                        Ok(false)
-                    })
-                    .await?;
-                if removed {
-                    progressed = true;
-                    report.blobs_deleted += 1;
-                    report.bytes_freed += size;
+                if dry {
+                    report.removed.push((text, size));
+                    continue;
                 }
+                if !self.meta.mark_blob_deleting(&digest, before, now).await? {
+                    continue; // reached again since it was listed
+                }
+                self.blobs.delete_blob(&digest).await?;
+                self.meta.forget_blob(&digest).await?;
+                report.removed.push((text, size));
             }
             if !progressed {
                 break;
             }
         }
-        let m = &self.metrics;
-        m.gc_runs.fetch_add(1, Ordering::Relaxed);
-        m.gc_blobs_deleted
-            .fetch_add(report.blobs_deleted, Ordering::Relaxed);
-        m.gc_bytes_freed
-            .fetch_add(report.bytes_freed, Ordering::Relaxed);
-        m.gc_last_duration_ms
-            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        report.blobs_deleted = report.removed.len() as u64;
+        report.bytes_freed = report.removed.iter().map(|(_, s)| s).sum();
+        if !dry {
+            let m = &self.metrics;
+            m.gc_runs.fetch_add(1, Ordering::Relaxed);
+            m.gc_blobs_deleted
+                .fetch_add(report.blobs_deleted, Ordering::Relaxed);
+            m.gc_bytes_freed
+                .fetch_add(report.bytes_freed, Ordering::Relaxed);
+            m.gc_last_duration_ms
+                .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
         Ok(report)
+    }
+
+    /// Holds `digest` for a commit (see the module docs), waiting out a collection that is
+    /// deleting it right now.
+    pub(crate) async fn reserve_blob(&self, digest: &Digest, size: u64) -> Result<(), ApiError> {
+        let waited = Instant::now();
+        loop {
+            let lease_until = berth_meta::now() + COMMIT_LEASE.as_secs() as i64;
+            match self.meta.reserve_blob(digest, size, lease_until).await? {
+                BlobReservation::Reserved => return Ok(()),
+                BlobReservation::BeingDeleted if waited.elapsed() < WAIT_FOR_COLLECTION => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                BlobReservation::BeingDeleted => {
+                    return Err(ApiError::Meta(berth_meta::MetaError::Conflict(format!(
+                        "{digest} is being garbage collected; try again"
+                    ))))
+                }
+            }
+        }
     }
 }

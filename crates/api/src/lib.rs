@@ -82,7 +82,6 @@ pub struct Registry {
     failed_logins: berth_auth::FailedLogins,
     /// Set while writes fail because the storage is full: the episode is logged once.
     storage_full: std::sync::atomic::AtomicBool,
-    blob_locks: gc::DigestLocks,
     uploads: uploads::Uploads,
 }
 
@@ -115,7 +114,6 @@ impl Registry {
             traces: None,
             failed_logins,
             storage_full: Default::default(),
-            blob_locks: gc::DigestLocks::default(),
             uploads: uploads::Uploads::default(),
         }
     }

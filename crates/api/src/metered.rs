@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use berth_meta::{
-    MetadataStore, NewManifest, Page, Referrer, StoredManifest, UploadLimits, UploadSession,
+    BlobReservation, MetadataStore, NewManifest, Page, Referrer, StoredManifest, UploadLimits,
+    UploadSession,
 };
 use berth_oci::{Digest, Hasher, Reference, RepositoryName, Tag};
 use berth_storage::{Appended, BlobStore, ByteStream, StorageError};
@@ -117,6 +118,19 @@ impl MetadataStore for MeteredMetadataStore {
             self.inner.add_blob(r, d, size, upload)
         )
     }
+    async fn reserve_blob(
+        &self,
+        d: &Digest,
+        size: u64,
+        lease_until: i64,
+    ) -> MetaResult<BlobReservation> {
+        timed!(
+            self,
+            "metadata",
+            "reserve_blob",
+            self.inner.reserve_blob(d, size, lease_until)
+        )
+    }
     async fn mount_blob(
         &self,
         from: &RepositoryName,
@@ -219,20 +233,28 @@ impl MetadataStore for MeteredMetadataStore {
             self.inner.expired_uploads(before, limit)
         )
     }
-    async fn unreferenced_blobs(&self, before: i64, limit: u32) -> MetaResult<Vec<(String, u64)>> {
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        now: i64,
+        limit: u32,
+    ) -> MetaResult<Vec<(String, u64)>> {
         timed!(
             self,
             "metadata",
-            "unreferenced_blobs",
-            self.inner.unreferenced_blobs(before, limit)
+            "collectable_blobs",
+            self.inner.collectable_blobs(before, now, limit)
         )
     }
-    async fn forget_blob_if_unreferenced(&self, d: &Digest) -> MetaResult<bool> {
+    async fn mark_blob_deleting(&self, d: &Digest, before: i64, now: i64) -> MetaResult<bool> {
         timed!(
             self,
             "metadata",
-            "forget_blob",
-            self.inner.forget_blob_if_unreferenced(d)
+            "mark_blob_deleting",
+            self.inner.mark_blob_deleting(d, before, now)
         )
+    }
+    async fn forget_blob(&self, d: &Digest) -> MetaResult<()> {
+        timed!(self, "metadata", "forget_blob", self.inner.forget_blob(d))
     }
 }

@@ -4,6 +4,7 @@
 mod access_cmd;
 mod compat;
 mod config;
+mod gc_cmd;
 mod htpasswd;
 mod serve;
 mod server;
@@ -99,6 +100,18 @@ enum Command {
     },
     /// Query the audit log.
     Audit(access_cmd::AuditArgs),
+    /// Run one garbage collection: delete blobs nothing references (see `[gc]`), printing
+    /// each removed digest and its size.
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Override gc.grace_seconds for this run.
+        #[arg(long)]
+        grace_seconds: Option<u64>,
+    },
     /// Make a CA and a server certificate, and print how to trust them.
     Tls {
         #[command(subcommand)]
@@ -158,6 +171,13 @@ fn main() -> ExitCode {
         Command::Project { command } => access_cmd::project(command),
         Command::Robot { command } => access_cmd::robot(command),
         Command::Audit(args) => access_cmd::audit(args),
+        Command::Gc {
+            store,
+            dry_run,
+            grace_seconds,
+        } => store
+            .load()
+            .and_then(|(config, _)| gc_cmd::run(config, dry_run, grace_seconds)),
         Command::Tls {
             command:
                 TlsCommand::Init {

@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use berth_oci::{Digest, Reference, RepositoryName, Tag};
 
 use crate::{
-    MetadataStore, NewManifest, Page, Referrer, Result, StoredManifest, UploadLimits, UploadSession,
+    BlobReservation, MetadataStore, NewManifest, Page, Referrer, Result, StoredManifest,
+    UploadLimits, UploadSession,
 };
 
 /// How long a cached answer is fresh.
@@ -189,6 +190,14 @@ impl MetadataStore for CachedStore {
     ) -> Result<()> {
         self.inner.add_blob(r, d, size, upload).await
     }
+    async fn reserve_blob(
+        &self,
+        d: &Digest,
+        size: u64,
+        lease_until: i64,
+    ) -> Result<BlobReservation> {
+        self.inner.reserve_blob(d, size, lease_until).await
+    }
     async fn mount_blob(
         &self,
         from: &RepositoryName,
@@ -262,10 +271,18 @@ impl MetadataStore for CachedStore {
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
         self.inner.expired_uploads(before, limit).await
     }
-    async fn unreferenced_blobs(&self, before: i64, limit: u32) -> Result<Vec<(String, u64)>> {
-        self.inner.unreferenced_blobs(before, limit).await
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>> {
+        self.inner.collectable_blobs(before, now, limit).await
     }
-    async fn forget_blob_if_unreferenced(&self, d: &Digest) -> Result<bool> {
-        self.inner.forget_blob_if_unreferenced(d).await
+    async fn mark_blob_deleting(&self, d: &Digest, before: i64, now: i64) -> Result<bool> {
+        self.inner.mark_blob_deleting(d, before, now).await
+    }
+    async fn forget_blob(&self, d: &Digest) -> Result<()> {
+        self.inner.forget_blob(d).await
     }
 }

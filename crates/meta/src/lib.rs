@@ -39,6 +39,10 @@ pub enum MetaError {
     Durability(String),
     #[error("metadata worker failed: {0}")]
     Worker(String),
+    /// The change collides with another in progress (e.g. a blob being garbage collected);
+    /// retrying later can succeed.
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("{count} upload sessions are in progress for {scope} (the limit is {limit})")]
     TooManyUploads {
         scope: String,
@@ -118,6 +122,14 @@ pub struct UploadLimits {
     pub per_repository: Option<u64>,
 }
 
+/// What [`MetadataStore::reserve_blob`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobReservation {
+    Reserved,
+    /// Garbage collection is deleting this blob's bytes right now.
+    BeingDeleted,
+}
+
 /// One page of a lexically ordered listing.
 #[derive(Clone, Copy, Debug)]
 pub struct Page<'a> {
@@ -134,8 +146,20 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Size of `digest` if the repository may serve it.
     async fn repository_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<Option<u64>>;
 
-    /// Records a committed blob as pushed to `repo`, and ends the upload session `upload_id`,
-    /// in one transaction.
+    /// Holds `digest` for a commit about to place its bytes: records the blob (if new) and
+    /// leases it until `lease_until`, so garbage collection leaves it alone until
+    /// [`add_blob`](Self::add_blob) links it. [`BlobReservation::BeingDeleted`] when GC has
+    /// already marked it; the caller waits for GC to finish and tries again. Atomic with
+    /// [`mark_blob_deleting`](Self::mark_blob_deleting): the two never both succeed.
+    async fn reserve_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        lease_until: i64,
+    ) -> Result<BlobReservation>;
+
+    /// Records a committed blob as pushed to `repo` (a push refreshes the link's time), ends
+    /// its lease and the upload session `upload_id`, in one transaction.
     async fn add_blob(
         &self,
         repo: &RepositoryName,
@@ -196,13 +220,26 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Upload sessions created before `before` (seconds since the epoch), oldest first.
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>>;
 
-    /// Blobs created before `before` that no repository links and no manifest references:
-    /// garbage, as `(digest, size)`.
-    async fn unreferenced_blobs(&self, before: i64, limit: u32) -> Result<Vec<(String, u64)>>;
+    /// Candidates for garbage collection, oldest first, as `(digest, size)`: blobs created
+    /// before `before` that no manifest of any repository references, no repository linked
+    /// at or after `before` (a push or mount within the grace period), and no commit holds
+    /// at `now`; also blobs already marked (a collection that stopped halfway). Only
+    /// [`mark_blob_deleting`](Self::mark_blob_deleting) decides.
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>>;
 
-    /// Forgets a blob if it is still unreferenced, atomically; `true` when it was removed (the
-    /// caller then deletes its bytes).
-    async fn forget_blob_if_unreferenced(&self, digest: &Digest) -> Result<bool>;
+    /// Marks `digest` as being deleted if it is still collectable by the rules of
+    /// [`collectable_blobs`](Self::collectable_blobs) (or already marked), in one atomic step
+    /// that pushes, mounts and manifest reference checks are serialized with; `true` when the
+    /// caller may delete its bytes.
+    async fn mark_blob_deleting(&self, digest: &Digest, before: i64, now: i64) -> Result<bool>;
+
+    /// Removes a marked blob's row and its repository links, after its bytes are gone.
+    async fn forget_blob(&self, digest: &Digest) -> Result<()>;
 }
 
 /// Seconds since the Unix epoch, as stored in every `*_at` column.

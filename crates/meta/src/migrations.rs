@@ -5,6 +5,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_access.sql")),
     (3, include_str!("../migrations/0003_upload_owner.sql")),
+    (4, include_str!("../migrations/0004_reachability.sql")),
 ];
 
 pub const CREATE_VERSION_TABLE: &str =

@@ -510,3 +510,163 @@ async fn sparse_manifests_when_allowed() {
         "{refused:?}"
     );
 }
+
+/// The rules garbage collection relies on, decided by the store: what is collectable, and how
+/// marking serializes with commits, mounts and manifest reference checks.
+#[tokio::test]
+async fn collection_by_reachability() {
+    use berth_meta::BlobReservation;
+    let (_dir, store) = open().await;
+    let r = repo("gc/app");
+    let (used, loose, held) = (
+        Digest::sha256_of(b"used"),
+        Digest::sha256_of(b"loose"),
+        Digest::sha256_of(b"held"),
+    );
+    for d in [&used, &loose] {
+        store.add_blob(&r, d, 4, None).await.unwrap();
+    }
+    let refs = [Referenced {
+        digest: used.clone(),
+        size: 4,
+    }];
+    let body = b"{\"m\":1}";
+    let md = Digest::sha256_of(body);
+    store
+        .put_manifest(manifest(&r, &md, body, &refs, None, &[tag("v1")]))
+        .await
+        .unwrap();
+    let t = berth_meta::now();
+    // Pushed within the grace period: nothing is collectable.
+    assert!(store
+        .collectable_blobs(t - 60, t, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    // Past the grace period: the blob no manifest references is.
+    let later = t + 10;
+    let found = store.collectable_blobs(later, later, 100).await.unwrap();
+    assert_eq!(found, vec![(loose.to_string(), 4)]);
+
+    // A commit's lease keeps a blob; a marked blob cannot be reserved, mounted or referenced.
+    assert_eq!(
+        store.reserve_blob(&held, 4, later + 600).await.unwrap(),
+        BlobReservation::Reserved
+    );
+    assert!(!store.mark_blob_deleting(&held, later, later).await.unwrap());
+    assert!(!store.mark_blob_deleting(&used, later, later).await.unwrap());
+    assert!(store
+        .mark_blob_deleting(&loose, later, later)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.reserve_blob(&loose, 4, later + 600).await.unwrap(),
+        BlobReservation::BeingDeleted
+    );
+    assert_eq!(store.repository_blob(&r, &loose).await.unwrap(), None);
+    assert_eq!(
+        store
+            .mount_blob(&r, &repo("gc/other"), &loose)
+            .await
+            .unwrap(),
+        None
+    );
+    let loose_ref = [Referenced {
+        digest: loose.clone(),
+        size: 4,
+    }];
+    let body2 = b"{\"m\":2}";
+    let md2 = Digest::sha256_of(body2);
+    let refused = store
+        .put_manifest(manifest(&r, &md2, body2, &loose_ref, None, &[]))
+        .await;
+    assert!(
+        matches!(refused, Err(MetaError::MissingReferences(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        store.add_blob(&r, &loose, 4, None).await,
+        Err(MetaError::Conflict(_))
+    ));
+    // A collection that stopped halfway is found again, and finishing it forgets the blob.
+    let again = store.collectable_blobs(t - 60, t, 100).await.unwrap();
+    assert_eq!(
+        again,
+        vec![(loose.to_string(), 4)],
+        "marked blobs are listed until forgotten"
+    );
+    store.forget_blob(&loose).await.unwrap();
+    assert!(store
+        .collectable_blobs(later, later, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.reserve_blob(&loose, 4, later + 600).await.unwrap(),
+        BlobReservation::Reserved,
+        "pushed again after its collection"
+    );
+
+    // Deleting the manifest makes its blob collectable; a fresh link (a push) keeps it.
+    assert!(store.delete_manifest(&r, &md).await.unwrap());
+    let found = store.collectable_blobs(later, later, 100).await.unwrap();
+    assert!(found.contains(&(used.to_string(), 4)), "{found:?}");
+    store.add_blob(&r, &used, 4, None).await.unwrap();
+    assert!(
+        !store.mark_blob_deleting(&used, t - 60, t).await.unwrap(),
+        "linked within grace"
+    );
+}
+
+/// Two collections at once, and collections racing commits of the same digests: each blob is
+/// either kept or forgotten whole, never a row without a mark or a commit on a marked blob.
+#[tokio::test]
+async fn concurrent_collections_and_commits() {
+    use berth_meta::BlobReservation;
+    let (_dir, store) = open().await;
+    let store = std::sync::Arc::new(store);
+    let r = repo("gc/race");
+    let digests: Vec<Digest> = (0..40)
+        .map(|i| Digest::sha256_of(format!("b{i}").as_bytes()))
+        .collect();
+    for d in &digests {
+        store.add_blob(&r, d, 1, None).await.unwrap();
+    }
+    let later = berth_meta::now() + 10;
+    let mut tasks = Vec::new();
+    for (i, d) in digests.iter().enumerate() {
+        for _ in 0..2 {
+            let (store, d) = (store.clone(), d.clone());
+            tasks.push(tokio::spawn(async move {
+                (
+                    "gc",
+                    store.mark_blob_deleting(&d, later, later).await.unwrap(),
+                )
+            }));
+        }
+        if i % 2 == 0 {
+            let (store, d) = (store.clone(), d.clone());
+            tasks.push(tokio::spawn(async move {
+                let reserved = store.reserve_blob(&d, 1, later + 600).await.unwrap();
+                ("commit", reserved == BlobReservation::Reserved)
+            }));
+        }
+    }
+    let mut marked = 0;
+    for t in tasks {
+        let (who, won) = t.await.unwrap();
+        if who == "gc" && won {
+            marked += 1;
+        }
+    }
+    // Whatever the interleaving: a reserved blob is never marked, a marked one never reserved.
+    for d in &digests {
+        let reserve = store.reserve_blob(d, 1, later + 600).await.unwrap();
+        let mark = store.mark_blob_deleting(d, later, later).await.unwrap();
+        assert!(
+            reserve == BlobReservation::BeingDeleted || !mark,
+            "{d}: reserved and marked"
+        );
+    }
+    assert!(marked >= 20, "blobs nobody commits are collected: {marked}");
+}

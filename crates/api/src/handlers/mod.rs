@@ -61,7 +61,13 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let mut body = UnreadBody(Some(body));
     let result = dispatch(registry, endpoint, &parts, &mut body).await;
-    if !matches!(parts.method, Method::GET | Method::HEAD) {
+    // Only writes of content tell whether storage has room (a DELETE succeeding says little).
+    let stores_content = matches!(parts.method, Method::PUT | Method::PATCH)
+        || (parts.method == Method::POST
+            && result
+                .as_ref()
+                .is_ok_and(|r| r.status() == StatusCode::CREATED));
+    if stores_content || result.as_ref().is_err_and(ApiError::is_storage_full) {
         registry.note_write(&result);
     }
     if result.is_err() {

@@ -91,14 +91,17 @@ pub async fn start(
             .blobs
             .append_upload(&id, 0, upload_body(registry, body), hasher)
             .await;
-        let appended = match appended {
-            Ok(a) => a,
-            Err(e) => {
-                registry.blobs.delete_upload(&id).await?;
-                return Err(e.into());
-            }
+        let completed = match appended {
+            Ok(a) => complete(registry, name, &id, &digest, a.hasher, a.size).await,
+            Err(e) => Err(e.into()),
         };
-        return complete(registry, name, &id, &digest, appended.hasher, appended.size).await;
+        if completed.is_err() {
+            // No session refers to these bytes: a failed single-request push keeps nothing.
+            if let Err(e) = registry.blobs.delete_upload(&id).await {
+                tracing::warn!("discarding a failed single-request upload: {e}");
+            }
+        }
+        return completed;
     }
 
     let session = UploadSession {
@@ -274,15 +277,11 @@ async fn complete(
             format!("the uploaded bytes hash to {computed}, not {digest}"),
         ));
     }
-    // Under the digest's lock, so garbage collection cannot delete these bytes in between.
-    registry
-        .blob_locks
-        .with(digest, async {
-            registry.blobs.commit_upload(id, digest).await?;
-            registry.meta.add_blob(name, digest, size, Some(id)).await?;
-            Ok::<_, ApiError>(())
-        })
-        .await?;
+    // Reserve before placing the bytes: garbage collection leaves a reserved blob alone, and
+    // a refusal here (a full disk, a collection in progress) leaves the upload staged.
+    registry.reserve_blob(digest, size).await?;
+    registry.blobs.commit_upload(id, digest).await?;
+    registry.meta.add_blob(name, digest, size, Some(id)).await?;
     Ok(blob_created(name, digest))
 }
 

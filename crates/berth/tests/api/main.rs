@@ -10,6 +10,7 @@ mod bad_input;
 mod blobs;
 mod cli;
 mod connections;
+mod gc;
 mod listing;
 mod manifests;
 mod ops;

@@ -266,13 +266,14 @@ async fn request_spans_reach_an_otlp_collector() {
 async fn online_gc_frees_unreferenced_blobs() {
     let s = Server::start_with_env(&[
         ("BERTH_GC_INTERVAL_SECONDS", "1"),
-        ("BERTH_GC_GRACE_SECONDS", "0"),
+        ("BERTH_GC_GRACE_SECONDS", "1"),
     ])
     .await;
     let image = s.push_image("gc/app", "v1").await;
     let orphan_bytes = random_bytes(5000);
     let orphan = s.push_blob("gc/app", &orphan_bytes).await;
-    let shared = s.push_blob("gc/app", &random_bytes(3000)).await;
+    let shared_bytes = random_bytes(3000);
+    let shared = s.push_blob("gc/app", &shared_bytes).await;
     let r = s
         .req(
             Method::POST,
@@ -281,6 +282,15 @@ async fn online_gc_frees_unreferenced_blobs() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // The mounted blob is a layer of an image in the other repository: that keeps it.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let cd = s.push_blob("gc/other", config).await;
+    let user = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": shared, "size": shared_bytes.len()}]}))
+    .unwrap();
+    let r = s.put_manifest("gc/other", "v1", OCI_MANIFEST, &user).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     for d in [&orphan, &shared] {
         assert_eq!(
@@ -307,7 +317,7 @@ async fn online_gc_frees_unreferenced_blobs() {
     assert!(freed, "the unreferenced blob's bytes are deleted");
     assert!(
         path(&shared).exists(),
-        "a blob still linked in another repository stays"
+        "a blob an image of another repository uses stays"
     );
     assert_eq!(
         s.get(&format!("/v2/gc/other/blobs/{shared}"))

@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::SqliteStore;
 use crate::{
-    now, MetaError, MetadataStore, NewManifest, Page, Referrer, Result, StoredManifest,
-    UploadLimits, UploadSession,
+    now, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer, Result,
+    StoredManifest, UploadLimits, UploadSession,
 };
 
 fn ensure_repository(conn: &Connection, repo: &str) -> Result<()> {
@@ -21,24 +21,42 @@ fn ensure_repository(conn: &Connection, repo: &str) -> Result<()> {
     Ok(())
 }
 
+/// The size of a blob `repo` may serve; a blob being garbage collected is not served.
 fn repository_blob_size(conn: &Connection, repo: &str, digest: &str) -> Result<Option<u64>> {
     let size: Option<i64> = conn
         .prepare_cached(
             "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
-             WHERE rb.repository = $1 AND rb.digest = $2",
+             WHERE rb.repository = $1 AND rb.digest = $2 AND b.deleting = 0",
         )?
         .query_row((repo, digest), |r| r.get(0))
         .optional()?;
     Ok(size.map(|s| s as u64))
 }
 
+/// Links a blob to a repository; linking again refreshes the time, which the grace period of
+/// garbage collection counts from.
 fn link_blob(conn: &Connection, repo: &str, digest: &str) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT (repository, digest) DO UPDATE SET created_at = excluded.created_at",
     )?
     .execute((repo, digest, now()))?;
     Ok(())
+}
+
+/// When a blob `b` may be collected, with `$1` the grace cutoff and `$2` now: unreferenced by
+/// any manifest, not linked within the grace period, not leased by a commit in progress.
+const COLLECTABLE: &str = "b.deleting = 0 AND b.created_at < $1 AND b.lease_until < $2
+    AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest)
+    AND NOT EXISTS (SELECT 1 FROM repository_blobs rb
+                    WHERE rb.digest = b.digest AND rb.created_at >= $1)";
+
+fn blob_deleting(conn: &Connection, digest: &str) -> Result<bool> {
+    let deleting: Option<i64> = conn
+        .prepare_cached("SELECT deleting FROM blobs WHERE digest = $1")?
+        .query_row([digest], |r| r.get(0))
+        .optional()?;
+    Ok(deleting == Some(1))
 }
 
 fn parse_digest(s: &str) -> Result<Digest> {
@@ -195,9 +213,14 @@ impl MetadataStore for SqliteStore {
         let upload_id = upload_id.map(str::to_owned);
         self.write(move |conn| {
             ensure_repository(conn, &repo)?;
+            if blob_deleting(conn, &digest)? {
+                return Err(MetaError::Conflict(format!(
+                    "{digest} is being garbage collected"
+                )));
+            }
             conn.prepare_cached(
                 "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT (digest) DO UPDATE SET lease_until = 0",
             )?
             .execute((&digest, size as i64, now()))?;
             link_blob(conn, &repo, &digest)?;
@@ -206,6 +229,27 @@ impl MetadataStore for SqliteStore {
                     .execute([id])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn reserve_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        lease_until: i64,
+    ) -> Result<BlobReservation> {
+        let digest = digest.to_string();
+        self.write(move |conn| {
+            if blob_deleting(conn, &digest)? {
+                return Ok(BlobReservation::BeingDeleted);
+            }
+            conn.prepare_cached(
+                "INSERT INTO blobs (digest, size, created_at, lease_until) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (digest) DO UPDATE SET lease_until = excluded.lease_until",
+            )?
+            .execute((&digest, size as i64, now(), lease_until))?;
+            Ok(BlobReservation::Reserved)
         })
         .await
     }
@@ -467,17 +511,20 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn unreferenced_blobs(&self, before: i64, limit: u32) -> Result<Vec<(String, u64)>> {
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>> {
         self.read(move |conn| {
+            let sql = format!(
+                "SELECT b.digest, b.size FROM blobs b WHERE b.deleting = 1 OR ({COLLECTABLE})
+                 ORDER BY b.created_at LIMIT $3"
+            );
             Ok(conn
-                .prepare_cached(
-                    "SELECT b.digest, b.size FROM blobs b
-                     WHERE b.created_at < $1
-                       AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
-                       AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest)
-                     ORDER BY b.created_at LIMIT $2",
-                )?
-                .query_map((before, i64::from(limit)), |r| {
+                .prepare_cached(&sql)?
+                .query_map((before, now, i64::from(limit)), |r| {
                     Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
@@ -485,17 +532,28 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn forget_blob_if_unreferenced(&self, digest: &Digest) -> Result<bool> {
+    async fn mark_blob_deleting(&self, digest: &Digest, before: i64, now: i64) -> Result<bool> {
         let digest = digest.to_string();
         self.write(move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "DELETE FROM blobs WHERE digest = $1
-                       AND NOT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1)
-                       AND NOT EXISTS (SELECT 1 FROM manifest_blobs WHERE blob = $1)",
-                )?
-                .execute([digest])?;
+            // Parameters are numbered in order of appearance: $1, $2 inside COLLECTABLE, $3.
+            let sql = format!(
+                "UPDATE blobs AS b SET deleting = 1
+                 WHERE (b.deleting = 1 OR ({COLLECTABLE})) AND b.digest = $3"
+            );
+            let n = conn.prepare_cached(&sql)?.execute((before, now, &digest))?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn forget_blob(&self, digest: &Digest) -> Result<()> {
+        let digest = digest.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM repository_blobs WHERE digest = $1")?
+                .execute([&digest])?;
+            conn.prepare_cached("DELETE FROM blobs WHERE digest = $1 AND deleting = 1")?
+                .execute([&digest])?;
+            Ok(())
         })
         .await
     }

@@ -1,0 +1,93 @@
+"""Fixtures for fault tests: a small tmpfs per test, and the real `berth` binary serving a data
+directory on it with its log (stderr) kept in a file outside that tmpfs."""
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "interop"))
+from berthtest import berth_binary  # noqa: E402
+
+
+@pytest.fixture
+def tmpfs():
+    """A fresh 64 MiB tmpfs, unmounted after the test (after every berth on it was killed: the
+    `berth_on` fixture depends on this one, so its teardown runs first)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = pathlib.Path(tempfile.mkdtemp(prefix="berth-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                   check=True, capture_output=True)
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        os.rmdir(mount)
+
+
+class LoggedBerth:
+    """`berth serve` on an ephemeral 127.0.0.1 port whose stderr (the log) is appended to
+    `log_path`, one file per process start, so a test can read what each process logged."""
+
+    def __init__(self, data, log_dir, env=None):
+        self.data = data
+        self.log_dir = log_dir
+        self.env = {**os.environ, "BERTH_LOG_LEVEL": "info", "BERTH_LOG_FORMAT": "json",
+                    **(env or {})}
+        self.logs = []  # one path per start
+        self.proc = None
+        self.host = None
+        self.start()
+
+    def start(self):
+        log_path = self.log_dir / f"berth-{len(self.logs) + 1}.log"
+        self.logs.append(log_path)
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [berth_binary(), "serve", "--addr", "127.0.0.1:0", "--data", str(self.data)],
+                stdout=subprocess.PIPE, stderr=log, env=self.env, text=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith("berth listening on "):
+                self.host = line.strip().split("://", 1)[1]
+                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+                return
+            if self.proc.poll() is not None:
+                break
+        self.kill()
+        raise AssertionError(
+            f"berth did not start on {self.data} (exit status {self.proc.returncode}); "
+            f"its log:\n{log_path.read_text(errors='replace')}")
+
+    def kill(self):
+        """SIGKILL, as a crash or an OOM kill would: no shutdown code runs."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_lines(self):
+        """[(log file name, line)] over every process started, in order."""
+        return [(p.name, line) for p in self.logs
+                for line in p.read_text(errors="replace").splitlines()]
+
+
+@pytest.fixture
+def berth_on(tmp_path, tmpfs):
+    """berth_on(data) -> LoggedBerth; every server started is killed at teardown, before the
+    tmpfs is unmounted."""
+    servers = []
+
+    def start(data, env=None):
+        server = LoggedBerth(data, tmp_path, env)
+        servers.append(server)
+        return server
+    yield start
+    for server in servers:
+        server.kill()
