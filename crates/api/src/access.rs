@@ -32,7 +32,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::ApiError;
 use crate::route::Endpoint;
-use crate::Registry;
+use crate::Api;
 
 /// How callers prove who they are, and the model that decides what they may do.
 pub enum Authenticator {
@@ -254,6 +254,11 @@ impl Access {
         }
     }
 
+    /// The caller as the registry's events name them.
+    pub fn actor(&self) -> berth_registry::Actor {
+        berth_registry::Actor::new(self.principal.name().into_owned(), self.client.clone())
+    }
+
     pub fn claims(&self) -> Option<&Claims> {
         match &self.credential {
             Credential::Token(c) => Some(c),
@@ -323,7 +328,7 @@ pub fn failed_logins(limits: LoginLimits) -> FailedLogins {
     FailedLogins::new(limits)
 }
 
-impl Registry {
+impl Api {
     /// Checks a password login — the one login sequence of every interface. The attempt is
     /// reserved against the failed-login limits before the password is checked, so parallel
     /// guesses cannot all be checked before the first failure counts. Failures are audited
@@ -502,22 +507,18 @@ impl Registry {
     }
 }
 
-pub async fn authorize(
-    State(registry): State<Arc<Registry>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn authorize(State(api): State<Arc<Api>>, mut request: Request, next: Next) -> Response {
     let Some(endpoint) = request.extensions().get::<Endpoint>() else {
         return next.run(request).await;
     };
     let need = need(endpoint, request.method());
     let client = client_address(request.extensions());
-    let access = match registry.identify(request.headers(), &client).await {
+    let access = match api.identify(request.headers(), &client).await {
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    if !registry.may(&access, &need) {
-        return registry.refusal(request.headers(), &access, &need);
+    if !api.may(&access, &need) {
+        return api.refusal(request.headers(), &access, &need);
     }
     let user = access.principal.name().into_owned();
     request.extensions_mut().insert(access);

@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 
 use crate::access::{client_address, Access, Authenticator, Need, TokenAuth};
 use crate::error::ApiError;
-use crate::Registry;
+use crate::Api;
 
-pub fn router() -> Router<Arc<Registry>> {
+pub fn router() -> Router<Arc<Api>> {
     Router::new()
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/users/{name}", delete(remove_user))
@@ -45,30 +45,27 @@ pub fn router() -> Router<Arc<Registry>> {
 
 /// An authenticated caller of the admin API.
 struct Caller {
-    registry: Arc<Registry>,
+    api: Arc<Api>,
     access: Access,
 }
 
-impl FromRequestParts<Arc<Registry>> for Caller {
+impl FromRequestParts<Arc<Api>> for Caller {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        registry: &Arc<Registry>,
-    ) -> Result<Self, Response> {
-        if !matches!(registry.auth, Authenticator::Token(_)) {
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, Response> {
+        if !matches!(api.auth, Authenticator::Token(_)) {
             return Err(ApiError::NoRoute.into_response());
         }
         let client = client_address(&parts.extensions);
-        let access = registry
+        let access = api
             .identify(&parts.headers, &client)
             .await
             .map_err(IntoResponse::into_response)?;
-        if !registry.may(&access, &Need::Admin) {
-            return Err(registry.refusal(&parts.headers, &access, &Need::Admin));
+        if !api.may(&access, &Need::Admin) {
+            return Err(api.refusal(&parts.headers, &access, &Need::Admin));
         }
         Ok(Caller {
-            registry: registry.clone(),
+            api: api.clone(),
             access,
         })
     }
@@ -76,7 +73,7 @@ impl FromRequestParts<Arc<Registry>> for Caller {
 
 impl Caller {
     fn token_auth(&self) -> Result<&TokenAuth, ApiError> {
-        match &self.registry.auth {
+        match &self.api.auth {
             Authenticator::Token(t) => Ok(t),
             _ => Err(ApiError::NoRoute),
         }
@@ -106,7 +103,7 @@ impl Caller {
     /// Applies a change: audit it, then reload the model so it holds from the next request.
     async fn changed(&self, action: &str, resource: &str, detail: &str) -> Result<(), ApiError> {
         let a = &self.access;
-        self.registry.audit.record(
+        self.api.audit.record(
             &a.principal.name(),
             action,
             resource,

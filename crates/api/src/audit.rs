@@ -259,6 +259,47 @@ impl AuditLog {
     }
 }
 
+/// The audit log records the registry's changes and (when `pulls`) its pulls, with the actions
+/// and resources it always used: `push` of `repo:reference@digest`, `delete` of
+/// `repo:reference` or `repo@digest`, `pull` of `repo:reference`.
+impl berth_registry::Subscriber for AuditLog {
+    fn deliver(&self, event: &berth_registry::Event) {
+        use berth_registry::Change;
+        let (action, resource) = match &event.change {
+            Change::ManifestPushed {
+                repository,
+                reference,
+                digest,
+                ..
+            } => ("push", format!("{repository}:{reference}@{digest}")),
+            Change::ManifestDeleted { repository, digest } => {
+                ("delete", format!("{repository}:{digest}"))
+            }
+            Change::TagDeleted { repository, tag } => ("delete", format!("{repository}:{tag}")),
+            Change::BlobDeleted { repository, digest } => {
+                ("delete", format!("{repository}@{digest}"))
+            }
+            Change::Pulled {
+                repository,
+                reference,
+            } if self.pulls => ("pull", format!("{repository}:{reference}")),
+            // Blob commits and mounts are steps of a push; the manifest push is the record.
+            Change::Pulled { .. } | Change::BlobCommitted { .. } | Change::BlobMounted { .. } => {
+                return
+            }
+        };
+        self.send(AuditEvent {
+            at_ms: event.at_ms,
+            actor: event.actor.name.clone(),
+            action: action.to_owned(),
+            resource,
+            outcome: "ok".to_owned(),
+            client: event.actor.client.clone(),
+            detail: String::new(),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

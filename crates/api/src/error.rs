@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use berth_meta::MetaError;
 use berth_oci::{DigestError, ErrorCode, ManifestError, NameError};
+use berth_registry::RegistryError;
 use berth_storage::StorageError;
 use http::{header, HeaderValue, StatusCode};
 
@@ -34,6 +35,9 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// A refusal or failure of the registry's rules.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -58,6 +62,7 @@ impl ApiError {
         match self {
             ApiError::Storage(StorageError::Io(e)) => is_full(e),
             ApiError::Meta(e) => e.is_storage_full(),
+            ApiError::Registry(e) => e.is_storage_full(),
             _ => false,
         }
     }
@@ -107,39 +112,88 @@ impl ApiError {
                 detail.clone(),
             ),
             ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, None, detail.clone()),
-            ApiError::Storage(e) => match e {
-                StorageError::BlobNotFound => oci(ErrorCode::BlobUnknown, e.to_string()),
-                StorageError::UploadNotFound => oci(ErrorCode::BlobUploadUnknown, e.to_string()),
-                StorageError::OffsetMismatch { .. } => oci(ErrorCode::RangeInvalid, e.to_string()),
-                StorageError::Client(_) => oci(ErrorCode::BlobUploadInvalid, e.to_string()),
-                StorageError::Io(_) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    None,
-                    "storage error".into(),
-                ),
-            },
-            ApiError::Meta(e) => match e {
-                MetaError::MissingReferences(missing) => oci(
-                    ErrorCode::ManifestBlobUnknown,
-                    format!("not in this repository: {}", missing.join(", ")),
-                ),
-                MetaError::WrongSizes(wrong) => oci(
-                    ErrorCode::ManifestInvalid,
-                    format!("descriptor sizes do not match: {}", wrong.join("; ")),
-                ),
-                // Transient: another change holds what this one needs; retrying succeeds.
-                MetaError::Conflict(detail) => oci(ErrorCode::TooManyRequests, detail.clone()),
-                MetaError::TooManyUploads { .. } => oci(
-                    ErrorCode::TooManyRequests,
-                    format!("{e}; finish or cancel some before starting more"),
-                ),
-                _ => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    None,
-                    "metadata error".into(),
-                ),
-            },
+            ApiError::Registry(e) => registry_wire(e),
+            ApiError::Storage(e) => storage_wire(e),
+            ApiError::Meta(e) => meta_wire(e),
         }
+    }
+}
+
+/// Storage failures: what the client did wrong, or an internal error without details.
+fn storage_wire(e: &StorageError) -> (StatusCode, Option<ErrorCode>, String) {
+    let oci = |code: ErrorCode, detail: String| {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Some(code), detail)
+    };
+    match e {
+        StorageError::BlobNotFound => oci(ErrorCode::BlobUnknown, e.to_string()),
+        StorageError::UploadNotFound => oci(ErrorCode::BlobUploadUnknown, e.to_string()),
+        StorageError::OffsetMismatch { .. } => oci(ErrorCode::RangeInvalid, e.to_string()),
+        StorageError::Client(_) => oci(ErrorCode::BlobUploadInvalid, e.to_string()),
+        StorageError::Io(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            "storage error".into(),
+        ),
+    }
+}
+
+/// Metadata failures: refusals the client can act on, or an internal error without details.
+fn meta_wire(e: &MetaError) -> (StatusCode, Option<ErrorCode>, String) {
+    let oci = |code: ErrorCode, detail: String| {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Some(code), detail)
+    };
+    match e {
+        MetaError::MissingReferences(missing) => oci(
+            ErrorCode::ManifestBlobUnknown,
+            format!("not in this repository: {}", missing.join(", ")),
+        ),
+        MetaError::WrongSizes(wrong) => oci(
+            ErrorCode::ManifestInvalid,
+            format!("descriptor sizes do not match: {}", wrong.join("; ")),
+        ),
+        // Transient: another change holds what this one needs; retrying succeeds.
+        MetaError::Conflict(detail) => oci(ErrorCode::TooManyRequests, detail.clone()),
+        MetaError::TooManyUploads { .. } => oci(
+            ErrorCode::TooManyRequests,
+            format!("{e}; finish or cancel some before starting more"),
+        ),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            "metadata error".into(),
+        ),
+    }
+}
+
+/// The registry's refusals in the spec's terms.
+fn registry_wire(e: &RegistryError) -> (StatusCode, Option<ErrorCode>, String) {
+    let oci = |code: ErrorCode| {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Some(code), e.to_string())
+    };
+    match e {
+        RegistryError::NameUnknown(_) => oci(ErrorCode::NameUnknown),
+        RegistryError::ManifestUnknown(_) => oci(ErrorCode::ManifestUnknown),
+        RegistryError::BlobUnknown(_) => oci(ErrorCode::BlobUnknown),
+        RegistryError::UploadUnknown { .. } => oci(ErrorCode::BlobUploadUnknown),
+        RegistryError::DigestInvalid(_) => oci(ErrorCode::DigestInvalid),
+        RegistryError::TagInvalid(_) => oci(ErrorCode::TagInvalid),
+        RegistryError::ManifestInvalid(_) | RegistryError::WrongSizes(_) => {
+            oci(ErrorCode::ManifestInvalid)
+        }
+        RegistryError::MissingReferences(_) => oci(ErrorCode::ManifestBlobUnknown),
+        RegistryError::RangeInvalid(_) => oci(ErrorCode::RangeInvalid),
+        // Handlers turn this into a 405 with the endpoint's `Allow`.
+        RegistryError::DeletesDisabled => oci(ErrorCode::Unsupported),
+        // Transient: limits and collisions clear up; retrying later succeeds.
+        RegistryError::TooManyUploads(_) | RegistryError::Conflict(_) => {
+            oci(ErrorCode::TooManyRequests)
+        }
+        RegistryError::BodyFailed(_) => oci(ErrorCode::BlobUploadInvalid),
+        RegistryError::Storage(inner) => storage_wire(inner),
+        RegistryError::Meta(inner) => meta_wire(inner),
     }
 }
 

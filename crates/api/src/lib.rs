@@ -1,23 +1,22 @@
-//! The registry's HTTP API: the OCI Distribution Spec (v1.1 and what spec main adds) and the
-//! Docker v2 API, over a [`BlobStore`] and a [`MetadataStore`].
+//! The registry's HTTP API: the OCI Distribution Spec (v1.1 and what spec main adds), the
+//! Docker v2 API, the token service and the admin API — thin adapters over the registry's
+//! rules in [`berth_registry::Registry`].
 //!
 //! Flow of a request, as tower layers: `resolve` turns the path into a [`route::Endpoint`] →
 //! [`access::authorize`] identifies the caller and decides whether the endpoint is allowed →
-//! `handlers` run the registry rules → a response or an [`error::ApiError`], mapped to the wire
-//! in one place. Handlers never touch SQL or files directly.
+//! `handlers` parse the HTTP request, call the registry and build the response → errors become
+//! an [`error::ApiError`], mapped to the wire in one place. Nothing here touches SQL or files.
 
 pub mod access;
 mod admin;
 pub mod audit;
 pub mod error;
-pub mod gc;
 mod handlers;
 mod metered;
 pub mod observe;
 pub mod otlp;
 pub mod route;
 mod token_service;
-mod uploads;
 
 use std::sync::Arc;
 
@@ -26,6 +25,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use berth_meta::MetadataStore;
+use berth_registry::{Events, Registry, RegistryConfig};
 use berth_storage::BlobStore;
 use http::HeaderValue;
 
@@ -33,21 +33,13 @@ pub use access::{Authenticator, TokenAuth};
 pub use audit::AuditLog;
 pub use error::ApiError;
 
-/// Behaviour switches of the API.
+/// Behaviour switches of the HTTP layer (the registry's own are [`RegistryConfig`]).
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
-    /// Allow DELETE of manifests, tags and blobs (`REGISTRY_STORAGE_DELETE_ENABLED`).
-    pub delete_enabled: bool,
-    /// Largest manifest accepted; bigger pushes get 413.
-    pub max_manifest_bytes: usize,
     /// Served over TLS (for absolute URLs such as the token realm).
     pub tls: bool,
     /// Failed password logins allowed before further attempts are refused for a while.
     pub login_limits: berth_auth::LoginLimits,
-    /// Upload sessions in progress allowed per user and per repository.
-    pub upload_limits: berth_meta::UploadLimits,
-    /// Accept manifests whose blobs or child manifests are absent (sparse mirrors).
-    pub allow_sparse_manifests: bool,
     /// A request body that delivers nothing for this long is abandoned.
     pub body_read_timeout: std::time::Duration,
 }
@@ -55,24 +47,16 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
-            delete_enabled: true,
-            max_manifest_bytes: 4 * 1024 * 1024,
             tls: false,
             login_limits: berth_auth::LoginLimits::default(),
-            upload_limits: berth_meta::UploadLimits {
-                per_owner: Some(1024),
-                per_repository: Some(256),
-            },
-            allow_sparse_manifests: false,
             body_read_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
 
-/// Everything a request handler may use.
-pub struct Registry {
-    pub blobs: Arc<dyn BlobStore>,
-    pub meta: Arc<dyn MetadataStore>,
+/// Everything a request handler may use: the registry, and who may call it.
+pub struct Api {
+    pub registry: Arc<Registry>,
     pub config: ApiConfig,
     pub auth: Authenticator,
     pub audit: AuditLog,
@@ -80,20 +64,19 @@ pub struct Registry {
     /// Where request spans go, when OpenTelemetry export is configured.
     pub traces: Option<otlp::TraceExporter>,
     failed_logins: berth_auth::FailedLogins,
-    /// Set while writes fail because the storage is full: the episode is logged once.
-    storage_full: std::sync::atomic::AtomicBool,
-    uploads: uploads::Uploads,
 }
 
-impl Registry {
+impl Api {
+    /// Builds the registry on `blobs` and `meta` (each store call timed for `/metrics`), with
+    /// the audit log subscribed to its events.
     pub fn new(
         blobs: Arc<dyn BlobStore>,
         meta: Arc<dyn MetadataStore>,
+        registry_config: RegistryConfig,
         config: ApiConfig,
         auth: Authenticator,
         audit: AuditLog,
     ) -> Self {
-        // Every store call is timed for /metrics.
         let metrics = Arc::new(observe::Metrics::default());
         let blobs = Arc::new(metered::MeteredBlobStore {
             inner: blobs,
@@ -103,72 +86,24 @@ impl Registry {
             inner: meta,
             metrics: metrics.clone(),
         });
+        let mut events = Events::default();
+        events.subscribe(Arc::new(audit.clone()));
+        let registry = Arc::new(Registry::new(blobs, meta, registry_config, events));
         let failed_logins = access::failed_logins(config.login_limits);
-        Registry {
-            blobs,
-            meta,
+        Api {
+            registry,
             config,
             auth,
             audit,
             metrics,
             traces: None,
             failed_logins,
-            storage_full: Default::default(),
-            uploads: uploads::Uploads::default(),
-        }
-    }
-}
-
-impl Registry {
-    /// Notes how a write went: the first refusal for a full disk starts an episode (logged
-    /// once, shown in `/metrics`), the next successful write ends it.
-    pub(crate) fn note_write<T>(&self, outcome: &Result<T, ApiError>) {
-        use std::sync::atomic::Ordering;
-        match outcome {
-            Err(e) if e.is_storage_full() => {
-                if !self.storage_full.swap(true, Ordering::Relaxed) {
-                    tracing::error!(
-                        "the registry's storage is full: writes are refused with 507 until space is freed ({e})"
-                    );
-                }
-            }
-            Ok(_) => {
-                if self.storage_full.swap(false, Ordering::Relaxed) {
-                    tracing::warn!("the registry's storage has room again: writes succeed");
-                }
-            }
-            Err(_) => {}
-        }
-    }
-
-    pub fn storage_is_full(&self) -> bool {
-        self.storage_full.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-impl Registry {
-    /// Discards upload sessions (and their bytes) started more than `max_age` ago: abandoned
-    /// uploads must not fill the disk. Returns how many were removed.
-    pub async fn purge_uploads(&self, max_age: std::time::Duration) -> Result<usize, ApiError> {
-        let before = berth_meta::now() - max_age.as_secs() as i64;
-        let mut purged = 0;
-        loop {
-            let ids = self.meta.expired_uploads(before, 500).await?;
-            if ids.is_empty() {
-                return Ok(purged);
-            }
-            for id in ids {
-                self.blobs.delete_upload(&id).await?;
-                self.meta.delete_upload(&id).await?;
-                self.uploads.forget(&id);
-                purged += 1;
-            }
         }
     }
 }
 
 /// The complete API as an axum router: resolve the endpoint, authorize, dispatch.
-pub fn router(registry: Arc<Registry>) -> Router {
+pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route(
             "/auth/token",
@@ -180,17 +115,17 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .merge(admin::router())
         .fallback(dispatch)
         .layer(axum::middleware::from_fn_with_state(
-            registry.clone(),
+            api.clone(),
             access::authorize,
         ))
         .layer(axum::middleware::from_fn(resolve))
         .layer(axum::middleware::from_fn(require_one_host))
         .layer(axum::middleware::map_response(api_version_header))
         .layer(axum::middleware::from_fn_with_state(
-            registry.clone(),
+            api.clone(),
             observe::observe,
         ))
-        .with_state(registry)
+        .with_state(api)
 }
 
 /// Parses the path into an [`route::Endpoint`] stored in the request's extensions.
@@ -216,11 +151,11 @@ async fn resolve(mut request: Request, next: Next) -> Response {
     }
 }
 
-async fn dispatch(State(registry): State<Arc<Registry>>, mut request: Request) -> Response {
+async fn dispatch(State(api): State<Arc<Api>>, mut request: Request) -> Response {
     let Some(endpoint) = request.extensions_mut().remove::<route::Endpoint>() else {
         return ApiError::NoRoute.into_response();
     };
-    match handlers::handle(&registry, endpoint, request).await {
+    match handlers::handle(&api, endpoint, request).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }

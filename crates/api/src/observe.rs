@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
-use crate::Registry;
+use crate::Api;
 
 /// Latency histogram bounds, in seconds.
 const BUCKETS: [f64; 16] = [
@@ -61,10 +61,6 @@ pub struct Metrics {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     uploads_in_flight: AtomicI64,
-    pub(crate) gc_runs: AtomicU64,
-    pub(crate) gc_blobs_deleted: AtomicU64,
-    pub(crate) gc_bytes_freed: AtomicU64,
-    pub(crate) gc_last_duration_ms: AtomicU64,
 }
 
 impl Metrics {
@@ -84,7 +80,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything.
-    pub fn render(&self) -> String {
+    pub fn render(&self, gc: &berth_registry::GcStats) -> String {
         let mut out = String::with_capacity(16 * 1024);
         out.push_str("# HELP berth_http_request_duration_seconds HTTP requests by route, method and status.\n");
         out.push_str("# TYPE berth_http_request_duration_seconds histogram\n");
@@ -148,25 +144,25 @@ impl Metrics {
                 "berth_gc_runs_total",
                 "counter",
                 "Garbage collections run.",
-                self.gc_runs.load(Ordering::Relaxed),
+                gc.runs.load(Ordering::Relaxed),
             ),
             (
                 "berth_gc_blobs_deleted_total",
                 "counter",
                 "Unreferenced blobs deleted.",
-                self.gc_blobs_deleted.load(Ordering::Relaxed),
+                gc.blobs_deleted.load(Ordering::Relaxed),
             ),
             (
                 "berth_gc_bytes_freed_total",
                 "counter",
                 "Bytes freed by garbage collection.",
-                self.gc_bytes_freed.load(Ordering::Relaxed),
+                gc.bytes_freed.load(Ordering::Relaxed),
             ),
             (
                 "berth_gc_last_duration_milliseconds",
                 "gauge",
                 "Duration of the last collection.",
-                self.gc_last_duration_ms.load(Ordering::Relaxed),
+                gc.last_duration_ms.load(Ordering::Relaxed),
             ),
         ];
         for (name, kind, help, v) in gc {
@@ -338,15 +334,11 @@ fn response_length(method: &http::Method, response: &Response) -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn observe(
-    State(registry): State<Arc<Registry>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn observe(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let wall_start = std::time::SystemTime::now();
     let id = request_id(&request);
-    let trace_ids = registry.traces.as_ref().map(|_| {
+    let trace_ids = api.traces.as_ref().map(|_| {
         let parent = request
             .headers()
             .get("traceparent")
@@ -357,7 +349,7 @@ pub async fn observe(
     let path = request.uri().path().to_owned();
     let route = route_of(&path);
     let (request, bytes_read) = counting_body(request);
-    let metrics = &registry.metrics;
+    let metrics = &api.metrics;
     let upload = route == "upload";
     if upload {
         metrics.uploads_in_flight.fetch_add(1, Ordering::Relaxed);
@@ -391,8 +383,7 @@ pub async fn observe(
         bytes_out,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
     );
-    if let (Some(traces), Some((trace_id, span_id, parent_span_id))) = (&registry.traces, trace_ids)
-    {
+    if let (Some(traces), Some((trace_id, span_id, parent_span_id))) = (&api.traces, trace_ids) {
         use serde_json::json;
         traces.record(crate::otlp::SpanRecord {
             trace_id,
@@ -419,9 +410,9 @@ pub async fn observe(
     response
 }
 
-pub async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
-    let mut text = registry.metrics.render();
-    text.push_str(&storage_gauges(&registry).await);
+pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    let mut text = api.metrics.render(&api.registry.gc_stats);
+    text.push_str(&storage_gauges(&api).await);
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -431,9 +422,9 @@ pub async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
 }
 
 /// Room in the blob store, read at scrape time, and whether writes are failing for lack of it.
-async fn storage_gauges(registry: &Registry) -> String {
+async fn storage_gauges(api: &Api) -> String {
     let mut out = String::new();
-    if let Ok(Some(c)) = registry.blobs.capacity().await {
+    if let Ok(Some(c)) = api.registry.blobs.capacity().await {
         out.push_str(&format!(
             "# HELP berth_storage_free_bytes Bytes available where blobs are stored.\n\
              # TYPE berth_storage_free_bytes gauge\nberth_storage_free_bytes {}\n\
@@ -445,7 +436,7 @@ async fn storage_gauges(registry: &Registry) -> String {
     out.push_str(&format!(
         "# HELP berth_storage_full 1 while writes are refused because the storage is full.\n\
          # TYPE berth_storage_full gauge\nberth_storage_full {}\n",
-        u8::from(registry.storage_is_full())
+        u8::from(api.registry.storage_is_full())
     ));
     out
 }
@@ -456,9 +447,9 @@ pub async fn healthz() -> &'static str {
 }
 
 /// Ready: both stores answer.
-pub async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
-    let meta = registry.meta.check().await;
-    let blobs = registry.blobs.check().await;
+pub async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let meta = api.registry.meta.check().await;
+    let blobs = api.registry.blobs.check().await;
     match (meta, blobs) {
         (Ok(()), Ok(())) => "ready\n".into_response(),
         (m, b) => {
@@ -498,7 +489,7 @@ mod tests {
         let m = Metrics::default();
         m.request("blob", "GET", 200, Duration::from_millis(3));
         m.request("blob", "GET", 200, Duration::from_secs(2));
-        let text = m.render();
+        let text = m.render(&berth_registry::GcStats::default());
         assert!(text.contains("berth_http_request_duration_seconds_bucket{route=\"blob\",method=\"GET\",status=\"200\",le=\"0.005\"} 1"), "{text}");
         assert!(text.contains("berth_http_request_duration_seconds_count{route=\"blob\",method=\"GET\",status=\"200\"} 2"));
         assert!(text.contains("process_resident_memory_bytes"));

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 
 use crate::access::{basic_credentials, client_address, Authenticator, LoginRefused};
 use crate::error::ApiError;
-use crate::Registry;
+use crate::Api;
 
 const MAX_FORM: usize = 64 * 1024;
 
@@ -37,15 +37,15 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     r
 }
 
-pub async fn token(State(registry): State<Arc<Registry>>, request: Request) -> Response {
-    match issue(&registry, request).await {
+pub async fn token(State(api): State<Arc<Api>>, request: Request) -> Response {
+    match issue(&api, request).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiError> {
-    let Authenticator::Token(t) = &registry.auth else {
+async fn issue(api: &Api, request: Request) -> Result<Response, ApiError> {
+    let Authenticator::Token(t) = &api.auth else {
         return Err(ApiError::NoRoute);
     };
     let client = client_address(request.extensions());
@@ -92,29 +92,26 @@ async fn issue(registry: &Registry, request: Request) -> Result<Response, ApiErr
 
     let principal = match &credentials {
         None => Principal::Anonymous,
-        Some((user, password)) => match registry
-            .check_password(user, password, &client, "token")
-            .await
-        {
-            Ok(p) => {
-                registry
-                    .audit
-                    .record(user, "login", "token", "ok", &client, "");
-                p
+        Some((user, password)) => {
+            match api.check_password(user, password, &client, "token").await {
+                Ok(p) => {
+                    api.audit.record(user, "login", "token", "ok", &client, "");
+                    p
+                }
+                Err(LoginRefused::RateLimited) => {
+                    return Err(ApiError::new(
+                        ErrorCode::TooManyRequests,
+                        "too many failed logins from this address; try again later",
+                    ))
+                }
+                Err(LoginRefused::Invalid) => {
+                    return Err(ApiError::Unauthorized {
+                        challenge: String::new(),
+                        detail: "invalid username or password".into(),
+                    })
+                }
             }
-            Err(LoginRefused::RateLimited) => {
-                return Err(ApiError::new(
-                    ErrorCode::TooManyRequests,
-                    "too many failed logins from this address; try again later",
-                ))
-            }
-            Err(LoginRefused::Invalid) => {
-                return Err(ApiError::Unauthorized {
-                    challenge: String::new(),
-                    detail: "invalid username or password".into(),
-                })
-            }
-        },
+        }
     };
 
     let model = t.model();

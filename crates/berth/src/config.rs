@@ -374,6 +374,21 @@ impl Config {
         }
     }
 
+    /// The registry's rules as configured.
+    pub fn registry_config(&self) -> berth_registry::RegistryConfig {
+        let limit = |n: u64| (n > 0).then_some(n);
+        berth_registry::RegistryConfig {
+            delete_enabled: self.storage.delete_enabled,
+            max_manifest_bytes: usize::try_from(self.limits.max_manifest_bytes)
+                .unwrap_or(usize::MAX),
+            upload_limits: berth_meta::UploadLimits {
+                per_owner: limit(self.limits.max_uploads_per_user),
+                per_repository: limit(self.limits.max_uploads_per_repository),
+            },
+            allow_sparse_manifests: self.manifests.allow_sparse,
+        }
+    }
+
     pub fn token_key_path(&self) -> PathBuf {
         if self.auth.token_key_path.is_empty() {
             self.storage.root.join("berth/token.key")

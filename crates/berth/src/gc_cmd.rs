@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_api::{ApiConfig, AuditLog, Authenticator, Registry};
 use berth_meta::SqliteStore;
+use berth_registry::{Events, Registry};
 use berth_storage::FsBlobStore;
 
 use crate::config::Config;
@@ -30,9 +30,8 @@ pub fn run(config: Config, dry_run: bool, grace: Option<u64>) -> anyhow::Result<
         let registry = Registry::new(
             Arc::new(blobs),
             Arc::new(meta),
-            ApiConfig::default(),
-            Authenticator::Open,
-            AuditLog::disabled(),
+            config.registry_config(),
+            Events::default(),
         );
         let grace = Duration::from_secs(grace.unwrap_or(config.gc.grace_seconds));
         let report = if dry_run {

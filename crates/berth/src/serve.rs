@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_api::{ApiConfig, AuditLog, Authenticator, Registry, TokenAuth};
+use berth_api::{Api, ApiConfig, AuditLog, Authenticator, TokenAuth};
 use berth_auth::{Htpasswd, TokenIssuer, TokenVerifier};
 use berth_meta::{CachedStore, SqliteStore};
 use berth_storage::FsBlobStore;
@@ -74,26 +74,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     });
-    let registry = Registry::new(
+    let mut api = Api::new(
         Arc::new(blobs),
         Arc::new(CachedStore::new(meta.clone())),
+        config.registry_config(),
         ApiConfig {
-            delete_enabled: config.storage.delete_enabled,
-            max_manifest_bytes: usize::try_from(config.limits.max_manifest_bytes)
-                .unwrap_or(usize::MAX),
             tls: !config.tls.certificate.is_empty(),
             login_limits: berth_auth::LoginLimits {
                 per_user_and_address: config.auth.failed_login_limit.max(1),
                 per_address: config.auth.failed_login_address_limit.max(1),
                 window: std::time::Duration::from_secs(config.auth.failed_login_window_seconds),
             },
-            upload_limits: berth_meta::UploadLimits {
-                per_owner: (config.limits.max_uploads_per_user > 0)
-                    .then_some(config.limits.max_uploads_per_user),
-                per_repository: (config.limits.max_uploads_per_repository > 0)
-                    .then_some(config.limits.max_uploads_per_repository),
-            },
-            allow_sparse_manifests: config.manifests.allow_sparse,
             body_read_timeout: std::time::Duration::from_secs(
                 config.server.body_read_timeout_seconds.max(1),
             ),
@@ -101,7 +92,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         auth,
         audit,
     );
-    let mut registry = registry;
     if !config.tracing.otlp_endpoint.is_empty() {
         let exporter = berth_api::otlp::TraceExporter::spawn(
             &config.tracing.otlp_endpoint,
@@ -109,11 +99,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
         tracing::info!(endpoint = %config.tracing.otlp_endpoint, "exporting request spans over OTLP");
-        registry.traces = Some(exporter);
+        api.traces = Some(exporter);
     }
-    let registry = Arc::new(registry);
+    let api = Arc::new(api);
     if config.gc.interval_seconds > 0 {
-        let collector = registry.clone();
+        let collector = api.registry.clone();
         let every = std::time::Duration::from_secs(config.gc.interval_seconds);
         let grace = std::time::Duration::from_secs(config.gc.grace_seconds);
         tokio::spawn(async move {
@@ -133,7 +123,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let purger = registry.clone();
+    let purger = api.registry.clone();
     let max_age = std::time::Duration::from_secs(config.storage.upload_purge_hours * 3600);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
@@ -146,11 +136,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     });
-    let app = berth_api::router(registry.clone());
+    let app = berth_api::router(api.clone());
     if !config.server.metrics_addr.is_empty() {
         let metrics = axum::Router::new()
             .route("/metrics", axum::routing::get(berth_api::observe::metrics))
-            .with_state(registry.clone());
+            .with_state(api.clone());
         let listener = tokio::net::TcpListener::bind(&config.server.metrics_addr)
             .await
             .with_context(|| format!("listening on {} for metrics", config.server.metrics_addr))?;

@@ -1,27 +1,27 @@
-//! `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>`, with single byte ranges (RFC 9110).
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>`, with single byte ranges (RFC 9110).
 
 use std::ops::Range;
 
 use axum::body::Body;
 use axum::response::Response;
-use berth_oci::{Digest, ErrorCode, Reference, RepositoryName};
-use http::{header, HeaderMap, Method, StatusCode};
+use berth_oci::{Digest, RepositoryName};
+use berth_registry::BlobLookup;
+use http::{header, HeaderMap, StatusCode};
 
 use super::{empty, etag, etag_matches, header_str, no_content, ResponseExt};
 use crate::error::ApiError;
-use crate::Registry;
+use crate::Api;
 
 pub async fn get(
-    registry: &Registry,
+    api: &Api,
     name: &RepositoryName,
     digest: &Digest,
     head: bool,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(size) = registry.meta.repository_blob(name, digest).await? else {
-        // Clients may fetch a manifest through the blob endpoint by its digest.
-        let reference = Reference::Digest(digest.clone());
-        if let Some(m) = registry.meta.get_manifest(name, &reference).await? {
+    let size = match api.registry.blob(name, digest).await? {
+        BlobLookup::Blob { size } => size,
+        BlobLookup::Manifest(m) => {
             let len = m.content.len();
             let body = if head {
                 Body::empty()
@@ -34,10 +34,6 @@ pub async fn get(
                 .with_header("docker-content-digest", digest.as_str())
                 .with_header(header::ETAG, etag(digest)));
         }
-        return Err(ApiError::new(
-            ErrorCode::BlobUnknown,
-            format!("{digest} is not in {name}"),
-        ));
     };
     if etag_matches(headers, digest) {
         return Ok(no_content(StatusCode::NOT_MODIFIED)
@@ -56,7 +52,7 @@ pub async fn get(
     let body = if head || span.is_empty() {
         Body::empty()
     } else {
-        Body::from_stream(registry.blobs.read_blob(digest, span.clone()).await?)
+        Body::from_stream(api.registry.read_blob(digest, span.clone()).await?)
     };
     let mut response = empty(status, body)
         .with_header(header::CONTENT_LENGTH, (span.end - span.start).to_string())
@@ -71,30 +67,6 @@ pub async fn get(
         );
     }
     Ok(response)
-}
-
-pub async fn delete(
-    registry: &Registry,
-    name: &RepositoryName,
-    digest: &Digest,
-) -> Result<Response, ApiError> {
-    if !registry.config.delete_enabled {
-        return Err(super::method_not_allowed(
-            &[Method::GET, Method::HEAD, Method::DELETE],
-            &Method::DELETE,
-            "deletes are disabled on this registry",
-        ));
-    }
-    // Unlinking is the delete: the bytes stay until garbage collection finds no repository and
-    // no manifest still using them.
-    if registry.meta.unlink_blob(name, digest).await? {
-        Ok(no_content(StatusCode::ACCEPTED).with_header("docker-content-digest", digest.as_str()))
-    } else {
-        Err(ApiError::new(
-            ErrorCode::BlobUnknown,
-            format!("{digest} is not in {name}"),
-        ))
-    }
 }
 
 /// What a `Range` header asks of a blob.

@@ -3,7 +3,6 @@
 
 use axum::body::Body;
 use axum::response::Response;
-use berth_meta::Page;
 use berth_oci::manifest::OCI_INDEX;
 use berth_oci::{Digest, ErrorCode, RepositoryName};
 use http::{header, StatusCode};
@@ -12,12 +11,10 @@ use serde_json::{json, Map, Value};
 use super::{empty, Query, ResponseExt};
 use crate::access::Access;
 use crate::error::ApiError;
-use crate::Registry;
+use crate::Api;
 
 /// Largest page served; larger `n` values are clamped, and `Link` points to the rest.
 const MAX_PAGE: u32 = 10_000;
-/// Repositories read from the store at a time while a catalog page is filled.
-const CATALOG_BATCH: u32 = 500;
 
 fn page_size(query: &Query) -> Result<Option<u32>, ApiError> {
     query
@@ -38,18 +35,6 @@ fn json_response(value: Value) -> Response {
         .with_header(header::CONTENT_TYPE, "application/json")
 }
 
-/// Fetches one extra entry to learn whether a next page exists.
-fn paginate(mut items: Vec<String>, n: Option<u32>) -> (Vec<String>, Option<String>) {
-    match n {
-        Some(n) if items.len() > n as usize => {
-            items.truncate(n as usize);
-            let last = items.last().cloned();
-            (items, last)
-        }
-        _ => (items, None),
-    }
-}
-
 fn link(path: &str, n: Option<u32>, last: &str) -> String {
     let q: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("n", &n.unwrap_or(MAX_PAGE).to_string())
@@ -58,67 +43,26 @@ fn link(path: &str, n: Option<u32>, last: &str) -> String {
     format!("<{path}?{q}>; rel=\"next\"")
 }
 
-/// Repositories the caller may pull, in pages. Pagination runs over what the caller may
-/// see: hidden repositories are skipped while the page is filled, so neither the page nor its
-/// `Link` (which names the page's last entry) reveals a name the caller may not pull.
-pub async fn catalog(
-    registry: &Registry,
-    access: &Access,
-    query: &Query,
-) -> Result<Response, ApiError> {
+/// Repositories the caller may pull, in pages over what the caller may see (so neither a
+/// page nor its `Link` names a hidden repository).
+pub async fn catalog(api: &Api, access: &Access, query: &Query) -> Result<Response, ApiError> {
     let n = page_size(query)?.unwrap_or(MAX_PAGE);
-    if n == 0 {
-        return Ok(json_response(json!({ "repositories": [] })));
-    }
-    // One entry past the page tells whether a next page exists.
-    let wanted = n as usize + 1;
-    let batch = (n + 1).max(CATALOG_BATCH);
-    let mut visible: Vec<String> = Vec::with_capacity(wanted.min(1024));
-    let mut cursor = query.get("last").map(str::to_owned);
-    loop {
-        let page = Page {
-            last: cursor.as_deref(),
-            limit: Some(batch),
-        };
-        let repos = registry.meta.list_repositories(page).await?;
-        let exhausted = repos.len() < batch as usize;
-        cursor = repos.last().cloned();
-        visible.extend(repos.into_iter().filter(|r| {
-            r.parse::<RepositoryName>()
-                .is_ok_and(|name| registry.may_list(access, &name))
-        }));
-        if visible.len() >= wanted || exhausted {
-            break;
-        }
-    }
-    let (visible, next) = paginate(visible, Some(n));
-    let mut response = json_response(json!({ "repositories": visible }));
-    if let Some(last) = next {
+    let listed = api
+        .registry
+        .catalog(query.get("last"), n, |name| api.may_list(access, name))
+        .await?;
+    let mut response = json_response(json!({ "repositories": listed.entries }));
+    if let Some(last) = listed.next {
         response = response.with_header(header::LINK, link("/v2/_catalog", Some(n), &last));
     }
     Ok(response)
 }
 
-pub async fn tags(
-    registry: &Registry,
-    name: &RepositoryName,
-    query: &Query,
-) -> Result<Response, ApiError> {
+pub async fn tags(api: &Api, name: &RepositoryName, query: &Query) -> Result<Response, ApiError> {
     let n = page_size(query)?;
-    let limit = n.map(|n| n.saturating_add(1));
-    let page = Page {
-        last: query.get("last"),
-        limit: if n == Some(0) { Some(0) } else { limit },
-    };
-    let Some(tags) = registry.meta.list_tags(name, page).await? else {
-        return Err(ApiError::new(
-            ErrorCode::NameUnknown,
-            format!("repository {name} is not known"),
-        ));
-    };
-    let (tags, next) = paginate(tags, n);
-    let mut response = json_response(json!({ "name": name.as_str(), "tags": tags }));
-    if let Some(last) = next {
+    let listed = api.registry.tags(name, query.get("last"), n).await?;
+    let mut response = json_response(json!({ "name": name.as_str(), "tags": listed.entries }));
+    if let Some(last) = listed.next {
         response = response.with_header(
             header::LINK,
             link(&format!("/v2/{name}/tags/list"), n, &last),
@@ -128,16 +72,13 @@ pub async fn tags(
 }
 
 pub async fn referrers(
-    registry: &Registry,
+    api: &Api,
     name: &RepositoryName,
     subject: &Digest,
     query: &Query,
 ) -> Result<Response, ApiError> {
     let artifact_type = query.get("artifactType").filter(|t| !t.is_empty());
-    let referrers = registry
-        .meta
-        .referrers(name, subject, artifact_type)
-        .await?;
+    let referrers = api.registry.referrers(name, subject, artifact_type).await?;
     let manifests: Vec<Value> = referrers
         .into_iter()
         .map(|r| {

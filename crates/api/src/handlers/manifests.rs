@@ -1,34 +1,26 @@
-//! `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
-//!
-//! Manifests are stored and served byte for byte with the media type they were pushed with.
-//! A push is validated (JSON, media type, references present in the repository) and then
-//! recorded with all its tags in one metadata transaction.
+//! `GET`/`HEAD`/`PUT /v2/<name>/manifests/<reference>`: the HTTP side of manifests. The body is
+//! read within the size limit here; validation and storage are the registry's.
 
 use axum::body::Body;
 use axum::response::Response;
-use berth_meta::NewManifest;
-use berth_oci::manifest::MANIFEST_MEDIA_TYPES;
-use berth_oci::{Digest, ErrorCode, Manifest, Reference, RepositoryName, Tag};
-use http::{header, HeaderMap, Method, StatusCode};
+use berth_oci::{ErrorCode, Reference, RepositoryName};
+use berth_registry::Actor;
+use http::{header, HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 
 use super::{empty, etag, etag_matches, header_str, no_content, Query, ResponseExt, UnreadBody};
 use crate::error::ApiError;
-use crate::Registry;
+use crate::Api;
 
 pub async fn get(
-    registry: &Registry,
+    api: &Api,
+    actor: &Actor,
     name: &RepositoryName,
     reference: &Reference,
     head: bool,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(m) = registry.meta.get_manifest(name, reference).await? else {
-        return Err(ApiError::new(
-            ErrorCode::ManifestUnknown,
-            format!("{name}:{reference} does not exist"),
-        ));
-    };
+    let m = api.registry.manifest(actor, name, reference, !head).await?;
     if etag_matches(headers, &m.digest) {
         return Ok(no_content(StatusCode::NOT_MODIFIED)
             .with_header("docker-content-digest", m.digest.as_str())
@@ -86,97 +78,32 @@ async fn read_limited(
 }
 
 pub async fn put(
-    registry: &Registry,
+    api: &Api,
+    actor: &Actor,
     name: &RepositoryName,
     reference: &Reference,
     query: &Query,
     headers: &HeaderMap,
     body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
-    let content_type = header_str(headers, header::CONTENT_TYPE).map(str::to_owned);
+    let content_type = header_str(headers, header::CONTENT_TYPE);
     let bytes = read_limited(
         body,
-        registry.config.max_manifest_bytes,
-        registry.config.body_read_timeout,
+        api.registry.config.max_manifest_bytes,
+        api.config.body_read_timeout,
     )
     .await?;
-    let manifest = Manifest::parse(&bytes, content_type.as_deref())?;
-
-    let (digest, mut tags) = match reference {
-        Reference::Digest(claimed) => {
-            let computed = Digest::of(claimed.algorithm(), &bytes);
-            if &computed != claimed {
-                return Err(ApiError::new(
-                    ErrorCode::DigestInvalid,
-                    format!("the manifest hashes to {computed}, not {claimed}"),
-                ));
-            }
-            (computed, Vec::new())
-        }
-        Reference::Tag(tag) => (Digest::sha256_of(&bytes), vec![tag.clone()]),
-    };
-    for tag in query.all("tag") {
-        tags.push(tag.parse::<Tag>()?);
-    }
-    // Serve back exactly the type the client pushed, when it is a manifest type.
-    let media_type = content_type
-        .as_deref()
-        .filter(|ct| MANIFEST_MEDIA_TYPES.contains(ct))
-        .unwrap_or(&manifest.media_type);
-    let annotations_json = manifest
-        .annotations
-        .as_ref()
-        .and_then(|a| serde_json::to_string(a).ok());
-
-    registry
-        .meta
-        .put_manifest(NewManifest {
-            repository: name,
-            digest: &digest,
-            media_type,
-            content: &bytes,
-            blobs: &manifest.blobs,
-            children: &manifest.children,
-            allow_missing: registry.config.allow_sparse_manifests,
-            subject: manifest.subject.as_ref(),
-            artifact_type: manifest.artifact_type.as_deref(),
-            annotations_json,
-            tags: &tags,
-        })
+    let tags: Vec<&str> = query.all("tag").collect();
+    let pushed = api
+        .registry
+        .push_manifest(actor, name, reference, content_type, &bytes, &tags)
         .await?;
-
+    let digest = pushed.digest;
     let mut response = no_content(StatusCode::CREATED)
         .with_header(header::LOCATION, format!("/v2/{name}/manifests/{digest}"))
         .with_header("docker-content-digest", digest.as_str());
-    if let Some(subject) = &manifest.subject {
+    if let Some(subject) = &pushed.subject {
         response = response.with_header("oci-subject", subject.as_str());
     }
     Ok(response)
-}
-
-pub async fn delete(
-    registry: &Registry,
-    name: &RepositoryName,
-    reference: &Reference,
-) -> Result<Response, ApiError> {
-    if !registry.config.delete_enabled {
-        return Err(super::method_not_allowed(
-            &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE],
-            &Method::DELETE,
-            "deletes are disabled on this registry",
-        ));
-    }
-    let deleted = match reference {
-        Reference::Digest(d) => registry.meta.delete_manifest(name, d).await?,
-        // Deleting by tag removes the tag only; the manifest stays reachable by digest.
-        Reference::Tag(t) => registry.meta.delete_tag(name, t).await?,
-    };
-    if deleted {
-        Ok(no_content(StatusCode::ACCEPTED))
-    } else {
-        Err(ApiError::new(
-            ErrorCode::ManifestUnknown,
-            format!("{name}:{reference} does not exist"),
-        ))
-    }
 }

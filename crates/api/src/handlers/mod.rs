@@ -7,6 +7,7 @@ mod manifests;
 mod uploads;
 
 use std::io;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -16,10 +17,12 @@ use berth_storage::ByteStream;
 use futures_util::TryStreamExt;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
+use berth_registry::RegistryError;
+
 use crate::access::{client_address, Access};
 use crate::error::ApiError;
 use crate::route::Endpoint;
-use crate::Registry;
+use crate::Api;
 
 /// A client that is refused while still sending its body reads the error only if we read
 /// that body first (else it sees a broken pipe); up to this much is read and dropped, beyond
@@ -27,21 +30,49 @@ use crate::Registry;
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
 /// The request body, until a handler takes it. What a failed request left unread is drained
-/// (up to [`DRAIN_LIMIT`]) before its error goes out, whichever check refused it.
-pub struct UnreadBody(Option<Body>);
+/// (up to [`DRAIN_LIMIT`]) before its error goes out, whichever check refused it — also when
+/// the body was lent to the registry as a stream that was dropped before it was read.
+pub struct UnreadBody {
+    body: Option<Body>,
+    returned: Arc<Mutex<Option<Body>>>,
+}
 
 impl UnreadBody {
+    fn new(body: Body) -> UnreadBody {
+        UnreadBody {
+            body: Some(body),
+            returned: Arc::default(),
+        }
+    }
+
     pub fn take(&mut self) -> Body {
-        self.0.take().unwrap_or_else(Body::empty)
+        self.body.take().unwrap_or_else(Body::empty)
     }
 
     /// Returns a body a handler read only part of before refusing the request.
     pub fn give_back(&mut self, body: Body) {
-        self.0 = Some(body);
+        self.body = Some(body);
+    }
+
+    /// The body as a stream for the blob store. A stream dropped before its first poll (the
+    /// registry refused the request before reading) gives the body back, to be drained.
+    pub fn lend(&mut self) -> ByteStream {
+        Box::pin(Lent {
+            body: Some(self.take()),
+            stream: None,
+            back: self.returned.clone(),
+        })
     }
 
     async fn drain(self) {
-        let Some(body) = self.0 else { return };
+        let returned = self
+            .returned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(body) = self.body.or(returned) else {
+            return;
+        };
         let mut stream = body_stream(body);
         let mut seen = 0;
         while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
@@ -53,23 +84,53 @@ impl UnreadBody {
     }
 }
 
-pub async fn handle(
-    registry: &Registry,
-    endpoint: Endpoint,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let mut body = UnreadBody(Some(body));
-    let result = dispatch(registry, endpoint, &parts, &mut body).await;
-    // Only writes of content tell whether storage has room (a DELETE succeeding says little).
-    let stores_content = matches!(parts.method, Method::PUT | Method::PATCH)
-        || (parts.method == Method::POST
-            && result
-                .as_ref()
-                .is_ok_and(|r| r.status() == StatusCode::CREATED));
-    if stores_content || result.as_ref().is_err_and(ApiError::is_storage_full) {
-        registry.note_write(&result);
+/// A body lent as a stream: read on first poll, handed back when dropped unread.
+struct Lent {
+    body: Option<Body>,
+    stream: Option<ByteStream>,
+    back: Arc<Mutex<Option<Body>>>,
+}
+
+impl futures_util::Stream for Lent {
+    type Item = io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.stream.is_none() {
+            let body = self.body.take().unwrap_or_else(Body::empty);
+            self.stream = Some(body_stream(body));
+        }
+        match self.stream.as_mut() {
+            Some(stream) => stream.as_mut().poll_next(cx),
+            None => std::task::Poll::Ready(None),
+        }
     }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take() {
+            *self.back.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
+        }
+    }
+}
+
+pub async fn handle(api: &Api, endpoint: Endpoint, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let mut body = UnreadBody::new(body);
+    let allowed = endpoint.allowed_methods();
+    let result = dispatch(api, endpoint, &parts, &mut body)
+        .await
+        .map_err(|e| match e {
+            ApiError::Registry(RegistryError::DeletesDisabled) => method_not_allowed(
+                allowed,
+                &Method::DELETE,
+                "deletes are disabled on this registry",
+            ),
+            other => other,
+        });
     if result.is_err() {
         body.drain().await;
     }
@@ -77,7 +138,7 @@ pub async fn handle(
 }
 
 async fn dispatch(
-    registry: &Registry,
+    api: &Api,
     endpoint: Endpoint,
     request: &http::request::Parts,
     body: &mut UnreadBody,
@@ -89,6 +150,8 @@ async fn dispatch(
         .get::<Access>()
         .cloned()
         .unwrap_or_else(|| Access::anonymous(client_address(&request.extensions)));
+    let actor = access.actor();
+    let headers = &request.headers;
     let allowed = endpoint.allowed_methods();
     match (endpoint, method) {
         (Endpoint::InvalidTag { name, reference }, Method::GET | Method::HEAD | Method::DELETE) => {
@@ -103,68 +166,44 @@ async fn dispatch(
         )),
         (Endpoint::Base, Method::GET | Method::HEAD) => Ok(empty(StatusCode::OK, Body::from("{}"))
             .with_header(header::CONTENT_TYPE, "application/json")),
-        (Endpoint::Catalog, Method::GET) => listing::catalog(registry, &access, &query).await,
-        (Endpoint::Tags { name }, Method::GET) => listing::tags(registry, &name, &query).await,
+        (Endpoint::Catalog, Method::GET) => listing::catalog(api, &access, &query).await,
+        (Endpoint::Tags { name }, Method::GET) => listing::tags(api, &name, &query).await,
         (Endpoint::Referrers { name, digest }, Method::GET) => {
-            listing::referrers(registry, &name, &digest, &query).await
+            listing::referrers(api, &name, &digest, &query).await
         }
         (Endpoint::Manifest { name, reference }, m @ (Method::GET | Method::HEAD)) => {
-            let head = m == Method::HEAD;
-            let response =
-                manifests::get(registry, &name, &reference, head, &request.headers).await?;
-            if !head && registry.audit.pulls {
-                audit(registry, &access, "pull", &format!("{name}:{reference}"));
-            }
-            Ok(response)
+            manifests::get(api, &actor, &name, &reference, m == Method::HEAD, headers).await
         }
         (Endpoint::Manifest { name, reference }, Method::PUT) => {
-            let response =
-                manifests::put(registry, &name, &reference, &query, &request.headers, body).await?;
-            let digest = header_str(
-                response.headers(),
-                header::HeaderName::from_static("docker-content-digest"),
-            )
-            .unwrap_or("");
-            audit(
-                registry,
-                &access,
-                "push",
-                &format!("{name}:{reference}@{digest}"),
-            );
-            Ok(response)
+            manifests::put(api, &actor, &name, &reference, &query, headers, body).await
         }
         (Endpoint::Manifest { name, reference }, Method::DELETE) => {
-            let response = manifests::delete(registry, &name, &reference).await?;
-            audit(registry, &access, "delete", &format!("{name}:{reference}"));
-            Ok(response)
+            api.registry
+                .delete_manifest(&actor, &name, &reference)
+                .await?;
+            Ok(no_content(StatusCode::ACCEPTED))
         }
         (Endpoint::Blob { name, digest }, m @ (Method::GET | Method::HEAD)) => {
-            blobs::get(
-                registry,
-                &name,
-                &digest,
-                m == Method::HEAD,
-                &request.headers,
-            )
-            .await
+            blobs::get(api, &name, &digest, m == Method::HEAD, headers).await
         }
         (Endpoint::Blob { name, digest }, Method::DELETE) => {
-            let response = blobs::delete(registry, &name, &digest).await?;
-            audit(registry, &access, "delete", &format!("{name}@{digest}"));
-            Ok(response)
+            api.registry.delete_blob(&actor, &name, &digest).await?;
+            Ok(no_content(StatusCode::ACCEPTED)
+                .with_header("docker-content-digest", digest.as_str()))
         }
         (Endpoint::UploadStart { name }, Method::POST) => {
-            uploads::start(registry, &access, &name, &query, body).await
+            uploads::start(api, &access, &name, &query, body).await
         }
         (Endpoint::Upload { name, id }, Method::PATCH) => {
-            uploads::patch(registry, &name, &id, &request.headers, body).await
+            uploads::patch(api, &name, &id, headers, body).await
         }
         (Endpoint::Upload { name, id }, Method::PUT) => {
-            uploads::finish(registry, &name, &id, &query, &request.headers, body).await
+            uploads::finish(api, &actor, &name, &id, &query, headers, body).await
         }
-        (Endpoint::Upload { name, id }, Method::GET) => uploads::status(registry, &name, &id).await,
+        (Endpoint::Upload { name, id }, Method::GET) => uploads::status(api, &name, &id).await,
         (Endpoint::Upload { name, id }, Method::DELETE) => {
-            uploads::cancel(registry, &name, &id).await
+            api.registry.cancel_upload(&name, &id).await?;
+            Ok(no_content(StatusCode::NO_CONTENT))
         }
         (_, method) => Err(method_not_allowed(allowed, &method, "")),
     }
@@ -189,17 +228,6 @@ pub fn method_not_allowed(allowed: &[Method], refused: &Method, why: &str) -> Ap
         allow: allow.join(", "),
         detail,
     }
-}
-
-fn audit(registry: &Registry, access: &Access, action: &str, resource: &str) {
-    registry.audit.record(
-        &access.principal.name(),
-        action,
-        resource,
-        "ok",
-        &access.client,
-        "",
-    );
 }
 
 /// Query parameters, in order, repeated keys kept (`?tag=a&tag=b`).

@@ -1,33 +1,22 @@
-//! Blob uploads: `POST /v2/<name>/blobs/uploads/` (session, single-request monolithic, or
-//! cross-repository mount), then `PATCH` chunks, `PUT ?digest=` to finish, `GET` for status and
-//! `DELETE` to cancel.
-//!
-//! Bytes are hashed as they stream to storage; a blob is committed only after the computed
-//! digest equals the one the client named. A wrong digest discards the upload.
+//! Blob uploads over HTTP: `POST /v2/<name>/blobs/uploads/` (session, single-request push, or
+//! cross-repository mount), `PATCH` chunks, `PUT ?digest=` to finish, `GET` for status. The
+//! headers and parameters are read here; the rules (order of chunks, digest check, commit) are
+//! the registry's.
 
 use axum::response::Response;
-use berth_meta::UploadSession;
-use berth_oci::{Algorithm, Digest, ErrorCode, Hasher, RepositoryName};
+use berth_oci::{Algorithm, Digest, RepositoryName};
+use berth_registry::{Actor, ChunkRange, RegistryError};
 use http::{header, HeaderMap, StatusCode};
-use rand::RngCore;
 
-use super::{body_stream, header_str, no_content, stall_timeout, Query, ResponseExt, UnreadBody};
+use super::{header_str, no_content, stall_timeout, Query, ResponseExt, UnreadBody};
 use crate::access::{Access, Need};
 use crate::error::ApiError;
-use crate::uploads::{hasher_at, HashState};
-use crate::Registry;
-
-/// 128 random bits: session ids are capabilities and must not be guessable.
-fn new_upload_id() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
+use crate::Api;
 
 /// The request body for the blob store, abandoned when it stalls (no byte for the configured
 /// time); a slow body that keeps moving is read to the end.
-fn upload_body(registry: &Registry, body: &mut UnreadBody) -> berth_storage::ByteStream {
-    stall_timeout(body_stream(body.take()), registry.config.body_read_timeout)
+fn upload_body(api: &Api, body: &mut UnreadBody) -> berth_storage::ByteStream {
+    stall_timeout(body.lend(), api.config.body_read_timeout)
 }
 
 fn upload_location(name: &RepositoryName, id: &str) -> String {
@@ -49,12 +38,13 @@ fn blob_created(name: &RepositoryName, digest: &Digest) -> Response {
 }
 
 pub async fn start(
-    registry: &Registry,
+    api: &Api,
     access: &Access,
     name: &RepositoryName,
     query: &Query,
     body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
+    let actor = access.actor();
     if let Some(digest) = query.digest("mount")? {
         // A mount the caller cannot have (unknown source, blob not there, source not readable
         // by the caller) becomes a plain upload session, as the spec asks.
@@ -62,17 +52,16 @@ pub async fn start(
             .get("from")
             .and_then(|f| f.parse::<RepositoryName>().ok());
         let readable = |f: &RepositoryName| {
-            registry.may(
+            api.may(
                 access,
                 &Need::Repository(f.clone(), berth_auth::Action::Pull),
             )
         };
         if let Some(from) = from.filter(readable) {
-            if registry
-                .meta
-                .mount_blob(&from, name, &digest)
+            if api
+                .registry
+                .mount_blob(&actor, &from, name, &digest)
                 .await?
-                .is_some()
             {
                 return Ok(blob_created(name, &digest));
             }
@@ -82,81 +71,14 @@ pub async fn start(
         Some(a) => a.parse::<Algorithm>()?,
         None => Algorithm::Sha256,
     };
-    let id = new_upload_id();
-    registry.blobs.create_upload(&id).await?;
-
     if let Some(digest) = query.digest("digest")? {
-        let hasher = digest.algorithm().hasher();
-        let appended = registry
-            .blobs
-            .append_upload(&id, 0, upload_body(registry, body), hasher)
-            .await;
-        let completed = match appended {
-            Ok(a) => complete(registry, name, &id, &digest, a.hasher, a.size).await,
-            Err(e) => Err(e.into()),
-        };
-        if completed.is_err() {
-            // No session refers to these bytes: a failed single-request push keeps nothing.
-            if let Err(e) = registry.blobs.delete_upload(&id).await {
-                tracing::warn!("discarding a failed single-request upload: {e}");
-            }
-        }
-        return completed;
+        api.registry
+            .push_blob(&actor, name, &digest, upload_body(api, body))
+            .await?;
+        return Ok(blob_created(name, &digest));
     }
-
-    let session = UploadSession {
-        id: id.clone(),
-        repository: name.clone(),
-        algorithm,
-        created_at: berth_meta::now(),
-        owner: access.principal.name().into_owned(),
-    };
-    if let Err(e) = registry
-        .meta
-        .create_upload(&session, registry.config.upload_limits)
-        .await
-    {
-        registry.blobs.delete_upload(&id).await?;
-        return Err(e.into());
-    }
-    registry.uploads.started(session);
+    let id = api.registry.start_upload(&actor, name, algorithm).await?;
     Ok(progress(name, &id, 0, StatusCode::ACCEPTED))
-}
-
-async fn session(
-    registry: &Registry,
-    name: &RepositoryName,
-    id: &str,
-) -> Result<UploadSession, ApiError> {
-    let known = match registry.uploads.session(id) {
-        Some(s) => Some(s),
-        None => registry.meta.get_upload(id).await?,
-    };
-    match known {
-        Some(s) if &s.repository == name => Ok(s),
-        _ => Err(ApiError::new(
-            ErrorCode::BlobUploadUnknown,
-            format!("no upload {id} in {name}"),
-        )),
-    }
-}
-
-/// Bytes stored so far: the hash state's offset when this process took the last chunk, else
-/// storage's answer. Only an append may trust the state, since it re-checks the offset against
-/// storage before writing.
-async fn current_size(
-    registry: &Registry,
-    id: &str,
-    state: Option<&HashState>,
-) -> Result<u64, ApiError> {
-    if let Some(state) = state {
-        return Ok(state.offset);
-    }
-    registry
-        .blobs
-        .upload_size(id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::BlobUploadUnknown, "upload has no data"))
 }
 
 /// `Content-Range: <start>-<end>` (inclusive), exactly as the spec writes it
@@ -171,83 +93,52 @@ fn parse_content_range(value: &str) -> Option<(u64, u64)> {
     (a <= b).then_some((a, b))
 }
 
-/// Checks a chunk's `Content-Range` against the bytes already received: chunks must arrive in
-/// order, without gaps or overlap, or the request gets 416.
-fn check_chunk(headers: &HeaderMap, size: u64) -> Result<(), ApiError> {
-    let Some(value) = header_str(headers, header::CONTENT_RANGE) else {
-        return Ok(());
-    };
-    let invalid = |detail: String| ApiError::new(ErrorCode::RangeInvalid, detail);
-    let (start, end) = parse_content_range(value)
-        .ok_or_else(|| invalid(format!("Content-Range {value:?} is not <start>-<end>")))?;
-    if start != size {
-        return Err(invalid(format!(
-            "chunk starts at {start}, the upload holds {size} bytes"
-        )));
-    }
+/// The chunk's `Content-Range` and `Content-Length`, when given.
+fn chunk_of(headers: &HeaderMap) -> Result<(Option<ChunkRange>, Option<u64>), ApiError> {
     let length = header_str(headers, header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
-    if length.is_some_and(|l| l != end - start + 1) {
-        return Err(invalid(format!(
-            "Content-Range {value:?} does not match Content-Length"
-        )));
-    }
-    Ok(())
+    let Some(value) = header_str(headers, header::CONTENT_RANGE) else {
+        return Ok((None, length));
+    };
+    let (start, end) = parse_content_range(value).ok_or_else(|| {
+        RegistryError::RangeInvalid(format!("Content-Range {value:?} is not <start>-<end>"))
+    })?;
+    Ok((Some(ChunkRange { start, end }), length))
 }
 
 pub async fn patch(
-    registry: &Registry,
+    api: &Api,
     name: &RepositoryName,
     id: &str,
     headers: &HeaderMap,
     body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
-    let session = session(registry, name, id).await?;
-    let slot = registry.uploads.slot(id);
-    let mut state = slot.lock().await;
-    let size = current_size(registry, id, state.as_ref()).await?;
-    check_chunk(headers, size)?;
-    let hasher = hasher_at(&*registry.blobs, id, size, session.algorithm, state.take()).await?;
-    let appended = registry
-        .blobs
-        .append_upload(id, size, upload_body(registry, body), hasher)
+    let (range, length) = chunk_of(headers)?;
+    let size = api
+        .registry
+        .append_upload(name, id, range, length, upload_body(api, body))
         .await?;
-    let new_size = appended.size;
-    *state = Some(HashState {
-        offset: appended.size,
-        hasher: appended.hasher,
-    });
-    Ok(progress(name, id, new_size, StatusCode::ACCEPTED))
+    Ok(progress(name, id, size, StatusCode::ACCEPTED))
 }
 
 pub async fn finish(
-    registry: &Registry,
+    api: &Api,
+    actor: &Actor,
     name: &RepositoryName,
     id: &str,
     query: &Query,
     headers: &HeaderMap,
     body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
-    session(registry, name, id).await?;
-    let digest = query.digest("digest")?.ok_or_else(|| {
-        ApiError::new(ErrorCode::DigestInvalid, "the digest parameter is required")
-    })?;
-    let slot = registry.uploads.slot(id);
-    let mut state = slot.lock().await;
-    // From storage, not the hash state: a stale state must not decide the digest check.
-    let size = current_size(registry, id, None).await?;
-    check_chunk(headers, size)?;
-    let hasher = hasher_at(&*registry.blobs, id, size, digest.algorithm(), state.take()).await?;
+    let digest = query
+        .digest("digest")?
+        .ok_or_else(|| RegistryError::DigestInvalid("the digest parameter is required".into()))?;
+    let (range, length) = chunk_of(headers)?;
     // Most clients finish with an empty PUT; skip the append (and its fsync) then.
-    let (hasher, size) = if has_body(headers) {
-        let appended = registry
-            .blobs
-            .append_upload(id, size, upload_body(registry, body), hasher)
-            .await?;
-        (appended.hasher, appended.size)
-    } else {
-        (hasher, size)
-    };
-    complete(registry, name, id, &digest, hasher, size).await
+    let last_chunk = has_body(headers).then(|| upload_body(api, body));
+    api.registry
+        .finish_upload(actor, name, id, &digest, range, length, last_chunk)
+        .await?;
+    Ok(blob_created(name, &digest))
 }
 
 /// Whether a request carries body bytes (a non-zero length, or a chunked body).
@@ -258,55 +149,9 @@ fn has_body(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Verifies the digest and commits, or discards the upload.
-async fn complete(
-    registry: &Registry,
-    name: &RepositoryName,
-    id: &str,
-    digest: &Digest,
-    hasher: Hasher,
-    size: u64,
-) -> Result<Response, ApiError> {
-    let computed = hasher.finish();
-    registry.uploads.forget(id);
-    if &computed != digest {
-        registry.blobs.delete_upload(id).await?;
-        registry.meta.delete_upload(id).await?;
-        return Err(ApiError::new(
-            ErrorCode::DigestInvalid,
-            format!("the uploaded bytes hash to {computed}, not {digest}"),
-        ));
-    }
-    // Reserve before placing the bytes: garbage collection leaves a reserved blob alone, and
-    // a refusal here (a full disk, a collection in progress) leaves the upload staged.
-    registry.reserve_blob(digest, size).await?;
-    registry.blobs.commit_upload(id, digest).await?;
-    registry.meta.add_blob(name, digest, size, Some(id)).await?;
-    Ok(blob_created(name, digest))
-}
-
-pub async fn status(
-    registry: &Registry,
-    name: &RepositoryName,
-    id: &str,
-) -> Result<Response, ApiError> {
-    session(registry, name, id).await?;
-    let size = current_size(registry, id, None).await?;
+pub async fn status(api: &Api, name: &RepositoryName, id: &str) -> Result<Response, ApiError> {
+    let size = api.registry.upload_size(name, id).await?;
     Ok(progress(name, id, size, StatusCode::NO_CONTENT))
-}
-
-pub async fn cancel(
-    registry: &Registry,
-    name: &RepositoryName,
-    id: &str,
-) -> Result<Response, ApiError> {
-    session(registry, name, id).await?;
-    let slot = registry.uploads.slot(id);
-    let _guard = slot.lock().await;
-    registry.blobs.delete_upload(id).await?;
-    registry.meta.delete_upload(id).await?;
-    registry.uploads.forget(id);
-    Ok(no_content(StatusCode::NO_CONTENT))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use berth_oci::{Algorithm, Hasher};
 use berth_storage::BlobStore;
 use futures_util::StreamExt;
 
-use crate::error::ApiError;
+use crate::error::RegistryError;
 
 /// The hash of an upload's first `offset` bytes.
 pub struct HashState {
@@ -85,7 +85,7 @@ pub async fn hasher_at(
     size: u64,
     algorithm: Algorithm,
     cached: Option<HashState>,
-) -> Result<Hasher, ApiError> {
+) -> Result<Hasher, RegistryError> {
     if let Some(state) = cached {
         if state.offset == size && state.hasher.algorithm() == algorithm {
             return Ok(state.hasher);
@@ -98,7 +98,8 @@ pub async fn hasher_at(
     let mut stream = blobs.read_upload(id).await?;
     let mut seen = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(berth_storage::StorageError::Io)?;
+        let chunk =
+            chunk.map_err(|e| RegistryError::Storage(berth_storage::StorageError::Io(e)))?;
         seen += chunk.len() as u64;
         hasher.update(&chunk);
     }

@@ -15,13 +15,13 @@
 //! alone until the commit has linked it), so a blob pushed again while GC deletes it is
 //! stored anew after GC is done, never left as a row without bytes.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_meta::BlobReservation;
 use berth_oci::Digest;
 
-use crate::error::ApiError;
+use crate::error::{RegistryError, Result};
 use crate::Registry;
 
 /// How long a commit may hold its blob between reserving it and linking it; a process that
@@ -29,6 +29,15 @@ use crate::Registry;
 pub const COMMIT_LEASE: Duration = Duration::from_secs(600);
 /// How long a commit waits for a collection that is deleting the same digest.
 const WAIT_FOR_COLLECTION: Duration = Duration::from_secs(10);
+
+/// Totals over this process's collections, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct GcStats {
+    pub runs: AtomicU64,
+    pub blobs_deleted: AtomicU64,
+    pub bytes_freed: AtomicU64,
+    pub last_duration_ms: AtomicU64,
+}
 
 /// What one collection did (or, dry, would do).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,16 +50,16 @@ pub struct GcReport {
 
 impl Registry {
     /// Deletes blobs nothing has reached for at least `grace`.
-    pub async fn collect_garbage(&self, grace: Duration) -> Result<GcReport, ApiError> {
+    pub async fn collect_garbage(&self, grace: Duration) -> Result<GcReport> {
         self.garbage(grace, false).await
     }
 
     /// What [`collect_garbage`](Self::collect_garbage) would delete now, deleting nothing.
-    pub async fn garbage_dry_run(&self, grace: Duration) -> Result<GcReport, ApiError> {
+    pub async fn garbage_dry_run(&self, grace: Duration) -> Result<GcReport> {
         self.garbage(grace, true).await
     }
 
-    async fn garbage(&self, grace: Duration, dry: bool) -> Result<GcReport, ApiError> {
+    async fn garbage(&self, grace: Duration, dry: bool) -> Result<GcReport> {
         let started = Instant::now();
         let now = berth_meta::now();
         let before = now - grace.as_secs() as i64;
@@ -85,13 +94,13 @@ impl Registry {
         report.blobs_deleted = report.removed.len() as u64;
         report.bytes_freed = report.removed.iter().map(|(_, s)| s).sum();
         if !dry {
-            let m = &self.metrics;
-            m.gc_runs.fetch_add(1, Ordering::Relaxed);
-            m.gc_blobs_deleted
+            let s = &self.gc_stats;
+            s.runs.fetch_add(1, Ordering::Relaxed);
+            s.blobs_deleted
                 .fetch_add(report.blobs_deleted, Ordering::Relaxed);
-            m.gc_bytes_freed
+            s.bytes_freed
                 .fetch_add(report.bytes_freed, Ordering::Relaxed);
-            m.gc_last_duration_ms
+            s.last_duration_ms
                 .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
         Ok(report)
@@ -99,7 +108,7 @@ impl Registry {
 
     /// Holds `digest` for a commit (see the module docs), waiting out a collection that is
     /// deleting it right now.
-    pub(crate) async fn reserve_blob(&self, digest: &Digest, size: u64) -> Result<(), ApiError> {
+    pub(crate) async fn reserve_blob(&self, digest: &Digest, size: u64) -> Result<()> {
         let waited = Instant::now();
         loop {
             let lease_until = berth_meta::now() + COMMIT_LEASE.as_secs() as i64;
@@ -109,9 +118,9 @@ impl Registry {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 BlobReservation::BeingDeleted => {
-                    return Err(ApiError::Meta(berth_meta::MetaError::Conflict(format!(
+                    return Err(RegistryError::Conflict(format!(
                         "{digest} is being garbage collected; try again"
-                    ))))
+                    )))
                 }
             }
         }

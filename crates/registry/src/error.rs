@@ -1,0 +1,100 @@
+//! What can go wrong in the registry's rules, in the registry's terms. The API layer maps
+//! each case to an HTTP status and an OCI error code, in one place.
+
+use berth_meta::MetaError;
+use berth_oci::{DigestError, ManifestError, NameError};
+use berth_storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("repository {0} is not known")]
+    NameUnknown(String),
+    #[error("{0} does not exist")]
+    ManifestUnknown(String),
+    #[error("{0}")]
+    BlobUnknown(String),
+    #[error("no upload {id} in {repository}")]
+    UploadUnknown { repository: String, id: String },
+    /// A digest that is malformed, or not the one the content hashes to.
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("{0} is not a valid tag")]
+    TagInvalid(String),
+    #[error(transparent)]
+    ManifestInvalid(#[from] ManifestError),
+    #[error("descriptor sizes do not match: {}", .0.join("; "))]
+    WrongSizes(Vec<String>),
+    #[error("not in this repository: {}", .0.join(", "))]
+    MissingReferences(Vec<String>),
+    /// A chunk that does not continue the upload where it stands.
+    #[error("{0}")]
+    RangeInvalid(String),
+    #[error("deletes are disabled on this registry")]
+    DeletesDisabled,
+    #[error("{0}; finish or cancel some before starting more")]
+    TooManyUploads(String),
+    /// Another change holds what this one needs; retrying later succeeds.
+    #[error("{0}")]
+    Conflict(String),
+    /// The client's request body failed or stalled while it was read.
+    #[error("{0}")]
+    BodyFailed(String),
+    #[error(transparent)]
+    Storage(StorageError),
+    #[error(transparent)]
+    Meta(MetaError),
+}
+
+impl RegistryError {
+    /// The storage holding blobs or metadata is full (ENOSPC, a quota, SQLITE_FULL).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            RegistryError::Storage(StorageError::Io(e)) => matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ),
+            RegistryError::Meta(e) => e.is_storage_full(),
+            _ => false,
+        }
+    }
+}
+
+impl From<StorageError> for RegistryError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::BlobNotFound => RegistryError::BlobUnknown(e.to_string()),
+            StorageError::OffsetMismatch { .. } => RegistryError::RangeInvalid(e.to_string()),
+            StorageError::Client(e) => RegistryError::BodyFailed(e.to_string()),
+            other => RegistryError::Storage(other),
+        }
+    }
+}
+
+impl From<MetaError> for RegistryError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::MissingReferences(missing) => RegistryError::MissingReferences(missing),
+            MetaError::WrongSizes(wrong) => RegistryError::WrongSizes(wrong),
+            MetaError::Conflict(detail) => RegistryError::Conflict(detail),
+            MetaError::TooManyUploads { .. } => RegistryError::TooManyUploads(e.to_string()),
+            other => RegistryError::Meta(other),
+        }
+    }
+}
+
+impl From<NameError> for RegistryError {
+    fn from(e: NameError) -> Self {
+        match e {
+            NameError::InvalidTag(t) => RegistryError::TagInvalid(t),
+            other => RegistryError::DigestInvalid(other.to_string()),
+        }
+    }
+}
+
+impl From<DigestError> for RegistryError {
+    fn from(e: DigestError) -> Self {
+        RegistryError::DigestInvalid(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;

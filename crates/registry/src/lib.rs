@@ -1,0 +1,149 @@
+//! The registry's rules, under every interface: manifests and tags (push, get, delete), blobs
+//! (read, delete), uploads (start, append, status, finish, cancel, mount), listings, referrers,
+//! garbage collection and upload purging. HTTP handlers, the admin API, the CLI and the web UI
+//! call [`Registry`]; none of them decides validity on its own.
+//!
+//! Every method returns a [`RegistryError`] in the registry's terms; the API layer alone maps
+//! errors to statuses and OCI codes. Completed changes are published as [`events`] (the audit
+//! log subscribes). Who may call what is decided before, by the authorizer; this layer only
+//! knows the actor's name for its events.
+//!
+//! Layers below: [`BlobStore`] (bytes by digest, staged uploads) and [`MetadataStore`] (the
+//! index: repositories, manifests, tags, links, sessions), both behind traits.
+
+mod blobs;
+pub mod error;
+pub mod events;
+pub mod gc;
+mod listing;
+mod manifests;
+mod upload_state;
+mod uploads;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_meta::{MetadataStore, UploadLimits};
+use berth_storage::BlobStore;
+
+pub use blobs::BlobLookup;
+pub use error::{RegistryError, Result};
+pub use events::{Actor, Change, Event, Events, Subscriber};
+pub use gc::{GcReport, GcStats};
+pub use listing::{Listed, Referrer};
+pub use manifests::Pushed;
+pub use uploads::{ChunkRange, Started};
+
+/// The rules' settings.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    /// Allow deleting manifests, tags and blobs (`REGISTRY_STORAGE_DELETE_ENABLED`).
+    pub delete_enabled: bool,
+    /// Largest manifest accepted.
+    pub max_manifest_bytes: usize,
+    /// Upload sessions in progress allowed per user and per repository.
+    pub upload_limits: UploadLimits,
+    /// Accept manifests whose blobs or child manifests are absent (sparse mirrors).
+    pub allow_sparse_manifests: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            delete_enabled: true,
+            max_manifest_bytes: 4 * 1024 * 1024,
+            upload_limits: UploadLimits {
+                per_owner: Some(1024),
+                per_repository: Some(256),
+            },
+            allow_sparse_manifests: false,
+        }
+    }
+}
+
+/// The registry: its stores, its settings, and what this process knows of uploads in
+/// progress.
+pub struct Registry {
+    pub blobs: Arc<dyn BlobStore>,
+    pub meta: Arc<dyn MetadataStore>,
+    pub config: RegistryConfig,
+    events: Events,
+    uploads: upload_state::Uploads,
+    /// Set while writes fail because the storage is full: the episode is logged once.
+    storage_full: AtomicBool,
+    pub gc_stats: GcStats,
+}
+
+impl Registry {
+    pub fn new(
+        blobs: Arc<dyn BlobStore>,
+        meta: Arc<dyn MetadataStore>,
+        config: RegistryConfig,
+        events: Events,
+    ) -> Registry {
+        Registry {
+            blobs,
+            meta,
+            config,
+            events,
+            uploads: upload_state::Uploads::default(),
+            storage_full: AtomicBool::new(false),
+            gc_stats: GcStats::default(),
+        }
+    }
+
+    /// Whether writes are failing because the storage is full right now.
+    pub fn storage_is_full(&self) -> bool {
+        self.storage_full.load(Ordering::Relaxed)
+    }
+
+    /// Notes how a write went: the first refusal for a full disk starts an episode (logged
+    /// once); the next successful write of content (`content`) ends it — a small metadata
+    /// write that fits says little about room for blobs.
+    fn note_write<T>(&self, outcome: Result<T>, content: bool) -> Result<T> {
+        match &outcome {
+            Err(e) if e.is_storage_full() && !self.storage_full.swap(true, Ordering::Relaxed) => {
+                tracing::error!(
+                    "the registry's storage is full: writes are refused with 507 until space is freed ({e})"
+                );
+            }
+            Ok(_) if content && self.storage_full.swap(false, Ordering::Relaxed) => {
+                tracing::warn!("the registry's storage has room again: writes succeed");
+            }
+            _ => {}
+        }
+        outcome
+    }
+
+    fn publish(&self, actor: &Actor, change: Change) {
+        self.events.publish(actor, change);
+    }
+
+    fn require_deletes(&self) -> Result<()> {
+        if self.config.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::DeletesDisabled)
+        }
+    }
+
+    /// Discards upload sessions (and their bytes) started more than `max_age` ago: abandoned
+    /// uploads must not fill the disk. Returns how many were removed.
+    pub async fn purge_uploads(&self, max_age: Duration) -> Result<usize> {
+        let before = berth_meta::now() - max_age.as_secs() as i64;
+        let mut purged = 0;
+        loop {
+            let ids = self.meta.expired_uploads(before, 500).await?;
+            if ids.is_empty() {
+                return Ok(purged);
+            }
+            for id in ids {
+                self.blobs.delete_upload(&id).await?;
+                self.meta.delete_upload(&id).await?;
+                self.uploads.forget(&id);
+                purged += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Listings: a repository's tags, the catalog, and the referrers of a manifest.
+
+use berth_meta::Page;
+use berth_oci::{Digest, RepositoryName};
+
+use crate::{Registry, RegistryError, Result};
+
+/// Repositories read from the store at a time while a catalog page is filled.
+const CATALOG_BATCH: u32 = 500;
+
+/// One page of a lexically ordered listing, and where the next starts (its last entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub entries: Vec<String>,
+    pub next: Option<String>,
+}
+
+/// A manifest that names another as its subject.
+pub use berth_meta::Referrer;
+
+/// Keeps the first `n` entries; `next` is the last kept when more were found.
+fn page_of(mut entries: Vec<String>, n: Option<u32>) -> Listed {
+    match n {
+        Some(n) if entries.len() > n as usize => {
+            entries.truncate(n as usize);
+            let next = entries.last().cloned();
+            Listed { entries, next }
+        }
+        _ => Listed {
+            entries,
+            next: None,
+        },
+    }
+}
+
+impl Registry {
+    /// Tags of `repository` after `last`, at most `n` of them.
+    pub async fn tags(
+        &self,
+        repository: &RepositoryName,
+        last: Option<&str>,
+        n: Option<u32>,
+    ) -> Result<Listed> {
+        let page = Page {
+            last,
+            // One entry past the page tells whether a next page exists.
+            limit: n.map(|n| if n == 0 { 0 } else { n.saturating_add(1) }),
+        };
+        let Some(tags) = self.meta.list_tags(repository, page).await? else {
+            return Err(RegistryError::NameUnknown(repository.to_string()));
+        };
+        Ok(page_of(tags, n))
+    }
+
+    /// Repositories after `last` that `visible` lets the caller see, at most `n` of them.
+    /// Pagination runs over what the caller may see: hidden repositories are skipped while the
+    /// page is filled, so neither the page nor `next` reveals a name the caller may not see.
+    pub async fn catalog(
+        &self,
+        last: Option<&str>,
+        n: u32,
+        visible: impl Fn(&RepositoryName) -> bool,
+    ) -> Result<Listed> {
+        if n == 0 {
+            return Ok(page_of(Vec::new(), Some(0)));
+        }
+        let wanted = n as usize + 1;
+        let batch = (n + 1).max(CATALOG_BATCH);
+        let mut found: Vec<String> = Vec::with_capacity(wanted.min(1024));
+        let mut cursor = last.map(str::to_owned);
+        loop {
+            let page = Page {
+                last: cursor.as_deref(),
+                limit: Some(batch),
+            };
+            let repos = self.meta.list_repositories(page).await?;
+            let exhausted = repos.len() < batch as usize;
+            cursor = repos.last().cloned();
+            found.extend(
+                repos
+                    .into_iter()
+                    .filter(|r| r.parse::<RepositoryName>().is_ok_and(|name| visible(&name))),
+            );
+            if found.len() >= wanted || exhausted {
+                break;
+            }
+        }
+        Ok(page_of(found, Some(n)))
+    }
+
+    /// Manifests of `repository` whose subject is `subject`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        Ok(self
+            .meta
+            .referrers(repository, subject, artifact_type)
+            .await?)
+    }
+}

@@ -1,0 +1,150 @@
+//! Manifests and tags: push (validated, recorded with all its tags in one transaction), get,
+//! delete by digest, untag. Manifests are kept byte for byte with the media type they were
+//! pushed with.
+
+use std::sync::Arc;
+
+use berth_meta::{NewManifest, StoredManifest};
+use berth_oci::manifest::MANIFEST_MEDIA_TYPES;
+use berth_oci::{Digest, Manifest, Reference, RepositoryName, Tag};
+
+use crate::{Actor, Change, Registry, RegistryError, Result};
+
+/// What a push stored.
+#[derive(Clone, Debug)]
+pub struct Pushed {
+    pub digest: Digest,
+    /// The manifest's `subject`, echoed to the client as `OCI-Subject`.
+    pub subject: Option<Digest>,
+}
+
+impl Registry {
+    /// The manifest `reference` names in `repository`. `pull` publishes a pull event (a GET,
+    /// not a HEAD).
+    pub async fn manifest(
+        &self,
+        actor: &Actor,
+        repository: &RepositoryName,
+        reference: &Reference,
+        pull: bool,
+    ) -> Result<Arc<StoredManifest>> {
+        let Some(m) = self.meta.get_manifest(repository, reference).await? else {
+            return Err(RegistryError::ManifestUnknown(format!(
+                "{repository}:{reference}"
+            )));
+        };
+        if pull {
+            self.publish(
+                actor,
+                Change::Pulled {
+                    repository: repository.clone(),
+                    reference: reference.clone(),
+                },
+            );
+        }
+        Ok(m)
+    }
+
+    /// Validates and stores a manifest pushed as `content_type` under `reference`, tagged
+    /// also with `extra_tags` (`?tag=`). A push by digest must hash to it (with the digest's
+    /// algorithm, which is then the manifest's digest); references must be in the repository
+    /// with their declared sizes (unless sparse manifests are allowed and they are absent).
+    pub async fn push_manifest(
+        &self,
+        actor: &Actor,
+        repository: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: &[u8],
+        extra_tags: &[&str],
+    ) -> Result<Pushed> {
+        let manifest = Manifest::parse(bytes, content_type)?;
+        let (digest, mut tags) = match reference {
+            Reference::Digest(claimed) => {
+                let computed = Digest::of(claimed.algorithm(), bytes);
+                if &computed != claimed {
+                    return Err(RegistryError::DigestInvalid(format!(
+                        "the manifest hashes to {computed}, not {claimed}"
+                    )));
+                }
+                (computed, Vec::new())
+            }
+            Reference::Tag(tag) => (Digest::sha256_of(bytes), vec![tag.clone()]),
+        };
+        for tag in extra_tags {
+            tags.push(tag.parse::<Tag>()?);
+        }
+        // Serve back exactly the type the client pushed, when it is a manifest type.
+        let media_type = content_type
+            .filter(|ct| MANIFEST_MEDIA_TYPES.contains(ct))
+            .unwrap_or(&manifest.media_type);
+        let annotations_json = manifest
+            .annotations
+            .as_ref()
+            .and_then(|a| serde_json::to_string(a).ok());
+        let stored = self
+            .meta
+            .put_manifest(NewManifest {
+                repository,
+                digest: &digest,
+                media_type,
+                content: bytes,
+                blobs: &manifest.blobs,
+                children: &manifest.children,
+                allow_missing: self.config.allow_sparse_manifests,
+                subject: manifest.subject.as_ref(),
+                artifact_type: manifest.artifact_type.as_deref(),
+                annotations_json,
+                tags: &tags,
+            })
+            .await
+            .map_err(RegistryError::from);
+        self.note_write(stored, true)?;
+        self.publish(
+            actor,
+            Change::ManifestPushed {
+                repository: repository.clone(),
+                reference: reference.clone(),
+                digest: digest.clone(),
+                tags,
+            },
+        );
+        Ok(Pushed {
+            digest,
+            subject: manifest.subject,
+        })
+    }
+
+    /// Deletes a manifest and its tags (by digest), or removes a tag only (by tag).
+    pub async fn delete_manifest(
+        &self,
+        actor: &Actor,
+        repository: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<()> {
+        self.require_deletes()?;
+        let (deleted, change) = match reference {
+            Reference::Digest(d) => (
+                self.meta.delete_manifest(repository, d).await?,
+                Change::ManifestDeleted {
+                    repository: repository.clone(),
+                    digest: d.clone(),
+                },
+            ),
+            Reference::Tag(t) => (
+                self.meta.delete_tag(repository, t).await?,
+                Change::TagDeleted {
+                    repository: repository.clone(),
+                    tag: t.clone(),
+                },
+            ),
+        };
+        if !deleted {
+            return Err(RegistryError::ManifestUnknown(format!(
+                "{repository}:{reference}"
+            )));
+        }
+        self.publish(actor, change);
+        Ok(())
+    }
+}

@@ -1,0 +1,293 @@
+//! Blob uploads: a single-request push, sessions taking chunks in order, the final commit, and
+//! cross-repository mounts.
+//!
+//! Bytes are hashed as they stream to storage; a blob is committed only after the computed
+//! digest equals the one the client named. A wrong digest discards the upload. A commit
+//! reserves its blob in the metadata store before the bytes move into place (see [`crate::gc`]).
+
+use berth_meta::UploadSession;
+use berth_oci::{Algorithm, Digest, Hasher, RepositoryName};
+use berth_storage::ByteStream;
+use rand::RngCore;
+
+use crate::upload_state::{hasher_at, HashState};
+use crate::{Actor, Change, Registry, RegistryError, Result};
+
+/// A chunk's place in the upload, `start..=end`, as `Content-Range` gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// How an upload request began.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// The blob was mounted from another repository: nothing to upload.
+    Mounted,
+    /// A session to send chunks to.
+    Session { id: String },
+}
+
+/// 128 random bits: session ids are capabilities and must not be guessable.
+fn new_upload_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl Registry {
+    /// Makes `digest` of `from` visible in `to`; `false` when `from` does not have it (the
+    /// caller then starts a plain upload, as the spec asks). The caller checked that the
+    /// actor may read `from`.
+    pub async fn mount_blob(
+        &self,
+        actor: &Actor,
+        from: &RepositoryName,
+        to: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool> {
+        let mounted = self.meta.mount_blob(from, to, digest).await?.is_some();
+        if mounted {
+            self.publish(
+                actor,
+                Change::BlobMounted {
+                    repository: to.clone(),
+                    from: from.clone(),
+                    digest: digest.clone(),
+                },
+            );
+        }
+        Ok(mounted)
+    }
+
+    /// A single-request push: the whole blob in one body, verified and committed, or nothing
+    /// kept at all.
+    pub async fn push_blob(
+        &self,
+        actor: &Actor,
+        repository: &RepositoryName,
+        digest: &Digest,
+        body: ByteStream,
+    ) -> Result<()> {
+        let id = new_upload_id();
+        let outcome = async {
+            self.blobs.create_upload(&id).await?;
+            let appended = self
+                .blobs
+                .append_upload(&id, 0, body, digest.algorithm().hasher())
+                .await?;
+            self.complete(
+                actor,
+                repository,
+                &id,
+                digest,
+                appended.hasher,
+                appended.size,
+            )
+            .await
+        }
+        .await;
+        if outcome.is_err() {
+            // No session refers to these bytes: a failed single-request push keeps nothing.
+            if let Err(e) = self.blobs.delete_upload(&id).await {
+                tracing::warn!("discarding a failed single-request upload: {e}");
+            }
+        }
+        self.note_write(outcome, true)
+    }
+
+    /// Opens an upload session owned by the actor, within the configured limits.
+    pub async fn start_upload(
+        &self,
+        actor: &Actor,
+        repository: &RepositoryName,
+        algorithm: Algorithm,
+    ) -> Result<String> {
+        let id = new_upload_id();
+        let session = UploadSession {
+            id: id.clone(),
+            repository: repository.clone(),
+            algorithm,
+            created_at: berth_meta::now(),
+            owner: actor.name.clone(),
+        };
+        let outcome = async {
+            self.blobs.create_upload(&id).await?;
+            if let Err(e) = self
+                .meta
+                .create_upload(&session, self.config.upload_limits)
+                .await
+            {
+                self.blobs.delete_upload(&id).await?;
+                return Err(e.into());
+            }
+            Ok(())
+        }
+        .await;
+        self.note_write(outcome, false)?;
+        self.uploads.started(session);
+        Ok(id)
+    }
+
+    async fn session(&self, repository: &RepositoryName, id: &str) -> Result<UploadSession> {
+        let known = match self.uploads.session(id) {
+            Some(s) => Some(s),
+            None => self.meta.get_upload(id).await?,
+        };
+        match known {
+            Some(s) if &s.repository == repository => Ok(s),
+            _ => Err(RegistryError::UploadUnknown {
+                repository: repository.to_string(),
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    /// Bytes stored so far: the hash state's offset when this process took the last chunk,
+    /// else storage's answer. Only an append may trust the state, since it re-checks the
+    /// offset against storage before writing.
+    async fn current_size(&self, id: &str, state: Option<&HashState>) -> Result<u64> {
+        if let Some(state) = state {
+            return Ok(state.offset);
+        }
+        self.blobs
+            .upload_size(id)
+            .await?
+            .ok_or_else(|| RegistryError::Storage(berth_storage::StorageError::UploadNotFound))
+    }
+
+    /// Appends a chunk; it must continue the upload where it stands (`range.start` equal to
+    /// the bytes received, its length equal to `length` when both are given). Returns the
+    /// upload's new size.
+    pub async fn append_upload(
+        &self,
+        repository: &RepositoryName,
+        id: &str,
+        range: Option<ChunkRange>,
+        length: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let session = self.session(repository, id).await?;
+        let slot = self.uploads.slot(id);
+        let mut state = slot.lock().await;
+        let size = self.current_size(id, state.as_ref()).await?;
+        check_chunk(range, length, size)?;
+        let hasher = hasher_at(&*self.blobs, id, size, session.algorithm, state.take()).await?;
+        let appended = self.blobs.append_upload(id, size, body, hasher).await;
+        let appended = self.note_write(appended.map_err(RegistryError::from), true)?;
+        let new_size = appended.size;
+        *state = Some(HashState {
+            offset: appended.size,
+            hasher: appended.hasher,
+        });
+        Ok(new_size)
+    }
+
+    /// Finishes an upload with an optional last chunk: verifies the digest and commits the
+    /// blob, or discards the upload when the bytes hash to something else.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_upload(
+        &self,
+        actor: &Actor,
+        repository: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        length: Option<u64>,
+        last_chunk: Option<ByteStream>,
+    ) -> Result<()> {
+        self.session(repository, id).await?;
+        let slot = self.uploads.slot(id);
+        let mut state = slot.lock().await;
+        // From storage, not the hash state: a stale state must not decide the digest check.
+        let size = self.current_size(id, None).await?;
+        check_chunk(range, length, size)?;
+        let hasher = hasher_at(&*self.blobs, id, size, digest.algorithm(), state.take()).await?;
+        let outcome = async {
+            let (hasher, size) = match last_chunk {
+                Some(body) => {
+                    let appended = self.blobs.append_upload(id, size, body, hasher).await?;
+                    (appended.hasher, appended.size)
+                }
+                None => (hasher, size),
+            };
+            self.complete(actor, repository, id, digest, hasher, size)
+                .await
+        }
+        .await;
+        self.note_write(outcome, true)
+    }
+
+    /// Verifies the digest and commits, or discards the upload.
+    async fn complete(
+        &self,
+        actor: &Actor,
+        repository: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        hasher: Hasher,
+        size: u64,
+    ) -> Result<()> {
+        let computed = hasher.finish();
+        self.uploads.forget(id);
+        if &computed != digest {
+            self.blobs.delete_upload(id).await?;
+            self.meta.delete_upload(id).await?;
+            return Err(RegistryError::DigestInvalid(format!(
+                "the uploaded bytes hash to {computed}, not {digest}"
+            )));
+        }
+        // Reserve before placing the bytes: garbage collection leaves a reserved blob alone,
+        // and a refusal here (a full disk, a collection in progress) leaves the upload staged.
+        self.reserve_blob(digest, size).await?;
+        self.blobs.commit_upload(id, digest).await?;
+        self.meta
+            .add_blob(repository, digest, size, Some(id))
+            .await?;
+        self.publish(
+            actor,
+            Change::BlobCommitted {
+                repository: repository.clone(),
+                digest: digest.clone(),
+                size,
+            },
+        );
+        Ok(())
+    }
+
+    /// Bytes an upload holds.
+    pub async fn upload_size(&self, repository: &RepositoryName, id: &str) -> Result<u64> {
+        self.session(repository, id).await?;
+        self.current_size(id, None).await
+    }
+
+    /// Discards an upload and its session.
+    pub async fn cancel_upload(&self, repository: &RepositoryName, id: &str) -> Result<()> {
+        self.session(repository, id).await?;
+        let slot = self.uploads.slot(id);
+        let _guard = slot.lock().await;
+        self.blobs.delete_upload(id).await?;
+        self.meta.delete_upload(id).await?;
+        self.uploads.forget(id);
+        Ok(())
+    }
+}
+
+/// Chunks must arrive in order, without gaps or overlap.
+fn check_chunk(range: Option<ChunkRange>, length: Option<u64>, size: u64) -> Result<()> {
+    let Some(range) = range else { return Ok(()) };
+    if range.start != size {
+        return Err(RegistryError::RangeInvalid(format!(
+            "chunk starts at {}, the upload holds {size} bytes",
+            range.start
+        )));
+    }
+    if length.is_some_and(|l| l != range.end - range.start + 1) {
+        return Err(RegistryError::RangeInvalid(format!(
+            "Content-Range {}-{} does not match Content-Length",
+            range.start, range.end
+        )));
+    }
+    Ok(())
+}
