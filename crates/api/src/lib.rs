@@ -17,6 +17,7 @@ pub mod observe;
 pub mod otlp;
 pub mod route;
 mod token_service;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -63,6 +64,8 @@ pub struct Api {
     pub metrics: Arc<observe::Metrics>,
     /// Where request spans go, when OpenTelemetry export is configured.
     pub traces: Option<otlp::TraceExporter>,
+    /// The background workers, for `/metrics`.
+    pub workers: Arc<workers::Workers>,
     failed_logins: berth_auth::FailedLogins,
 }
 
@@ -97,6 +100,7 @@ impl Api {
             audit,
             metrics,
             traces: None,
+            workers: Arc::default(),
             failed_logins,
         }
     }

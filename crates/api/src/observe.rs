@@ -413,6 +413,7 @@ pub async fn observe(State(api): State<Arc<Api>>, request: Request, next: Next) 
 pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
     let mut text = api.metrics.render(&api.registry.gc_stats);
     text.push_str(&storage_gauges(&api).await);
+    text.push_str(&api.workers.render());
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use berth_api::workers::{FirstRun, Workers};
 use berth_api::{Api, ApiConfig, AuditLog, Authenticator, TokenAuth};
 use berth_auth::{Htpasswd, TokenIssuer, TokenVerifier};
 use berth_meta::{CachedStore, SqliteStore};
@@ -52,7 +53,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening metadata at {}", sqlite_path.display()))?;
     let meta = Arc::new(meta);
-    let auth = authenticator(&config, meta.clone()).await?;
+    let workers = Arc::new(Workers::default());
+    let auth = authenticator(&config, meta.clone(), &workers).await?;
     let audit = AuditLog::spawn(
         meta.clone(),
         audit_stream(&config.audit.stream)?,
@@ -62,15 +64,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let pruned = meta.clone();
     let audit_age = std::time::Duration::from_secs(config.audit.retention_days * 86_400);
     let max_events = config.audit.max_events;
-    tokio::spawn(async move {
-        // At startup, then hourly.
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
-        loop {
-            tick.tick().await;
+    workers.spawn("audit_prune", HOURLY, FirstRun::Now, move || {
+        let pruned = pruned.clone();
+        async move {
             match AuditLog::prune(&*pruned, audit_age, max_events).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "pruned old audit events"),
-                Err(e) => tracing::error!("pruning the audit log failed: {e}"),
+                Ok(0) => Ok(String::new()),
+                Ok(n) => Ok(format!("pruned {n} old audit events")),
+                Err(e) => Err(format!("pruning the audit log failed: {e}")),
             }
         }
     });
@@ -101,38 +101,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(endpoint = %config.tracing.otlp_endpoint, "exporting request spans over OTLP");
         api.traces = Some(exporter);
     }
+    api.workers = workers.clone();
     let api = Arc::new(api);
     if config.gc.interval_seconds > 0 {
         let collector = api.registry.clone();
         let every = std::time::Duration::from_secs(config.gc.interval_seconds);
         let grace = std::time::Duration::from_secs(config.gc.grace_seconds);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await; // not at startup: first run after one interval
-            loop {
-                tick.tick().await;
+        workers.spawn("gc", every, FirstRun::AfterPeriod, move || {
+            let collector = collector.clone();
+            async move {
                 match collector.collect_garbage(grace).await {
-                    Ok(r) if r.blobs_deleted > 0 => tracing::info!(
-                        blobs = r.blobs_deleted,
-                        bytes = r.bytes_freed,
-                        "garbage collection freed space"
-                    ),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!("garbage collection failed: {e}"),
+                    Ok(r) if r.blobs_deleted > 0 => Ok(format!(
+                        "garbage collection freed {} blobs, {} bytes",
+                        r.blobs_deleted, r.bytes_freed
+                    )),
+                    Ok(_) => Ok(String::new()),
+                    Err(e) => Err(format!("garbage collection failed: {e}")),
                 }
             }
         });
     }
     let purger = api.registry.clone();
     let max_age = std::time::Duration::from_secs(config.storage.upload_purge_hours * 3600);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
-        loop {
-            tick.tick().await;
+    workers.spawn("upload_purge", HOURLY, FirstRun::Now, move || {
+        let purger = purger.clone();
+        async move {
             match purger.purge_uploads(max_age).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, "discarded abandoned uploads"),
-                Err(e) => tracing::error!("purging abandoned uploads failed: {e}"),
+                Ok(0) => Ok(String::new()),
+                Ok(n) => Ok(format!("discarded {n} abandoned uploads")),
+                Err(e) => Err(format!("purging abandoned uploads failed: {e}")),
             }
         }
     });
@@ -169,7 +166,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let cert =
             tls::ReloadingCert::load(config.tls.certificate.as_ref(), config.tls.key.as_ref())?;
         watch(
-            FILE_POLL,
+            &workers,
+            "tls_reload",
             cert.clone(),
             |c| c.reload_if_changed(),
             "TLS certificate",
@@ -198,29 +196,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::warn!("drain time over; exiting with requests still in flight (their uploads resume after restart)");
         }
     }
+    workers.shutdown().await;
     tracing::info!("berth stopped");
     Ok(())
 }
 
-/// Re-checks a watched file every `every`, logging reloads and errors.
+/// Re-checks a watched file every [`FILE_POLL`] as the worker `name`, logging reloads; a file
+/// that fails to load keeps the previous version and counts as the worker's failure.
 fn watch<T: Send + Sync + 'static, E: std::fmt::Display>(
-    every: std::time::Duration,
+    workers: &Workers,
+    name: &'static str,
     target: Arc<T>,
-    reload: impl Fn(&T) -> Result<bool, E> + Send + 'static,
+    reload: impl Fn(&T) -> Result<bool, E> + Send + Sync + 'static,
     what: &'static str,
 ) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
+    let reload = Arc::new(reload);
+    workers.spawn(name, FILE_POLL, FirstRun::AfterPeriod, move || {
+        let (target, reload) = (target.clone(), reload.clone());
+        async move {
             match reload(&target) {
-                Ok(true) => tracing::info!("{what} reloaded"),
-                Ok(false) => {}
-                Err(e) => tracing::error!("{what} not reloaded, the previous one stays: {e}"),
+                Ok(true) => Ok(format!("{what} reloaded")),
+                Ok(false) => Ok(String::new()),
+                Err(e) => Err(format!("{what} not reloaded, the previous one stays: {e}")),
             }
         }
     });
 }
+
+/// How often the hourly workers (upload purge, audit pruning) run; the first run is at startup.
+const HOURLY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// How often watched files (htpasswd, TLS certificate) are checked for changes: a rotated
 /// Kubernetes Secret takes effect within this time, without a restart.
@@ -241,13 +245,18 @@ fn audit_stream(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + 
     })
 }
 
-async fn authenticator(config: &Config, store: Arc<SqliteStore>) -> anyhow::Result<Authenticator> {
+async fn authenticator(
+    config: &Config,
+    store: Arc<SqliteStore>,
+    workers: &Workers,
+) -> anyhow::Result<Authenticator> {
     let htpasswd = if config.auth.htpasswd_path.is_empty() {
         None
     } else {
         let file = Arc::new(Htpasswd::open(&config.auth.htpasswd_path)?);
         watch(
-            FILE_POLL,
+            workers,
+            "htpasswd_reload",
             file.clone(),
             |f| f.reload_if_changed(),
             "htpasswd file",
@@ -286,15 +295,21 @@ async fn authenticator(config: &Config, store: Arc<SqliteStore>) -> anyhow::Resu
             let token = Arc::new(TokenAuth::new(issuer, external, htpasswd, store, realm).await?);
             // Changes made by the CLI or another replica reach this process within FILE_POLL.
             let watched = token.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(FILE_POLL);
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = watched.refresh().await {
-                        tracing::error!("reloading users and projects failed: {e}");
+            workers.spawn(
+                "access_refresh",
+                FILE_POLL,
+                FirstRun::AfterPeriod,
+                move || {
+                    let watched = watched.clone();
+                    async move {
+                        watched
+                            .refresh()
+                            .await
+                            .map(|_| String::new())
+                            .map_err(|e| format!("reloading users and projects failed: {e}"))
                     }
-                }
-            });
+                },
+            );
             tracing::info!(service = %a.token_service, "token authentication with users, projects and robots");
             Ok(Authenticator::Token(token))
         }

@@ -26,7 +26,9 @@ fn body(bytes: &[u8]) -> berth_storage::ByteStream {
 async fn changes_are_published_once_refusals_never() {
     let dir = tempfile::tempdir().unwrap();
     let blobs = FsBlobStore::open(dir.path()).await.unwrap();
-    let meta = SqliteStore::open(&dir.path().join("m.sqlite")).await.unwrap();
+    let meta = SqliteStore::open(&dir.path().join("m.sqlite"))
+        .await
+        .unwrap();
     let recorder = Arc::new(Recorder::default());
     let mut events = Events::default();
     events.subscribe(recorder.clone());
@@ -46,7 +48,9 @@ async fn changes_are_published_once_refusals_never() {
         .await
         .unwrap();
     let wrong = Digest::sha256_of(b"something else");
-    let refused = registry.push_blob(&actor, &repo, &wrong, body(config)).await;
+    let refused = registry
+        .push_blob(&actor, &repo, &wrong, body(config))
+        .await;
     assert!(matches!(refused, Err(RegistryError::DigestInvalid(_))));
 
     let manifest = format!(
@@ -64,7 +68,13 @@ async fn changes_are_published_once_refusals_never() {
     let gone = registry.delete_manifest(&actor, &repo, &tag).await;
     assert!(matches!(gone, Err(RegistryError::ManifestUnknown(_))));
 
-    let seen: Vec<Change> = recorder.0.lock().unwrap().iter().map(|e| e.change.clone()).collect();
+    let seen: Vec<Change> = recorder
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.change.clone())
+        .collect();
     assert_eq!(
         seen,
         vec![

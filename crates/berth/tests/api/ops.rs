@@ -67,6 +67,18 @@ async fn a_push_shows_up_in_the_metrics() {
     );
     assert!(free > 0.0 && total >= free, "free {free}, total {total}");
     assert_eq!(metric(&text, "berth_storage_full"), 0.0);
+    // Background work reports under one runner: the upload purge ran at startup.
+    let mut purges = 0.0;
+    for _ in 0..50 {
+        let text = s.get("/metrics").await.text().await.unwrap();
+        purges = metric(&text, "berth_worker_runs_total{worker=\"upload_purge\"}");
+        if purges >= 1.0 {
+            assert!(text.contains("berth_worker_failures_total{worker=\"gc\"} 0"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(purges >= 1.0, "the upload purge ran at startup");
 }
 
 #[tokio::test]
