@@ -22,8 +22,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use berth_auth::htpasswd::verify_bcrypt;
 use berth_auth::{
-    AccessModel, Action, Claims, FailedLogins, Htpasswd, LoginCache, LoginLimits, Principal,
-    TokenIssuer, TokenVerifier,
+    AccessModel, Action, Authorizer, Claims, FailedLogins, Htpasswd, LoginCache, LoginLimits, Mode,
+    Permission, Principal, TokenIssuer, TokenVerifier,
 };
 use berth_meta::AccessStore;
 use berth_oci::{ErrorCode, RepositoryName};
@@ -207,6 +207,17 @@ pub enum Need {
     Admin,
 }
 
+impl Need {
+    pub fn permission(&self) -> Permission<'_> {
+        match self {
+            Need::Login => Permission::Login,
+            Need::Catalog => Permission::Catalog,
+            Need::Repository(name, action) => Permission::Repository(name.as_str(), *action),
+            Need::Admin => Permission::AdminApi,
+        }
+    }
+}
+
 /// The access an endpoint requires for a method.
 pub fn need(endpoint: &Endpoint, method: &Method) -> Need {
     let read = matches!(*method, Method::GET | Method::HEAD);
@@ -251,6 +262,15 @@ impl Access {
             principal: Principal::Anonymous,
             credential: Credential::None,
             client,
+        }
+    }
+
+    /// The credential as the authorizer weighs it.
+    pub fn authorizer_credential(&self) -> berth_auth::Credential<'_> {
+        match &self.credential {
+            Credential::None => berth_auth::Credential::None,
+            Credential::Password => berth_auth::Credential::Password,
+            Credential::Token(claims) => berth_auth::Credential::Token(claims),
         }
     }
 
@@ -367,48 +387,34 @@ impl Api {
         }
     }
 
-    /// The single authorization decision for an already identified caller.
+    /// The authorization decision for an endpoint's need: [`Api::allows`].
     pub fn may(&self, access: &Access, need: &Need) -> bool {
-        let anonymous = access.principal.is_anonymous();
-        match &self.auth {
-            Authenticator::Open => true,
-            // registry:2 semantics: any valid user may do everything.
-            Authenticator::Htpasswd { .. } => !anonymous && *need != Need::Admin,
-            Authenticator::Token(t) => match (&access.credential, need) {
-                (Credential::Token(_), Need::Login) => true,
-                (Credential::Token(claims), Need::Catalog) => {
-                    claims.grants("registry", "catalog", "*")
-                }
-                (Credential::Token(claims), Need::Admin) => {
-                    !matches!(access.principal, Principal::External { .. })
-                        && claims.grants("registry", "admin", "*")
-                }
-                (Credential::Token(claims), Need::Repository(name, action)) => {
-                    claims.grants("repository", name.as_str(), action.as_str())
-                        && (matches!(access.principal, Principal::External { .. })
-                            || t.model().may(&access.principal, name.as_str(), *action))
-                }
-                (_, Need::Login | Need::Catalog | Need::Admin) => !anonymous,
-                (_, Need::Repository(name, action)) => {
-                    t.model().may(&access.principal, name.as_str(), *action)
-                }
-            },
-        }
+        self.allows(access, need.permission())
     }
 
-    /// Is `repository` listed in the caller's catalog? A catalog token lists what its local
-    /// subject may pull now; an external token lists only what it names.
+    /// The one decision of every interface, taken by [`berth_auth::Authorizer`] over the
+    /// access model as it is now.
+    pub fn allows(&self, access: &Access, permission: Permission<'_>) -> bool {
+        let (mode, model) = match &self.auth {
+            Authenticator::Open => (Mode::Open, None),
+            Authenticator::Htpasswd { .. } => (Mode::Htpasswd, None),
+            Authenticator::Token(t) => (Mode::Token, Some(t.model())),
+        };
+        let empty = AccessModel::default();
+        let authorizer = Authorizer {
+            mode,
+            model: model.as_deref().unwrap_or(&empty),
+        };
+        authorizer.allows(
+            &access.principal,
+            access.authorizer_credential(),
+            permission,
+        )
+    }
+
+    /// Is `repository` listed in the caller's catalog?
     pub fn may_list(&self, access: &Access, repository: &RepositoryName) -> bool {
-        let pull = Need::Repository(repository.clone(), Action::Pull);
-        match (&self.auth, &access.credential, &access.principal) {
-            (Authenticator::Token(_), Credential::Token(_), Principal::External { .. }) => {
-                self.may(access, &pull)
-            }
-            (Authenticator::Token(t), Credential::Token(_), principal) => {
-                t.model().may(principal, repository.as_str(), Action::Pull)
-            }
-            _ => self.may(access, &pull),
-        }
+        self.allows(access, Permission::ListRepository(repository.as_str()))
     }
 
     /// The response for a caller that lacks `need`: a 401 challenge naming it for callers

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use berth_auth::admin::{self, AdminError};
-use berth_auth::Principal;
+use berth_auth::Permission;
 use berth_meta::AuditQuery;
 use http::request::Parts;
 use http::StatusCode;
@@ -79,25 +79,20 @@ impl Caller {
         }
     }
 
-    fn require_admin(&self) -> Result<(), ApiError> {
-        match self.access.principal {
-            Principal::User { admin: true, .. } => Ok(()),
-            _ => Err(ApiError::Denied("only registry admins may do this".into())),
+    /// Asks the authorizer; a refusal says who may do this instead.
+    fn require(&self, permission: Permission<'_>) -> Result<(), ApiError> {
+        if self.api.allows(&self.access, permission) {
+            return Ok(());
         }
-    }
-
-    fn require_project_admin(&self, project: &str) -> Result<(), ApiError> {
-        if self
-            .token_auth()?
-            .model()
-            .may_administer(&self.access.principal, project)
-        {
-            Ok(())
-        } else {
-            Err(ApiError::Denied(format!(
-                "only admins of project {project} may do this"
-            )))
-        }
+        Err(ApiError::Denied(match permission {
+            Permission::AdministerProject(project) => {
+                format!("only admins of project {project} may do this")
+            }
+            Permission::ChangePassword(user) => {
+                format!("only {user} or a registry admin may change this password")
+            }
+            _ => "only registry admins may do this".into(),
+        }))
     }
 
     /// Applies a change: audit it, then reload the model so it holds from the next request.
@@ -180,7 +175,7 @@ fn ok(v: Value) -> Reply {
 }
 
 async fn list_users(c: Caller) -> Reply {
-    c.require_admin()?;
+    c.require(Permission::ManageUsers)?;
     let model = c.token_auth()?.model();
     let mut users: Vec<Value> = model
         .users
@@ -192,7 +187,7 @@ async fn list_users(c: Caller) -> Reply {
 }
 
 async fn create_user(c: Caller, Json(u): Json<NewUser>) -> Reply {
-    c.require_admin()?;
+    c.require(Permission::ManageUsers)?;
     admin::put_user(&*c.token_auth()?.store, &u.name, &u.password, u.admin).await?;
     c.changed("user.add", &u.name, if u.admin { "admin" } else { "" })
         .await?;
@@ -203,16 +198,14 @@ async fn create_user(c: Caller, Json(u): Json<NewUser>) -> Reply {
 }
 
 async fn remove_user(c: Caller, Path(name): Path<String>) -> Reply {
-    c.require_admin()?;
+    c.require(Permission::ManageUsers)?;
     admin::delete_user(&*c.token_auth()?.store, &name).await?;
     c.changed("user.remove", &name, "").await?;
     ok(json!({}))
 }
 
 async fn change_password(c: Caller, Path(name): Path<String>, Json(p): Json<Password>) -> Reply {
-    if c.access.principal.name() != name {
-        c.require_admin()?;
-    }
+    c.require(Permission::ChangePassword(&name))?;
     admin::set_password(&*c.token_auth()?.store, &name, &p.password).await?;
     c.changed("user.password", &name, "").await?;
     ok(json!({}))
@@ -223,11 +216,7 @@ async fn list_projects(c: Caller) -> Reply {
     let mut projects: Vec<Value> = model
         .projects
         .iter()
-        .filter(|(name, public)| {
-            **public
-                || matches!(c.access.principal, Principal::User { admin: true, .. })
-                || model.role(name, &c.access.principal.name()).is_some()
-        })
+        .filter(|(name, _)| c.api.allows(&c.access, Permission::ReadProject(name)))
         .map(|(name, public)| json!({"name": name, "public": public}))
         .collect();
     projects.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -235,7 +224,7 @@ async fn list_projects(c: Caller) -> Reply {
 }
 
 async fn create_project(c: Caller, Json(p): Json<NewProject>) -> Reply {
-    c.require_admin()?;
+    c.require(Permission::ManageProjects)?;
     admin::put_project(&*c.token_auth()?.store, &p.name, p.public).await?;
     c.changed(
         "project.add",
@@ -254,7 +243,7 @@ async fn update_project(
     Path(name): Path<String>,
     Json(s): Json<ProjectSettings>,
 ) -> Reply {
-    c.require_project_admin(&name)?;
+    c.require(Permission::AdministerProject(&name))?;
     if !c.token_auth()?.model().projects.contains_key(&name) {
         return Err(ApiError::NotFound(format!("project {name} not found")));
     }
@@ -269,14 +258,14 @@ async fn update_project(
 }
 
 async fn remove_project(c: Caller, Path(name): Path<String>) -> Reply {
-    c.require_admin()?;
+    c.require(Permission::ManageProjects)?;
     admin::delete_project(&*c.token_auth()?.store, &name).await?;
     c.changed("project.remove", &name, "").await?;
     ok(json!({}))
 }
 
 async fn list_members(c: Caller, Path(name): Path<String>) -> Reply {
-    c.require_project_admin(&name)?;
+    c.require(Permission::AdministerProject(&name))?;
     let model = c.token_auth()?.model();
     let mut members: Vec<Value> = model
         .members
@@ -293,7 +282,7 @@ async fn put_member(
     Path((name, user)): Path<(String, String)>,
     Json(r): Json<RoleBody>,
 ) -> Reply {
-    c.require_project_admin(&name)?;
+    c.require(Permission::AdministerProject(&name))?;
     admin::set_member(&*c.token_auth()?.store, &name, &user, &r.role).await?;
     c.changed("project.member", &format!("{name}/{user}"), &r.role)
         .await?;
@@ -301,7 +290,7 @@ async fn put_member(
 }
 
 async fn remove_member(c: Caller, Path((name, user)): Path<(String, String)>) -> Reply {
-    c.require_project_admin(&name)?;
+    c.require(Permission::AdministerProject(&name))?;
     admin::remove_member(&*c.token_auth()?.store, &name, &user).await?;
     c.changed("project.member.remove", &format!("{name}/{user}"), "")
         .await?;
@@ -309,7 +298,7 @@ async fn remove_member(c: Caller, Path((name, user)): Path<(String, String)>) ->
 }
 
 async fn list_robots(c: Caller) -> Reply {
-    c.require_admin()?;
+    c.require(Permission::ManageUsers)?;
     let model = c.token_auth()?.model();
     let mut robots: Vec<Value> = model
         .robots
@@ -321,7 +310,7 @@ async fn list_robots(c: Caller) -> Reply {
 }
 
 async fn create_robot(c: Caller, Json(r): Json<NewRobot>) -> Reply {
-    c.require_project_admin(&r.project)?;
+    c.require(Permission::AdministerProject(&r.project))?;
     let created = admin::add_robot(
         &*c.token_auth()?.store,
         &r.project,
@@ -345,9 +334,9 @@ async fn remove_robot(c: Caller, Path(name): Path<String>) -> Reply {
         .robots
         .get(&name)
         .map(|r| r.project.clone());
-    match project {
-        Some(p) => c.require_project_admin(&p)?,
-        None => c.require_admin()?,
+    match &project {
+        Some(p) => c.require(Permission::AdministerProject(p))?,
+        None => c.require(Permission::ManageUsers)?,
     }
     admin::delete_robot(&*c.token_auth()?.store, &name).await?;
     c.changed("robot.remove", &name, "").await?;
@@ -355,7 +344,7 @@ async fn remove_robot(c: Caller, Path(name): Path<String>) -> Reply {
 }
 
 async fn audit(c: Caller, Query(q): Query<AuditParams>) -> Reply {
-    c.require_admin()?;
+    c.require(Permission::ReadAudit)?;
     let events = c
         .token_auth()?
         .store

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use berth_auth::{AccessEntry, Action, Principal, Scope};
+use berth_auth::{AccessEntry, Action, Authorizer, Credential, Mode, Permission, Principal, Scope};
 use berth_oci::{ErrorCode, RepositoryName};
 use http::{header, Method, StatusCode};
 use http_body_util::BodyExt;
@@ -115,6 +115,17 @@ async fn issue(api: &Api, request: Request) -> Result<Response, ApiError> {
     };
 
     let model = t.model();
+    // What the login itself (no token yet) may do, by the one authorizer.
+    let credential = if credentials.is_some() {
+        Credential::Password
+    } else {
+        Credential::None
+    };
+    let authorizer = Authorizer {
+        mode: Mode::Token,
+        model: &model,
+    };
+    let may = |permission: Permission<'_>| authorizer.allows(&principal, credential, permission);
     let mut access = Vec::new();
     let requested = p
         .iter()
@@ -135,7 +146,10 @@ async fn issue(api: &Api, request: Request) -> Result<Response, ApiError> {
                         }
                     })
                     .collect();
-                let granted = model.granted(&principal, &scope.name, &wanted);
+                let granted: Vec<Action> = wanted
+                    .into_iter()
+                    .filter(|a| may(Permission::Repository(&scope.name, *a)))
+                    .collect();
                 if !granted.is_empty() {
                     access.push(AccessEntry {
                         kind: "repository".into(),
@@ -144,7 +158,7 @@ async fn issue(api: &Api, request: Request) -> Result<Response, ApiError> {
                     });
                 }
             }
-            "registry" if scope.name == "catalog" && !principal.is_anonymous() => {
+            "registry" if scope.name == "catalog" && may(Permission::Catalog) => {
                 access.push(AccessEntry {
                     kind: "registry".into(),
                     name: "catalog".into(),
@@ -153,7 +167,7 @@ async fn issue(api: &Api, request: Request) -> Result<Response, ApiError> {
             }
             // The admin API, for users only; what they may change there is decided by their
             // rights at the time of each request.
-            "registry" if scope.name == "admin" && matches!(principal, Principal::User { .. }) => {
+            "registry" if scope.name == "admin" && may(Permission::AdminApi) => {
                 access.push(AccessEntry {
                     kind: "registry".into(),
                     name: "admin".into(),

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod authorizer;
 pub mod htpasswd;
 pub mod logins;
 pub mod policy;
@@ -16,6 +17,7 @@ mod secret;
 pub mod token;
 
 pub use access::{Action, Principal, Role};
+pub use authorizer::{Authorizer, Credential, Mode, Permission};
 pub use htpasswd::{Htpasswd, HtpasswdError, HtpasswdFile};
 pub use logins::{Attempt, FailedLogins, LoginCache, LoginLimits};
 pub use policy::AccessModel;
