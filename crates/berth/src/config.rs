@@ -24,6 +24,45 @@ pub struct Config {
     pub manifests: ManifestsConfig,
 }
 
+/// Where blobs are kept. (S3-compatible object storage comes next.)
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageDriver {
+    /// Distribution's layout under `storage.root`.
+    #[default]
+    Filesystem,
+}
+
+/// Where the metadata index is kept. (PostgreSQL comes next.)
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    /// An SQLite file (`metadata.sqlite_path`).
+    #[default]
+    Sqlite,
+}
+
+/// How callers are authenticated.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may push and pull (`registry:2`'s default).
+    #[default]
+    None,
+    /// Basic auth against an htpasswd file; every user may do everything.
+    Htpasswd,
+    /// Users, projects, roles and robots, with Docker bearer tokens.
+    Token,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ManifestsConfig {
@@ -98,6 +137,8 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// `filesystem`.
+    pub driver: StorageDriver,
     /// Data directory; blobs use Distribution's layout below it.
     pub root: PathBuf,
     /// Allow deleting manifests, tags and blobs through the API.
@@ -110,6 +151,8 @@ pub struct StorageConfig {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
+    /// `sqlite`.
+    pub backend: MetadataBackend,
     /// SQLite database file; empty means `<storage.root>/berth/metadata.sqlite`.
     pub sqlite_path: String,
 }
@@ -132,7 +175,7 @@ pub struct LogConfig {
     /// A `tracing` filter, e.g. `info` or `berth=debug,info`.
     pub level: String,
     /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -140,7 +183,7 @@ pub struct LogConfig {
 pub struct AuthConfig {
     /// `none` (anyone may do anything), `htpasswd` (Basic auth, every user may do everything,
     /// as registry:2), or `token` (users, projects, roles, robots; Docker bearer tokens).
-    pub mode: String,
+    pub mode: AuthMode,
     /// Realm announced in `WWW-Authenticate` for Basic auth.
     pub realm: String,
     /// htpasswd file with bcrypt entries (create one with `berth htpasswd`); re-read on change.
@@ -173,7 +216,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            mode: "none".into(),
+            mode: AuthMode::None,
             realm: "Registry Realm".into(),
             htpasswd_path: String::new(),
             token_service: "berth-registry".into(),
@@ -242,6 +285,7 @@ impl Default for ServerConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            driver: StorageDriver::Filesystem,
             root: PathBuf::from("./data"),
             delete_enabled: true,
             upload_purge_hours: 168,
@@ -263,7 +307,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
-            format: "text".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -332,21 +376,11 @@ impl Config {
                 "must be at least 1024",
             ));
         }
-        match self.auth.mode.as_str() {
-            "none" => {}
-            "htpasswd" if self.auth.htpasswd_path.is_empty() => {
-                return Err(invalid(
-                    "auth.htpasswd_path",
-                    "auth.mode = htpasswd needs a file",
-                ));
-            }
-            "htpasswd" | "token" => {}
-            other => {
-                return Err(invalid(
-                    "auth.mode",
-                    format!("{other:?} is not none, htpasswd or token"),
-                ))
-            }
+        if self.auth.mode == AuthMode::Htpasswd && self.auth.htpasswd_path.is_empty() {
+            return Err(invalid(
+                "auth.htpasswd_path",
+                "auth.mode = htpasswd needs a file",
+            ));
         }
         if self.auth.external_issuer.is_empty() != self.auth.external_public_key_path.is_empty() {
             return Err(invalid(
@@ -356,12 +390,6 @@ impl Config {
         }
         if self.tls.certificate.is_empty() != self.tls.key.is_empty() {
             return Err(invalid("tls", "certificate and key must be given together"));
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid(
-                "log.format",
-                format!("{:?} is neither text nor json", self.log.format),
-            ));
         }
         Ok(())
     }
@@ -549,7 +577,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.addr, "0.0.0.0:5000");
-        assert_eq!(c.auth.mode, "htpasswd");
+        assert_eq!(c.auth.mode, AuthMode::Htpasswd);
         assert_eq!(c.auth.htpasswd_path, "/auth/htpasswd");
         assert_eq!(c.storage.root, PathBuf::from("/var/lib/registry"));
         assert!(c.storage.delete_enabled, "BERTH_* beats REGISTRY_*");
@@ -570,6 +598,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("htpasswd_path"), "{err}");
+        let err = load(None, &[("BERTH_AUTH_MODE", "silly")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("silly") && err.contains("token"), "{err}");
+        let err = load(None, &[("BERTH_LOG_FORMAT", "xml")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xml") && err.contains("json"), "{err}");
+        let err = load(None, &[("BERTH_STORAGE_DRIVER", "s3")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("s3") && err.contains("filesystem"), "{err}");
         let err = load(None, &[("REGISTRY_AUTH", "silly")])
             .unwrap_err()
             .to_string();

@@ -11,7 +11,7 @@ use berth_storage::FsBlobStore;
 use tracing_subscriber::EnvFilter;
 
 use crate::compat::Notice;
-use crate::config::Config;
+use crate::config::{AuthMode, Config, LogFormat};
 use crate::{server, tls};
 
 fn init_logging(config: &Config) {
@@ -21,7 +21,7 @@ fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if config.log.format == "json" {
+    if config.log.format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();
@@ -263,15 +263,15 @@ async fn authenticator(
         );
         Some(file)
     };
-    match (config.auth.mode.as_str(), htpasswd) {
-        ("htpasswd", Some(file)) => {
+    match (config.auth.mode, htpasswd) {
+        (AuthMode::Htpasswd, Some(file)) => {
             tracing::info!(path = %config.auth.htpasswd_path, "basic authentication with htpasswd");
             Ok(Authenticator::Htpasswd {
                 realm: config.auth.realm.clone(),
                 file,
             })
         }
-        ("token", htpasswd) => {
+        (AuthMode::Token, htpasswd) => {
             let a = &config.auth;
             bootstrap_admin(&store, &a.bootstrap_admin_password).await?;
             let issuer = TokenIssuer::open(
