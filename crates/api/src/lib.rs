@@ -70,8 +70,10 @@ pub struct Api {
 }
 
 impl Api {
-    /// Builds the registry on `blobs` and `meta` (each store call timed for `/metrics`), with
-    /// the audit log subscribed to its events.
+    /// Builds the registry on `blobs` and the metadata backend `meta`, with the audit log
+    /// subscribed to its events. Every store call is timed for `/metrics`; metadata calls are
+    /// timed at the backend, under the manifest cache, so the figures are the backend's and
+    /// not cache hits.
     pub fn new(
         blobs: Arc<dyn BlobStore>,
         meta: Arc<dyn MetadataStore>,
@@ -85,10 +87,12 @@ impl Api {
             inner: blobs,
             metrics: metrics.clone(),
         });
-        let meta = Arc::new(metered::MeteredMetadataStore {
-            inner: meta,
-            metrics: metrics.clone(),
-        });
+        let meta = Arc::new(berth_meta::CachedStore::new(Arc::new(
+            metered::MeteredMetadataStore {
+                inner: meta,
+                metrics: metrics.clone(),
+            },
+        )));
         let mut events = Events::default();
         events.subscribe(Arc::new(audit.clone()));
         let registry = Arc::new(Registry::new(blobs, meta, registry_config, events));

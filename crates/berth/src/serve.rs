@@ -6,7 +6,7 @@ use anyhow::Context;
 use berth_api::workers::{FirstRun, Workers};
 use berth_api::{Api, ApiConfig, AuditLog, Authenticator, TokenAuth};
 use berth_auth::{Htpasswd, TokenIssuer, TokenVerifier};
-use berth_meta::{CachedStore, SqliteStore};
+use berth_meta::SqliteStore;
 use berth_storage::FsBlobStore;
 use tracing_subscriber::EnvFilter;
 
@@ -76,7 +76,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let mut api = Api::new(
         Arc::new(blobs),
-        Arc::new(CachedStore::new(meta.clone())),
+        meta.clone(),
         config.registry_config(),
         ApiConfig {
             tls: !config.tls.certificate.is_empty(),
