@@ -276,6 +276,9 @@ impl berth_registry::Subscriber for AuditLog {
                 ("delete", format!("{repository}:{digest}"))
             }
             Change::TagDeleted { repository, tag } => ("delete", format!("{repository}:{tag}")),
+            Change::RepositoryDeleted { repository } => {
+                ("repository.delete", repository.to_string())
+            }
             Change::BlobDeleted { repository, digest } => {
                 ("delete", format!("{repository}@{digest}"))
             }

@@ -175,6 +175,14 @@ impl MetadataStore for MeteredMetadataStore {
             self.inner.delete_manifest(r, d)
         )
     }
+    async fn delete_repository(&self, r: &RepositoryName) -> MetaResult<bool> {
+        timed!(
+            self,
+            "metadata",
+            "delete_repository",
+            self.inner.delete_repository(r)
+        )
+    }
     async fn delete_tag(&self, r: &RepositoryName, t: &Tag) -> MetaResult<bool> {
         timed!(self, "metadata", "delete_tag", self.inner.delete_tag(r, t))
     }

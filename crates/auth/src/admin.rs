@@ -205,7 +205,7 @@ pub async fn add_robot(
         })
         .await
         .map_err(|e| match e {
-            MetaError::Database(_) => AdminError::Invalid(format!("robot {login} exists already")),
+            MetaError::Conflict(_) => AdminError::Invalid(format!("robot {login} exists already")),
             other => other.into(),
         })?;
     Ok(NewRobot {

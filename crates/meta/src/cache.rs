@@ -240,6 +240,11 @@ impl MetadataStore for CachedStore {
         self.invalidate(r);
         result
     }
+    async fn delete_repository(&self, r: &RepositoryName) -> Result<bool> {
+        let result = self.inner.delete_repository(r).await;
+        self.invalidate(r);
+        result
+    }
     async fn delete_tag(&self, r: &RepositoryName, t: &Tag) -> Result<bool> {
         let result = self.inner.delete_tag(r, t).await;
         self.invalidate(r);

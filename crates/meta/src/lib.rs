@@ -10,6 +10,7 @@ pub mod access;
 pub mod cache;
 mod migrations;
 mod sqlite;
+pub mod testsuite;
 
 use std::sync::Arc;
 
@@ -22,25 +23,18 @@ pub use access::{
 pub use cache::CachedStore;
 pub use sqlite::SqliteStore;
 
-#[derive(Debug, thiserror::Error)]
+/// What can go wrong in a metadata store, in terms every backend can report: callers decide
+/// on the kind (retry a transient failure, refuse a conflict, answer "full"), never on a
+/// backend's own error type.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("manifest references content missing from the repository: {0:?}")]
     MissingReferences(Vec<String>),
     /// Descriptors whose declared size is not the stored content's, as `digest: why`.
     #[error("manifest descriptors declare wrong sizes: {0:?}")]
     WrongSizes(Vec<String>),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("metadata database error: {0}")]
-    Database(#[from] rusqlite::Error),
-    #[error("metadata migration failed: {0}")]
-    Migration(String),
-    #[error("making a metadata change durable failed: {0}")]
-    Durability(String),
-    #[error("metadata worker failed: {0}")]
-    Worker(String),
-    /// The change collides with another in progress (e.g. a blob being garbage collected);
-    /// retrying later can succeed.
+    /// The change collides with another (e.g. a blob being garbage collected, a name that
+    /// exists already); retrying later can succeed.
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("{count} upload sessions are in progress for {scope} (the limit is {limit})")]
@@ -49,19 +43,30 @@ pub enum MetaError {
         count: u64,
         limit: u64,
     },
+    /// The backend could not take the change for lack of space (disk, quota).
+    #[error("the metadata store is full: {0}")]
+    Full(String),
+    /// The backend is busy, locked or unreachable for now; the same call may succeed later.
+    #[error("the metadata store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("metadata migration failed: {0}")]
+    Migration(String),
+    /// Anything else the backend reported.
+    #[error("metadata backend error: {0}")]
+    Backend(String),
 }
 
 impl MetaError {
     /// The database could not grow: its disk (or quota) is full.
     pub fn is_storage_full(&self) -> bool {
-        match self {
-            MetaError::Database(rusqlite::Error::SqliteFailure(f, _)) => {
-                f.code == rusqlite::ErrorCode::DiskFull
-            }
-            // A failed group commit carries SQLite's message: SQLITE_FULL reads so.
-            MetaError::Durability(detail) => detail.contains("database or disk is full"),
-            _ => false,
-        }
+        matches!(self, MetaError::Full(_))
+    }
+
+    /// Worth retrying as it is.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, MetaError::Unavailable(_) | MetaError::Conflict(_))
     }
 }
 
@@ -138,6 +143,23 @@ pub struct Page<'a> {
     pub limit: Option<u32>,
 }
 
+/// The registry's index. Every backend must pass [`testsuite::run_all`].
+///
+/// **Consistency each backend must give** (SQLite gives it with one writer; PostgreSQL with
+/// serializable transactions or the row locks named here):
+/// - `put_manifest`: the reference check and the inserts are one transaction, serialized with
+///   `mark_blob_deleting`, `unlink_blob` and `delete_manifest` of the same rows (lock the blob
+///   and link rows it checks, `SELECT … FOR SHARE`); a refused push changes nothing; two pushes
+///   of one tag leave the tag on one of the two manifests, never on none.
+/// - `reserve_blob` / `mark_blob_deleting`: each is one atomic statement on the blob's row (lock
+///   it, `FOR UPDATE`), so the two never both succeed for one digest; `mount_blob` and `add_blob`
+///   re-check the mark in their own transaction.
+/// - `create_upload`: the count and the insert are one serialized step per owner and
+///   repository (an advisory lock, or serializable isolation), so limits hold under
+///   concurrency.
+/// - Reads may lag writes of other replicas, never this caller's own acknowledged writes.
+/// - Errors are [`MetaError`]s of the right kind: `Full`, `Unavailable` (retry), `Conflict`,
+///   `Corrupt`, `Backend` — never a backend's own error type.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     /// Cheap reachability probe for readiness checks.
@@ -193,6 +215,11 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Deletes a manifest and every tag pointing at it; `false` when it did not exist.
     async fn delete_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool>;
+
+    /// Deletes a repository: its tags, manifests and blob links, in one transaction (the blobs
+    /// go with the next collection if nothing else reaches them). `false` when it did not
+    /// exist.
+    async fn delete_repository(&self, repo: &RepositoryName) -> Result<bool>;
 
     /// Removes a tag only; `false` when it did not exist.
     async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<bool>;

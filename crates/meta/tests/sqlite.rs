@@ -670,3 +670,10 @@ async fn concurrent_collections_and_commits() {
     }
     assert!(marked >= 20, "blobs nobody commits are collected: {marked}");
 }
+
+/// The suite every metadata backend must pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_passes_the_shared_testsuite() {
+    let (_dir, store) = open().await;
+    berth_meta::testsuite::run_all(std::sync::Arc::new(store)).await;
+}

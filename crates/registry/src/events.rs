@@ -44,6 +44,8 @@ pub enum Change {
         repository: RepositoryName,
         digest: Digest,
     },
+    /// A repository was deleted with its tags, manifests and links.
+    RepositoryDeleted { repository: RepositoryName },
     /// A tag was removed; its manifest stays.
     TagDeleted {
         repository: RepositoryName,

@@ -148,3 +148,25 @@ impl Registry {
         Ok(())
     }
 }
+
+impl Registry {
+    /// Deletes a whole repository: tags, manifests and links. Its bytes go with the next
+    /// collection where nothing else references them.
+    pub async fn delete_repository(
+        &self,
+        actor: &Actor,
+        repository: &RepositoryName,
+    ) -> Result<()> {
+        self.require_deletes()?;
+        if !self.meta.delete_repository(repository).await? {
+            return Err(RegistryError::NameUnknown(repository.to_string()));
+        }
+        self.publish(
+            actor,
+            Change::RepositoryDeleted {
+                repository: repository.clone(),
+            },
+        );
+        Ok(())
+    }
+}

@@ -154,7 +154,9 @@ impl Registry {
         self.blobs
             .upload_size(id)
             .await?
-            .ok_or_else(|| RegistryError::Storage(berth_storage::StorageError::UploadNotFound))
+            .ok_or(RegistryError::Storage(
+                berth_storage::StorageError::UploadNotFound,
+            ))
     }
 
     /// Appends a chunk; it must continue the upload where it stands (`range.start` equal to

@@ -63,12 +63,12 @@ impl SqliteStore {
             Ok::<_, MetaError>((conn, path))
         })
         .await
-        .map_err(|e| MetaError::Worker(e.to_string()))??;
+        .map_err(|e| MetaError::Backend(e.to_string()))??;
         let (writer, jobs) = mpsc::channel();
         std::thread::Builder::new()
             .name("berth-meta-writer".into())
             .spawn(move || run_writer(conn, jobs))
-            .map_err(|e| MetaError::Worker(e.to_string()))?;
+            .map_err(|e| MetaError::Backend(e.to_string()))?;
         Ok(SqliteStore {
             writer,
             readers: Arc::new(Readers {
@@ -94,10 +94,10 @@ impl SqliteStore {
         };
         self.writer
             .send(Box::new(job))
-            .map_err(|_| MetaError::Worker("the metadata writer stopped".into()))?;
+            .map_err(|_| MetaError::Backend("the metadata writer stopped".into()))?;
         answer
             .await
-            .map_err(|_| MetaError::Worker("the metadata writer stopped".into()))?
+            .map_err(|_| MetaError::Backend("the metadata writer stopped".into()))?
     }
 
     /// Runs `f` on a read-only connection, off the async threads.
@@ -112,7 +112,7 @@ impl SqliteStore {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|e| MetaError::Worker(e.to_string()))?;
+            .map_err(|e| MetaError::Backend(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let conn = readers.take()?;
@@ -121,7 +121,7 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| MetaError::Worker(e.to_string()))?
+        .map_err(|e| MetaError::Backend(e.to_string()))?
     }
 }
 
@@ -148,7 +148,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 /// group committed.
 trait Job: Send {
     fn run(&mut self, conn: &Connection);
-    fn finish(self: Box<Self>, committed: std::result::Result<(), &str>);
+    fn finish(self: Box<Self>, committed: &Result<()>);
 }
 
 struct Pending<T, F> {
@@ -168,11 +168,11 @@ where
         }
     }
 
-    fn finish(self: Box<Self>, committed: std::result::Result<(), &str>) {
+    fn finish(self: Box<Self>, committed: &Result<()>) {
         let result = match (committed, self.outcome) {
-            (Err(e), _) => Err(MetaError::Durability(e.to_owned())),
+            (Err(e), _) => Err(e.clone()),
             (Ok(()), Some(outcome)) => outcome,
-            (Ok(()), None) => Err(MetaError::Worker("a write was never run".into())),
+            (Ok(()), None) => Err(MetaError::Backend("a write was never run".into())),
         };
         // The caller may have gone away (request cancelled); its write stands regardless.
         let _ = self.reply.send(result);
@@ -205,23 +205,40 @@ fn run_writer(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
             }
         }
         let committed = commit_group(&conn, &mut group);
-        let committed = committed.as_ref().map(|_| ()).map_err(|e| e.as_str());
         for job in group {
-            job.finish(committed);
+            job.finish(&committed);
         }
     }
 }
 
-fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> std::result::Result<(), String> {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| e.to_string())?;
+fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
     for job in group.iter_mut() {
         job.run(conn);
     }
     conn.execute_batch("COMMIT").map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");
-        e.to_string()
+        MetaError::from(e)
     })
+}
+
+/// SQLite's errors in the store's backend-neutral terms.
+impl From<rusqlite::Error> for MetaError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Code;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                Code::DiskFull => MetaError::Full(e.to_string()),
+                Code::DatabaseBusy | Code::DatabaseLocked | Code::CannotOpen => {
+                    MetaError::Unavailable(e.to_string())
+                }
+                Code::ConstraintViolation => MetaError::Conflict(e.to_string()),
+                Code::DatabaseCorrupt | Code::NotADatabase => MetaError::Corrupt(e.to_string()),
+                _ => MetaError::Backend(e.to_string()),
+            },
+            _ => MetaError::Backend(e.to_string()),
+        }
+    }
 }
 
 /// Read-only connections, opened on demand and kept while idle; a permit is held while one is

@@ -63,8 +63,10 @@ fn parse_digest(s: &str) -> Result<Digest> {
     Digest::from_str(s).map_err(|e| MetaError::Corrupt(e.to_string()))
 }
 
+/// A page's limit as SQL takes it on every backend: "no limit" is the largest count, not
+/// SQLite's `-1` (which PostgreSQL refuses).
 fn limit_of(page: Page<'_>) -> i64 {
-    page.limit.map(i64::from).unwrap_or(-1)
+    page.limit.map(i64::from).unwrap_or(i64::MAX)
 }
 
 /// A manifest to store, owned so it can travel to the writer thread.
@@ -338,6 +340,18 @@ impl MetadataStore for SqliteStore {
             let n = conn
                 .prepare_cached("DELETE FROM manifests WHERE repository = $1 AND digest = $2")?
                 .execute((repo, digest))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_repository(&self, repo: &RepositoryName) -> Result<bool> {
+        let repo = repo.to_string();
+        self.write(move |conn| {
+            // Manifests, their references and tags, and blob links cascade from the repository.
+            let n = conn
+                .prepare_cached("DELETE FROM repositories WHERE name = $1")?
+                .execute([repo])?;
             Ok(n > 0)
         })
         .await

@@ -1,0 +1,476 @@
+//! The suite every metadata backend must pass, as `berth_storage::testsuite` is for blob
+//! stores: registry data, access data, the audit log, upload sessions and the garbage
+//! collection queries, including the concurrent cases whose consistency the
+//! [`MetadataStore`] docs require. Cases share one store and keep to names of their own, so
+//! a backend runs the suite on a fresh database once.
+//!
+//! Failures panic with what was expected; call [`run_all`] from a test.
+
+use std::sync::Arc;
+
+use berth_oci::{Algorithm, Digest, Reference, Referenced, RepositoryName, Tag};
+
+use crate::access::{AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User};
+use crate::{
+    BlobReservation, MetaError, MetadataStore, NewManifest, Page, UploadLimits, UploadSession,
+};
+
+/// A backend under test: both store traits.
+pub trait Store: MetadataStore + AccessStore {}
+impl<T: MetadataStore + AccessStore> Store for T {}
+
+pub async fn run_all(store: Arc<dyn Store>) {
+    blobs_are_scoped_to_repositories(&*store).await;
+    manifests_tags_and_references(&*store).await;
+    two_pushes_of_one_tag(store.clone()).await;
+    listings_page_without_sqlite_only_sql(&*store).await;
+    uploads_and_their_limits(store.clone()).await;
+    collection_rules(&*store).await;
+    collections_race_pushes(store.clone()).await;
+    access_data_moves_the_generation(&*store).await;
+    audit_is_recorded_queried_and_pruned(&*store).await;
+}
+
+fn repo(s: &str) -> RepositoryName {
+    s.parse().expect("repository name")
+}
+
+fn tag(s: &str) -> Tag {
+    s.parse().expect("tag")
+}
+
+fn manifest<'a>(
+    repository: &'a RepositoryName,
+    digest: &'a Digest,
+    content: &'a [u8],
+    blobs: &'a [Referenced],
+    tags: &'a [Tag],
+) -> NewManifest<'a> {
+    NewManifest {
+        repository,
+        digest,
+        media_type: "application/vnd.oci.image.manifest.v1+json",
+        content,
+        blobs,
+        children: &[],
+        allow_missing: false,
+        subject: None,
+        artifact_type: None,
+        annotations_json: None,
+        tags,
+    }
+}
+
+async fn blobs_are_scoped_to_repositories(store: &dyn Store) {
+    let (a, b) = (repo("suite-scope/a"), repo("suite-scope/b"));
+    let d = Digest::sha256_of(b"suite scope");
+    store.add_blob(&a, &d, 11, None).await.expect("add blob");
+    assert_eq!(store.repository_blob(&a, &d).await.unwrap(), Some(11));
+    assert_eq!(store.repository_blob(&b, &d).await.unwrap(), None);
+    assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), Some(11));
+    assert!(store.unlink_blob(&a, &d).await.unwrap());
+    assert!(!store.unlink_blob(&a, &d).await.unwrap());
+    assert_eq!(store.repository_blob(&b, &d).await.unwrap(), Some(11));
+}
+
+async fn manifests_tags_and_references(store: &dyn Store) {
+    let r = repo("suite-manifests/app");
+    let layer = Digest::sha256_of(b"suite layer");
+    let refs = [Referenced {
+        digest: layer.clone(),
+        size: 5,
+    }];
+    let body = b"{\"suite\":1}";
+    let md = Digest::sha256_of(body);
+    let missing = store
+        .put_manifest(manifest(&r, &md, body, &refs, &[tag("v1")]))
+        .await;
+    assert!(
+        matches!(missing, Err(MetaError::MissingReferences(ref m)) if m == &[layer.to_string()]),
+        "{missing:?}"
+    );
+    let v1 = Reference::Tag(tag("v1"));
+    assert!(
+        store.get_manifest(&r, &v1).await.unwrap().is_none(),
+        "a refused push stores nothing"
+    );
+    store.add_blob(&r, &layer, 5, None).await.unwrap();
+    let wrong = [Referenced {
+        digest: layer.clone(),
+        size: 4,
+    }];
+    let refused = store
+        .put_manifest(manifest(&r, &md, body, &wrong, &[tag("v1")]))
+        .await;
+    assert!(
+        matches!(refused, Err(MetaError::WrongSizes(_))),
+        "{refused:?}"
+    );
+    let tags = [tag("v1"), tag("latest")];
+    store
+        .put_manifest(manifest(&r, &md, body, &refs, &tags))
+        .await
+        .expect("push");
+    let got = store.get_manifest(&r, &v1).await.unwrap().expect("by tag");
+    assert_eq!((&got.digest, got.content.as_ref()), (&md, &body[..]));
+    assert!(store.delete_tag(&r, &tag("v1")).await.unwrap());
+    assert!(store.get_manifest(&r, &v1).await.unwrap().is_none());
+    let by_digest = Reference::Digest(md.clone());
+    assert!(
+        store.get_manifest(&r, &by_digest).await.unwrap().is_some(),
+        "untag keeps it"
+    );
+    assert!(store.delete_manifest(&r, &md).await.unwrap());
+    let latest = Reference::Tag(tag("latest"));
+    assert!(
+        store.get_manifest(&r, &latest).await.unwrap().is_none(),
+        "its tags went too"
+    );
+}
+
+/// Two pushes of one tag at once: the tag ends on one of the two manifests, never on none.
+async fn two_pushes_of_one_tag(store: Arc<dyn Store>) {
+    let r = repo("suite-race/tag");
+    let mut pushes = Vec::new();
+    let mut digests = Vec::new();
+    for i in 0..16 {
+        let body = format!("{{\"n\":{i}}}").into_bytes();
+        let digest = Digest::sha256_of(&body);
+        digests.push(digest.clone());
+        let (store, r) = (store.clone(), r.clone());
+        pushes.push(tokio::spawn(async move {
+            store
+                .put_manifest(manifest(&r, &digest, &body, &[], &[tag("hot")]))
+                .await
+        }));
+    }
+    for p in pushes {
+        p.await.expect("task").expect("push");
+    }
+    let got = store
+        .get_manifest(&r, &Reference::Tag(tag("hot")))
+        .await
+        .unwrap()
+        .expect("the tag points somewhere");
+    assert!(digests.contains(&got.digest));
+}
+
+/// Unbounded and bounded pages (no `LIMIT -1` on any backend).
+async fn listings_page_without_sqlite_only_sql(store: &dyn Store) {
+    let r = repo("suite-list/app");
+    let body = b"{\"list\":1}";
+    let md = Digest::sha256_of(body);
+    let tags: Vec<Tag> = ["c", "a", "b"].iter().map(|t| tag(t)).collect();
+    store
+        .put_manifest(manifest(&r, &md, body, &[], &tags))
+        .await
+        .unwrap();
+    let all = store
+        .list_tags(
+            &r,
+            Page {
+                last: None,
+                limit: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all, ["a", "b", "c"]);
+    let after_a = store
+        .list_tags(
+            &r,
+            Page {
+                last: Some("a"),
+                limit: Some(1),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after_a, ["b"]);
+    assert!(store
+        .list_tags(
+            &repo("suite-list/none"),
+            Page {
+                last: None,
+                limit: None
+            }
+        )
+        .await
+        .unwrap()
+        .is_none());
+    let repos = store
+        .list_repositories(Page {
+            last: Some("suite-list"),
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert!(repos.contains(&"suite-list/app".to_owned()), "{repos:?}");
+}
+
+/// Sessions survive as stored, and their limits hold when many are created at once.
+async fn uploads_and_their_limits(store: Arc<dyn Store>) {
+    let limits = UploadLimits {
+        per_owner: Some(3),
+        per_repository: Some(5),
+    };
+    let attempts = (0..24).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let session = UploadSession {
+                id: format!("suite-upload-{i}"),
+                repository: repo("suite-uploads/app"),
+                algorithm: Algorithm::Sha512,
+                created_at: 100 + i,
+                owner: "suite-owner".into(),
+            };
+            store.create_upload(&session, limits).await
+        })
+    });
+    let mut created = Vec::new();
+    for (i, a) in attempts.enumerate() {
+        match a.await.expect("task") {
+            Ok(()) => created.push(i),
+            Err(MetaError::TooManyUploads { limit: 3, .. }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(
+        created.len(),
+        3,
+        "the owner's limit holds under concurrency"
+    );
+    let id = format!("suite-upload-{}", created[0]);
+    let back = store.get_upload(&id).await.unwrap().expect("stored");
+    assert_eq!(
+        (
+            back.repository.as_str(),
+            back.algorithm,
+            back.owner.as_str()
+        ),
+        ("suite-uploads/app", Algorithm::Sha512, "suite-owner")
+    );
+    let expired = store.expired_uploads(1000, 10).await.unwrap();
+    assert!(expired.contains(&id), "{expired:?}");
+    store.delete_upload(&id).await.unwrap();
+    assert!(store.get_upload(&id).await.unwrap().is_none());
+}
+
+async fn collection_rules(store: &dyn Store) {
+    let r = repo("suite-gc/app");
+    let (used, loose, held) = (
+        Digest::sha256_of(b"suite gc used"),
+        Digest::sha256_of(b"suite gc loose"),
+        Digest::sha256_of(b"suite gc held"),
+    );
+    for d in [&used, &loose] {
+        store.add_blob(&r, d, 4, None).await.unwrap();
+    }
+    let refs = [Referenced {
+        digest: used.clone(),
+        size: 4,
+    }];
+    let body = b"{\"gc\":1}";
+    let md = Digest::sha256_of(body);
+    store
+        .put_manifest(manifest(&r, &md, body, &refs, &[]))
+        .await
+        .unwrap();
+    let t = crate::now();
+    let later = t + 10;
+    let listed = |found: Vec<(String, u64)>, d: &Digest| found.iter().any(|(x, _)| x == d.as_str());
+    assert!(
+        !listed(
+            store.collectable_blobs(t - 60, t, 1000).await.unwrap(),
+            &loose
+        ),
+        "linked within the grace period"
+    );
+    let found = store.collectable_blobs(later, later, 1000).await.unwrap();
+    assert!(listed(found.clone(), &loose) && !listed(found, &used));
+    assert_eq!(
+        store.reserve_blob(&held, 4, later + 600).await.unwrap(),
+        BlobReservation::Reserved
+    );
+    assert!(
+        !store.mark_blob_deleting(&held, later, later).await.unwrap(),
+        "leased"
+    );
+    assert!(
+        !store.mark_blob_deleting(&used, later, later).await.unwrap(),
+        "referenced"
+    );
+    assert!(store
+        .mark_blob_deleting(&loose, later, later)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.reserve_blob(&loose, 4, later + 600).await.unwrap(),
+        BlobReservation::BeingDeleted
+    );
+    assert_eq!(store.repository_blob(&r, &loose).await.unwrap(), None);
+    assert_eq!(
+        store
+            .mount_blob(&r, &repo("suite-gc/other"), &loose)
+            .await
+            .unwrap(),
+        None
+    );
+    store.forget_blob(&loose).await.unwrap();
+    assert_eq!(
+        store.reserve_blob(&loose, 4, later + 600).await.unwrap(),
+        BlobReservation::Reserved,
+        "stored anew after its collection"
+    );
+    assert!(store.delete_manifest(&r, &md).await.unwrap());
+    assert!(listed(
+        store.collectable_blobs(later, later, 1000).await.unwrap(),
+        &used
+    ));
+}
+
+/// Two collections at once and commits of the same digests: a blob is never both reserved
+/// and marked.
+async fn collections_race_pushes(store: Arc<dyn Store>) {
+    let r = repo("suite-gc-race/app");
+    let digests: Vec<Digest> = (0..24)
+        .map(|i| Digest::sha256_of(format!("suite race {i}").as_bytes()))
+        .collect();
+    for d in &digests {
+        store.add_blob(&r, d, 1, None).await.unwrap();
+    }
+    let later = crate::now() + 10;
+    let mut tasks = Vec::new();
+    for (i, d) in digests.iter().enumerate() {
+        for _ in 0..2 {
+            let (store, d) = (store.clone(), d.clone());
+            tasks.push(tokio::spawn(async move {
+                store.mark_blob_deleting(&d, later, later).await.map(|_| ())
+            }));
+        }
+        if i % 2 == 0 {
+            let (store, d) = (store.clone(), d.clone());
+            tasks.push(tokio::spawn(async move {
+                store.reserve_blob(&d, 1, later + 600).await.map(|_| ())
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("task").expect("no errors in the race");
+    }
+    for (i, d) in digests.iter().enumerate() {
+        let reserved = store.reserve_blob(d, 1, later + 600).await.unwrap();
+        let marked = store.mark_blob_deleting(d, later, later).await.unwrap();
+        assert!(
+            reserved == BlobReservation::BeingDeleted || !marked,
+            "{d}: reserved and marked"
+        );
+        if i % 2 == 1 {
+            assert!(marked, "{d}: nobody committed it, so it is collected");
+        }
+    }
+}
+
+async fn access_data_moves_the_generation(store: &dyn Store) {
+    let g0 = store.access_generation().await.unwrap();
+    store
+        .put_user(&User {
+            name: "suite-user".into(),
+            password_hash: "$2y$10$x".into(),
+            admin: false,
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+    store
+        .put_project(&Project {
+            name: "suite-project".into(),
+            public: true,
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+    store
+        .set_member(&Member {
+            project: "suite-project".into(),
+            username: "suite-user".into(),
+            role: "developer".into(),
+        })
+        .await
+        .unwrap();
+    let robot = Robot {
+        name: "robot$suite-project+ci".into(),
+        secret_hash: "00".into(),
+        project: "suite-project".into(),
+        actions: "pull".into(),
+        expires_at: Some(9),
+        created_at: 1,
+    };
+    store.add_robot(&robot).await.unwrap();
+    assert!(
+        matches!(store.add_robot(&robot).await, Err(MetaError::Conflict(_))),
+        "a robot name is taken once"
+    );
+    let g1 = store.access_generation().await.unwrap();
+    assert!(g1 > g0, "changes move the generation");
+    let s = store.access_snapshot().await.unwrap();
+    assert!(s.users.iter().any(|u| u.name == "suite-user"));
+    assert!(s
+        .members
+        .iter()
+        .any(|m| m.username == "suite-user" && m.role == "developer"));
+    assert!(s.robots.iter().any(|r| r.expires_at == Some(9)));
+    assert!(store.delete_user("suite-user").await.unwrap());
+    let s = store.access_snapshot().await.unwrap();
+    assert!(
+        !s.members.iter().any(|m| m.username == "suite-user"),
+        "a deleted user's memberships go with them"
+    );
+    assert!(store.delete_robot(&robot.name).await.unwrap());
+    assert!(!store.delete_robot(&robot.name).await.unwrap());
+    assert!(store.access_generation().await.unwrap() > g1);
+}
+
+async fn audit_is_recorded_queried_and_pruned(store: &dyn Store) {
+    let event = |at_ms: i64, actor: &str| AuditEvent {
+        at_ms,
+        actor: actor.into(),
+        action: "suite.action".into(),
+        resource: "r".into(),
+        outcome: "ok".into(),
+        client: "c".into(),
+        detail: String::new(),
+    };
+    let events: Vec<AuditEvent> = (0..10).map(|i| event(1_000 + i, "suite-a")).collect();
+    store.record_audit(&events).await.unwrap();
+    store
+        .record_audit(&[event(5_000, "suite-b")])
+        .await
+        .unwrap();
+    let q = |actor: &str| AuditQuery {
+        actor: Some(actor.into()),
+        action: Some("suite.action".into()),
+        since_ms: None,
+        limit: 100,
+    };
+    let found = store.query_audit(&q("suite-a")).await.unwrap();
+    assert_eq!(found.len(), 10);
+    assert!(
+        found.windows(2).all(|w| w[0].at_ms >= w[1].at_ms),
+        "newest first"
+    );
+    let deleted = store.prune_audit(Some(1_005), None).await.unwrap();
+    assert!(deleted >= 5, "{deleted}");
+    assert_eq!(store.query_audit(&q("suite-a")).await.unwrap().len(), 5);
+    store.prune_audit(None, Some(1)).await.unwrap();
+    let left = store
+        .query_audit(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "the cap keeps the newest: {left:?}");
+}
