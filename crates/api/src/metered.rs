@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use berth_meta::{
-    BlobReservation, MetadataStore, NewManifest, Page, Referrer, StoredManifest, UploadLimits,
-    UploadSession,
+    BlobReservation, MetadataStore, NewManifest, Page, Referrer, SavedHash, StoredManifest,
+    UploadLimits, UploadSession,
 };
 use berth_oci::{Digest, Hasher, Reference, RepositoryName, Tag};
 use berth_storage::{Appended, BlobStore, ByteStream, StorageError};
@@ -224,6 +224,14 @@ impl MetadataStore for MeteredMetadataStore {
     }
     async fn get_upload(&self, id: &str) -> MetaResult<Option<UploadSession>> {
         timed!(self, "metadata", "get_upload", self.inner.get_upload(id))
+    }
+    async fn save_upload_hash(&self, id: &str, saved: &SavedHash) -> MetaResult<()> {
+        timed!(
+            self,
+            "metadata",
+            "save_upload_hash",
+            self.inner.save_upload_hash(id, saved)
+        )
     }
     async fn delete_upload(&self, id: &str) -> MetaResult<()> {
         timed!(

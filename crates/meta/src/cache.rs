@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use berth_oci::{Digest, Reference, RepositoryName, Tag};
 
 use crate::{
-    BlobReservation, MetadataStore, NewManifest, Page, Referrer, Result, StoredManifest,
+    BlobReservation, MetadataStore, NewManifest, Page, Referrer, Result, SavedHash, StoredManifest,
     UploadLimits, UploadSession,
 };
 
@@ -269,6 +269,9 @@ impl MetadataStore for CachedStore {
     }
     async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>> {
         self.inner.get_upload(id).await
+    }
+    async fn save_upload_hash(&self, id: &str, saved: &SavedHash) -> Result<()> {
+        self.inner.save_upload_hash(id, saved).await
     }
     async fn delete_upload(&self, id: &str) -> Result<()> {
         self.inner.delete_upload(id).await

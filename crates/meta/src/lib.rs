@@ -118,6 +118,15 @@ pub struct UploadSession {
     pub created_at: i64,
     /// The user (or robot, or `anonymous`) who started it.
     pub owner: String,
+    /// The hash state after the first `offset` bytes, as last saved.
+    pub hash_state: Option<SavedHash>,
+}
+
+/// A saved hasher state (`berth_oci::Hasher::state`) and how many bytes it covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedHash {
+    pub offset: u64,
+    pub state: Vec<u8>,
 }
 
 /// How many upload sessions may be in progress at once; `None` is no limit.
@@ -243,6 +252,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// atomic step: concurrent creations never exceed a limit.
     async fn create_upload(&self, session: &UploadSession, limits: UploadLimits) -> Result<()>;
     async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>>;
+    /// Saves an upload's hash state after a chunk; an upload that is gone is not an error.
+    async fn save_upload_hash(&self, id: &str, saved: &SavedHash) -> Result<()>;
     async fn delete_upload(&self, id: &str) -> Result<()>;
     /// Upload sessions created before `before` (seconds since the epoch), oldest first.
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>>;

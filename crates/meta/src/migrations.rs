@@ -6,6 +6,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_access.sql")),
     (3, include_str!("../migrations/0003_upload_owner.sql")),
     (4, include_str!("../migrations/0004_reachability.sql")),
+    (5, include_str!("../migrations/0005_upload_hash_state.sql")),
 ];
 
 pub const CREATE_VERSION_TABLE: &str =

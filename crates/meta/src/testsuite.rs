@@ -225,6 +225,7 @@ async fn uploads_and_their_limits(store: Arc<dyn Store>) {
                 algorithm: Algorithm::Sha512,
                 created_at: 100 + i,
                 owner: "suite-owner".into(),
+                hash_state: None,
             };
             store.create_upload(&session, limits).await
         })
@@ -252,6 +253,27 @@ async fn uploads_and_their_limits(store: Arc<dyn Store>) {
         ),
         ("suite-uploads/app", Algorithm::Sha512, "suite-owner")
     );
+    let saved = crate::SavedHash {
+        offset: 42,
+        state: vec![1, 2, 3],
+    };
+    store.save_upload_hash(&id, &saved).await.unwrap();
+    let back = store.get_upload(&id).await.unwrap().expect("stored");
+    assert_eq!(
+        back.hash_state,
+        Some(saved),
+        "the hash state is saved with the session"
+    );
+    store
+        .save_upload_hash(
+            "suite-upload-none",
+            &crate::SavedHash {
+                offset: 1,
+                state: vec![],
+            },
+        )
+        .await
+        .expect("saving for an upload that is gone is not an error");
     let expired = store.expired_uploads(1000, 10).await.unwrap();
     assert!(expired.contains(&id), "{expired:?}");
     store.delete_upload(&id).await.unwrap();

@@ -203,6 +203,7 @@ async fn uploads_and_catalog() {
         algorithm: Algorithm::Sha512,
         created_at: 7,
         owner: "alice".into(),
+        hash_state: None,
     };
     store
         .create_upload(&session, UploadLimits::default())
@@ -421,6 +422,7 @@ async fn upload_limits_hold_under_concurrency() {
                 algorithm: Algorithm::Sha256,
                 created_at: 1,
                 owner: "mallory".into(),
+                hash_state: None,
             };
             store.create_upload(&session, limits).await
         }
@@ -440,6 +442,7 @@ async fn upload_limits_hold_under_concurrency() {
             algorithm: Algorithm::Sha256,
             created_at: 1,
             owner: format!("user{i}"),
+            hash_state: None,
         };
         if let Err(MetaError::TooManyUploads { scope, .. }) =
             store.create_upload(&session, limits).await

@@ -1,9 +1,10 @@
 //! Uploads in progress, as this process knows them: their sessions and hash states.
 //!
 //! Hashing happens while bytes stream to storage, so finishing an upload costs nothing extra.
-//! The state after the last accepted chunk is kept in memory per upload; when it is missing
-//! (restart, another replica took the previous chunk) it is rebuilt by re-reading the bytes
-//! already stored, so no upload depends on this process surviving. Each upload also has a lock
+//! The state after the last accepted chunk is kept in memory per upload, and saved in the
+//! metadata store with the session; when this process does not have it (restart, another
+//! replica took the previous chunk) the saved state is used, and only when that is missing or
+//! stale are the bytes already stored read back. No upload depends on this process surviving. Each upload also has a lock
 //! here, so two requests never append to the same upload at once.
 //!
 //! Sessions started here are remembered too, so the chunks and the final `PUT` of an upload
@@ -13,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use berth_meta::UploadSession;
+use berth_meta::{SavedHash, UploadSession};
 use berth_oci::{Algorithm, Hasher};
 use berth_storage::BlobStore;
 use futures_util::StreamExt;
@@ -77,14 +78,17 @@ impl Uploads {
     }
 }
 
-/// The hash of upload `id`'s stored bytes with `algorithm`: from `cached` when it matches
-/// `size`, else by reading the bytes back.
+/// The hash of upload `id`'s stored bytes with `algorithm`: from this process's `cached`
+/// state, else from the state `saved` in the metadata store (by another replica, or before a
+/// restart), when either covers exactly `size` bytes; else, for stores that can, by reading
+/// the bytes back.
 pub async fn hasher_at(
     blobs: &dyn BlobStore,
     id: &str,
     size: u64,
     algorithm: Algorithm,
     cached: Option<HashState>,
+    saved: Option<&SavedHash>,
 ) -> Result<Hasher, RegistryError> {
     if let Some(state) = cached {
         if state.offset == size && state.hasher.algorithm() == algorithm {
@@ -93,6 +97,13 @@ pub async fn hasher_at(
     }
     if size == 0 {
         return Ok(algorithm.hasher());
+    }
+    if let Some(saved) = saved.filter(|s| s.offset == size) {
+        match Hasher::from_state(&saved.state) {
+            Ok(h) if h.algorithm() == algorithm && h.len() == size => return Ok(h),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("upload {id}: {e}; reading its bytes back instead"),
+        }
     }
     let mut hasher = algorithm.hasher();
     let mut stream = blobs.read_upload(id).await?;

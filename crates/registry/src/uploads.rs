@@ -5,7 +5,7 @@
 //! digest equals the one the client named. A wrong digest discards the upload. A commit
 //! reserves its blob in the metadata store before the bytes move into place (see [`crate::gc`]).
 
-use berth_meta::UploadSession;
+use berth_meta::{SavedHash, UploadSession};
 use berth_oci::{Algorithm, Digest, Hasher, RepositoryName};
 use berth_storage::ByteStream;
 use rand::RngCore;
@@ -111,6 +111,7 @@ impl Registry {
             algorithm,
             created_at: berth_meta::now(),
             owner: actor.name.clone(),
+            hash_state: None,
         };
         let outcome = async {
             self.blobs.create_upload(&id).await?;
@@ -175,10 +176,19 @@ impl Registry {
         let mut state = slot.lock().await;
         let size = self.current_size(id, state.as_ref()).await?;
         check_chunk(range, length, size)?;
-        let hasher = hasher_at(&*self.blobs, id, size, session.algorithm, state.take()).await?;
+        let hasher = hasher_at(
+            &*self.blobs,
+            id,
+            size,
+            session.algorithm,
+            state.take(),
+            session.hash_state.as_ref(),
+        )
+        .await?;
         let appended = self.blobs.append_upload(id, size, body, hasher).await;
         let appended = self.note_write(appended.map_err(RegistryError::from), true)?;
         let new_size = appended.size;
+        self.save_hash(id, &appended.hasher);
         *state = Some(HashState {
             offset: appended.size,
             hasher: appended.hasher,
@@ -199,13 +209,21 @@ impl Registry {
         length: Option<u64>,
         last_chunk: Option<ByteStream>,
     ) -> Result<()> {
-        self.session(repository, id).await?;
+        let session = self.session(repository, id).await?;
         let slot = self.uploads.slot(id);
         let mut state = slot.lock().await;
         // From storage, not the hash state: a stale state must not decide the digest check.
         let size = self.current_size(id, None).await?;
         check_chunk(range, length, size)?;
-        let hasher = hasher_at(&*self.blobs, id, size, digest.algorithm(), state.take()).await?;
+        let hasher = hasher_at(
+            &*self.blobs,
+            id,
+            size,
+            digest.algorithm(),
+            state.take(),
+            session.hash_state.as_ref(),
+        )
+        .await?;
         let outcome = async {
             let (hasher, size) = match last_chunk {
                 Some(body) => {
@@ -219,6 +237,25 @@ impl Registry {
         }
         .await;
         self.note_write(outcome, true)
+    }
+
+    /// Saves the hash state after a chunk, without making the client wait: a save that is lost
+    /// or lands late only means the next replica reads the bytes back (a state is used only
+    /// when it covers exactly the bytes stored).
+    fn save_hash(&self, id: &str, hasher: &Hasher) {
+        let meta = self.meta.clone();
+        let (id, saved) = (
+            id.to_owned(),
+            SavedHash {
+                offset: hasher.len(),
+                state: hasher.state(),
+            },
+        );
+        tokio::spawn(async move {
+            if let Err(e) = meta.save_upload_hash(&id, &saved).await {
+                tracing::debug!("saving the hash state of upload {id}: {e}");
+            }
+        });
     }
 
     /// Verifies the digest and commits, or discards the upload.

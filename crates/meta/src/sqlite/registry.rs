@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::SqliteStore;
 use crate::{
-    now, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer, Result,
+    now, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer, Result, SavedHash,
     StoredManifest, UploadLimits, UploadSession,
 };
 
@@ -485,7 +485,8 @@ impl MetadataStore for SqliteStore {
         self.read(move |conn| {
             let row = conn
                 .prepare_cached(
-                    "SELECT id, repository, algorithm, created_at, owner FROM uploads WHERE id = $1",
+                    "SELECT id, repository, algorithm, created_at, owner, hash_offset, hash_state
+                     FROM uploads WHERE id = $1",
                 )?
                 .query_row([&id], |r| {
                     Ok((
@@ -494,23 +495,43 @@ impl MetadataStore for SqliteStore {
                         r.get::<_, String>(2)?,
                         r.get::<_, i64>(3)?,
                         r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, Option<Vec<u8>>>(6)?,
                     ))
                 })
                 .optional()?;
-            row.map(|(id, repository, algorithm, created_at, owner)| {
-                Ok(UploadSession {
-                    id,
-                    repository: repository
-                        .parse()
-                        .map_err(|e: berth_oci::NameError| MetaError::Corrupt(e.to_string()))?,
-                    algorithm: algorithm
-                        .parse()
-                        .map_err(|e: berth_oci::DigestError| MetaError::Corrupt(e.to_string()))?,
-                    created_at,
-                    owner,
-                })
-            })
+            row.map(
+                |(id, repository, algorithm, created_at, owner, offset, state)| {
+                    Ok(UploadSession {
+                        id,
+                        repository: repository
+                            .parse()
+                            .map_err(|e: berth_oci::NameError| MetaError::Corrupt(e.to_string()))?,
+                        algorithm: algorithm.parse().map_err(|e: berth_oci::DigestError| {
+                            MetaError::Corrupt(e.to_string())
+                        })?,
+                        created_at,
+                        owner,
+                        hash_state: state.map(|state| SavedHash {
+                            offset: offset.max(0) as u64,
+                            state,
+                        }),
+                    })
+                },
+            )
             .transpose()
+        })
+        .await
+    }
+
+    async fn save_upload_hash(&self, id: &str, saved: &SavedHash) -> Result<()> {
+        let (id, saved) = (id.to_owned(), saved.clone());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE uploads SET hash_offset = $1, hash_state = $2 WHERE id = $3",
+            )?
+            .execute((saved.offset as i64, &saved.state, &id))?;
+            Ok(())
         })
         .await
     }

@@ -1,0 +1,178 @@
+//! An upload continues in another registry instance (another replica, or this one after a
+//! restart) from the hash state saved with its session, without reading back a byte — as an
+//! object store that cannot read a multipart upload back needs.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_meta::{MetadataStore, SqliteStore};
+use berth_oci::{Algorithm, Digest, Hasher, RepositoryName};
+use berth_registry::{Actor, ChunkRange, Events, Registry, RegistryConfig};
+use berth_storage::{Appended, BlobStore, ByteStream, FsBlobStore, StorageError};
+
+/// The filesystem store, counting how often an upload is read back.
+struct CountingReads {
+    inner: FsBlobStore,
+    reads: AtomicUsize,
+}
+
+#[async_trait]
+impl BlobStore for CountingReads {
+    async fn blob_size(&self, d: &Digest) -> Result<Option<u64>, StorageError> {
+        self.inner.blob_size(d).await
+    }
+    async fn read_blob(&self, d: &Digest, r: Range<u64>) -> Result<ByteStream, StorageError> {
+        self.inner.read_blob(d, r).await
+    }
+    async fn delete_blob(&self, d: &Digest) -> Result<bool, StorageError> {
+        self.inner.delete_blob(d).await
+    }
+    async fn create_upload(&self, id: &str) -> Result<(), StorageError> {
+        self.inner.create_upload(id).await
+    }
+    async fn upload_size(&self, id: &str) -> Result<Option<u64>, StorageError> {
+        self.inner.upload_size(id).await
+    }
+    async fn append_upload(
+        &self,
+        id: &str,
+        offset: u64,
+        data: ByteStream,
+        hasher: Hasher,
+    ) -> Result<Appended, StorageError> {
+        self.inner.append_upload(id, offset, data, hasher).await
+    }
+    async fn read_upload(&self, id: &str) -> Result<ByteStream, StorageError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_upload(id).await
+    }
+    async fn commit_upload(&self, id: &str, d: &Digest) -> Result<(), StorageError> {
+        self.inner.commit_upload(id, d).await
+    }
+    async fn delete_upload(&self, id: &str) -> Result<(), StorageError> {
+        self.inner.delete_upload(id).await
+    }
+    async fn check(&self) -> Result<(), StorageError> {
+        self.inner.check().await
+    }
+}
+
+fn body(bytes: &[u8]) -> ByteStream {
+    let chunk: std::io::Result<bytes::Bytes> = Ok(bytes::Bytes::copy_from_slice(bytes));
+    Box::pin(futures_util::stream::iter([chunk]))
+}
+
+#[tokio::test]
+async fn another_instance_continues_from_the_saved_hash_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Arc::new(CountingReads {
+        inner: FsBlobStore::open(dir.path()).await.unwrap(),
+        reads: AtomicUsize::new(0),
+    });
+    let meta = Arc::new(
+        SqliteStore::open(&dir.path().join("m.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let replica = || {
+        Registry::new(
+            blobs.clone(),
+            meta.clone(),
+            RegistryConfig::default(),
+            Events::default(),
+        )
+    };
+    let (a, b, c) = (replica(), replica(), replica());
+    let actor = Actor::new("ci", "10.0.0.1");
+    let repo: RepositoryName = "team/app".parse().unwrap();
+    // Unaligned chunks, so the saved state carries an incomplete block.
+    let data: Vec<u8> = (0..200_003u32).map(|i| (i * 31 % 251) as u8).collect();
+    let (first, second, last) = (&data[..70_001], &data[70_001..150_000], &data[150_000..]);
+    let id = a
+        .start_upload(&actor, &repo, Algorithm::Sha256)
+        .await
+        .unwrap();
+    let range = |start: usize, chunk: &[u8]| {
+        Some(ChunkRange {
+            start: start as u64,
+            end: (start + chunk.len() - 1) as u64,
+        })
+    };
+    a.append_upload(&repo, &id, range(0, first), None, body(first))
+        .await
+        .unwrap();
+    wait_for_saved(&*meta, &id, first.len()).await;
+    b.append_upload(&repo, &id, range(70_001, second), None, body(second))
+        .await
+        .unwrap();
+    wait_for_saved(&*meta, &id, 150_000).await;
+    let digest = Digest::sha256_of(&data);
+    c.finish_upload(
+        &actor,
+        &repo,
+        &id,
+        &digest,
+        range(150_000, last),
+        Some(last.len() as u64),
+        Some(body(last)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        blobs.reads.load(Ordering::Relaxed),
+        0,
+        "no byte was read back"
+    );
+    assert!(matches!(
+        c.blob(&repo, &digest).await.unwrap(),
+        berth_registry::BlobLookup::Blob { size: 200_003 }
+    ));
+
+    // A state that no longer matches what is stored is not trusted: the bytes are read back.
+    let id = a
+        .start_upload(&actor, &repo, Algorithm::Sha256)
+        .await
+        .unwrap();
+    a.append_upload(&repo, &id, None, None, body(first))
+        .await
+        .unwrap();
+    wait_for_saved(&*meta, &id, first.len()).await;
+    meta.save_upload_hash(
+        &id,
+        &berth_meta::SavedHash {
+            offset: 5,
+            state: vec![1],
+        },
+    )
+    .await
+    .unwrap();
+    b.finish_upload(
+        &actor,
+        &repo,
+        &id,
+        &Digest::sha256_of(first),
+        None,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(blobs.reads.load(Ordering::Relaxed), 1);
+}
+
+async fn wait_for_saved(meta: &dyn MetadataStore, id: &str, offset: usize) {
+    for _ in 0..100 {
+        let session = meta.get_upload(id).await.unwrap().unwrap();
+        if session
+            .hash_state
+            .is_some_and(|s| s.offset == offset as u64)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the hash state of {id} at {offset} was never saved");
+}
