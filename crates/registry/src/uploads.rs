@@ -29,6 +29,11 @@ pub enum Started {
     Session { id: String },
 }
 
+/// Uploads smaller than this do not save their hash state after a chunk: reading a few
+/// megabytes back costs less than a metadata write per chunk of every small push.
+/// (A blob store that cannot read uploads back will need it saved from the first byte.)
+pub const SAVE_HASH_FROM: u64 = 4 * 1024 * 1024;
+
 /// 128 random bits: session ids are capabilities and must not be guessable.
 fn new_upload_id() -> String {
     let mut bytes = [0u8; 16];
@@ -188,7 +193,9 @@ impl Registry {
         let appended = self.blobs.append_upload(id, size, body, hasher).await;
         let appended = self.note_write(appended.map_err(RegistryError::from), true)?;
         let new_size = appended.size;
-        self.save_hash(id, &appended.hasher);
+        if new_size >= SAVE_HASH_FROM {
+            self.save_hash(id, &appended.hasher);
+        }
         *state = Some(HashState {
             offset: appended.size,
             hasher: appended.hasher,

@@ -88,9 +88,14 @@ async fn another_instance_continues_from_the_saved_hash_state() {
     let (a, b, c) = (replica(), replica(), replica());
     let actor = Actor::new("ci", "10.0.0.1");
     let repo: RepositoryName = "team/app".parse().unwrap();
-    // Unaligned chunks, so the saved state carries an incomplete block.
-    let data: Vec<u8> = (0..200_003u32).map(|i| (i * 31 % 251) as u8).collect();
-    let (first, second, last) = (&data[..70_001], &data[70_001..150_000], &data[150_000..]);
+    // Unaligned chunks, so the saved state carries an incomplete block; past the size from
+    // which states are saved.
+    let from = berth_registry::SAVE_HASH_FROM as usize;
+    let data: Vec<u8> = (0..(2 * from + 200_003) as u32)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let (cut1, cut2) = (from + 70_001, 2 * from + 150_000);
+    let (first, second, last) = (&data[..cut1], &data[cut1..cut2], &data[cut2..]);
     let id = a
         .start_upload(&actor, &repo, Algorithm::Sha256)
         .await
@@ -105,17 +110,17 @@ async fn another_instance_continues_from_the_saved_hash_state() {
         .await
         .unwrap();
     wait_for_saved(&*meta, &id, first.len()).await;
-    b.append_upload(&repo, &id, range(70_001, second), None, body(second))
+    b.append_upload(&repo, &id, range(cut1, second), None, body(second))
         .await
         .unwrap();
-    wait_for_saved(&*meta, &id, 150_000).await;
+    wait_for_saved(&*meta, &id, cut2).await;
     let digest = Digest::sha256_of(&data);
     c.finish_upload(
         &actor,
         &repo,
         &id,
         &digest,
-        range(150_000, last),
+        range(cut2, last),
         Some(last.len() as u64),
         Some(body(last)),
     )
@@ -128,7 +133,7 @@ async fn another_instance_continues_from_the_saved_hash_state() {
     );
     assert!(matches!(
         c.blob(&repo, &digest).await.unwrap(),
-        berth_registry::BlobLookup::Blob { size: 200_003 }
+        berth_registry::BlobLookup::Blob { size } if size == data.len() as u64
     ));
 
     // A state that no longer matches what is stored is not trusted: the bytes are read back.
@@ -161,6 +166,35 @@ async fn another_instance_continues_from_the_saved_hash_state() {
     .await
     .unwrap();
     assert_eq!(blobs.reads.load(Ordering::Relaxed), 1);
+
+    // A small upload saves no state (reading it back is cheap): still correct elsewhere.
+    let small = &data[..1000];
+    let id = a
+        .start_upload(&actor, &repo, Algorithm::Sha256)
+        .await
+        .unwrap();
+    a.append_upload(&repo, &id, None, None, body(small))
+        .await
+        .unwrap();
+    assert!(meta
+        .get_upload(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .hash_state
+        .is_none());
+    b.finish_upload(
+        &actor,
+        &repo,
+        &id,
+        &Digest::sha256_of(small),
+        None,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(blobs.reads.load(Ordering::Relaxed), 2);
 }
 
 async fn wait_for_saved(meta: &dyn MetadataStore, id: &str, offset: usize) {
