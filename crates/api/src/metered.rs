@@ -79,6 +79,24 @@ impl BlobStore for MeteredBlobStore {
     async fn check(&self) -> Result<(), StorageError> {
         timed!(self, "blob", "check", self.inner.check())
     }
+    async fn list_blobs(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<Digest>, StorageError> {
+        timed!(
+            self,
+            "blob",
+            "list_blobs",
+            self.inner.list_blobs(after, limit)
+        )
+    }
+    async fn list_uploads(&self) -> Result<Vec<String>, StorageError> {
+        timed!(self, "blob", "list_uploads", self.inner.list_uploads())
+    }
+    async fn blob_url(&self, d: &Digest) -> Result<Option<String>, StorageError> {
+        self.inner.blob_url(d).await
+    }
     async fn capacity(&self) -> Result<Option<berth_storage::Capacity>, StorageError> {
         self.inner.capacity().await
     }

@@ -58,6 +58,16 @@ impl BlobStore for CountingReads {
     async fn check(&self) -> Result<(), StorageError> {
         self.inner.check().await
     }
+    async fn list_blobs(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<Digest>, StorageError> {
+        self.inner.list_blobs(after, limit).await
+    }
+    async fn list_uploads(&self) -> Result<Vec<String>, StorageError> {
+        self.inner.list_uploads().await
+    }
 }
 
 fn body(bytes: &[u8]) -> ByteStream {

@@ -451,6 +451,40 @@ impl BlobStore for FsBlobStore {
         Ok(())
     }
 
+    async fn list_blobs(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<Digest>, StorageError> {
+        let root = self.root.clone();
+        let after = after.map(Digest::to_string);
+        blocking(move || {
+            let mut found = paths::all_blobs(&root)?;
+            found.sort();
+            Ok(found
+                .into_iter()
+                .filter(|d| after.as_deref().is_none_or(|a| d.as_str() > a))
+                .take(limit)
+                .collect())
+        })
+        .await
+    }
+
+    async fn list_uploads(&self) -> Result<Vec<String>, StorageError> {
+        let dir = paths::uploads_dir(&self.root);
+        blocking(move || {
+            let mut ids = Vec::new();
+            for entry in fs::read_dir(&dir)? {
+                let name = entry?.file_name();
+                if let Some(id) = name.to_str().filter(|n| is_valid_upload_id(n)) {
+                    ids.push(id.to_owned());
+                }
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn capacity(&self) -> Result<Option<Capacity>, StorageError> {
         let root = self.root.clone();
         let capacity = tokio::task::spawn_blocking(move || statvfs(&root))

@@ -100,6 +100,23 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Cheap reachability probe for readiness checks.
     async fn check(&self) -> Result<(), StorageError>;
 
+    /// Every committed blob after `after` (in digest order), at most `limit`: for sweeps
+    /// and integrity checks, never for a request.
+    async fn list_blobs(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<Digest>, StorageError>;
+
+    /// The ids of every upload in progress.
+    async fn list_uploads(&self) -> Result<Vec<String>, StorageError>;
+
+    /// A URL a client may fetch the blob from directly (a presigned object-store URL), for a
+    /// redirect instead of streaming through the registry; `None` when the backend has none.
+    async fn blob_url(&self, _digest: &Digest) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
+
     /// Room left where the blobs are kept, when the backend can tell (an object store may
     /// have no such limit).
     async fn capacity(&self) -> Result<Option<Capacity>, StorageError> {

@@ -34,6 +34,44 @@ pub fn upload_data(root: &Path, id: &str) -> PathBuf {
     uploads_dir(root).join(id)
 }
 
+/// Every blob file under Distribution's tree, as digests; directories that are not blobs
+/// (other algorithms, stray files) are skipped.
+pub fn all_blobs(root: &Path) -> std::io::Result<Vec<Digest>> {
+    let mut found = Vec::new();
+    let blobs = root.join("docker/registry/v2/blobs");
+    for algorithm in read_dir_or_empty(&blobs)? {
+        let algorithm = algorithm?;
+        for prefix in read_dir_or_empty(&algorithm.path())? {
+            for blob in read_dir_or_empty(&prefix?.path())? {
+                let blob = blob?;
+                if !blob.path().join("data").is_file() {
+                    continue;
+                }
+                let text = format!(
+                    "{}:{}",
+                    algorithm.file_name().to_string_lossy(),
+                    blob.file_name().to_string_lossy()
+                );
+                if let Ok(digest) = text.parse::<Digest>() {
+                    found.push(digest);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn read_dir_or_empty(
+    dir: &Path,
+) -> std::io::Result<Box<dyn Iterator<Item = std::io::Result<std::fs::DirEntry>>>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(Box::new(entries)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Box::new(std::iter::empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(Box::new(std::iter::empty())),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,10 @@ pub async fn run_all(store: &dyn BlobStore) {
     missing_things(store).await;
     dedupe_and_delete(store).await;
     bad_upload_ids(store).await;
+    small_unaligned_chunks(store).await;
+    no_leftovers_after_commit_or_cancel(store).await;
+    concurrent_commits_of_one_digest(store).await;
+    listings(store).await;
     store.check().await.expect("check");
     if let Some(c) = store.capacity().await.expect("capacity") {
         assert!(c.total > 0 && c.free <= c.total, "{c:?}");
@@ -261,4 +265,101 @@ async fn bad_upload_ids(store: &dyn BlobStore) {
             "{bad:?} accepted"
         );
     }
+}
+
+/// Many small chunks at unaligned offsets (a backend with a minimum part size must buffer).
+async fn small_unaligned_chunks(store: &dyn BlobStore) {
+    let id = "suite-small-chunks";
+    store.create_upload(id).await.unwrap();
+    let data: Vec<u8> = (0..10_007u32).map(|i| (i % 253) as u8).collect();
+    let mut hasher = Algorithm::Sha256.hasher();
+    let mut offset = 0u64;
+    for chunk in data.chunks(97) {
+        let bytes = Bytes::copy_from_slice(chunk);
+        let stream: ByteStream = Box::pin(stream::iter([Ok(bytes)]));
+        let appended = store
+            .append_upload(id, offset, stream, hasher)
+            .await
+            .unwrap();
+        offset = appended.size;
+        hasher = appended.hasher;
+    }
+    assert_eq!(offset, data.len() as u64);
+    let digest = hasher.finish();
+    assert_eq!(digest, Digest::sha256_of(&data));
+    store.commit_upload(id, &digest).await.unwrap();
+    let back = collect(
+        store
+            .read_blob(&digest, 0..data.len() as u64)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(back, data);
+}
+
+/// Committing or cancelling leaves no upload behind.
+async fn no_leftovers_after_commit_or_cancel(store: &dyn BlobStore) {
+    put_blob(store, "suite-left-commit", b"committed and gone").await;
+    store.create_upload("suite-left-cancel").await.unwrap();
+    store
+        .append_upload(
+            "suite-left-cancel",
+            0,
+            body(vec![b"cancelled"]),
+            Algorithm::Sha256.hasher(),
+        )
+        .await
+        .unwrap();
+    store.delete_upload("suite-left-cancel").await.unwrap();
+    let uploads = store.list_uploads().await.unwrap();
+    for id in ["suite-left-commit", "suite-left-cancel"] {
+        assert!(
+            !uploads.iter().any(|u| u == id),
+            "{id} left behind: {uploads:?}"
+        );
+        assert_eq!(store.upload_size(id).await.unwrap(), None);
+    }
+}
+
+/// The same bytes committed by several uploads at once: one blob, intact, and no upload left.
+async fn concurrent_commits_of_one_digest(store: &dyn BlobStore) {
+    let data: &'static [u8] = b"the same layer pushed by many clients at once";
+    let ids: Vec<String> = (0..8).map(|i| format!("suite-same-{i}")).collect();
+    let commits = ids.iter().map(|id| put_blob(store, id, data));
+    let digests = futures_util::future::join_all(commits).await;
+    assert!(digests.iter().all(|d| *d == Digest::sha256_of(data)));
+    let back = collect(
+        store
+            .read_blob(&digests[0], 0..data.len() as u64)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(back, data);
+    let uploads = store.list_uploads().await.unwrap();
+    assert!(
+        !uploads.iter().any(|u| u.starts_with("suite-same-")),
+        "{uploads:?}"
+    );
+}
+
+/// Blobs are listed in digest order and in pages; uploads in progress are listed.
+async fn listings(store: &dyn BlobStore) {
+    let a = put_blob(store, "suite-list-a", b"listed blob a").await;
+    let b = put_blob(store, "suite-list-b", b"listed blob b").await;
+    let all = store.list_blobs(None, usize::MAX).await.unwrap();
+    assert!(all.contains(&a) && all.contains(&b), "{all:?}");
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "in order, each once");
+    let first = store.list_blobs(None, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let rest = store.list_blobs(Some(&first[0]), usize::MAX).await.unwrap();
+    assert_eq!(rest.len(), all.len() - 1);
+    store.create_upload("suite-list-open").await.unwrap();
+    assert!(store
+        .list_uploads()
+        .await
+        .unwrap()
+        .contains(&"suite-list-open".to_owned()));
+    store.delete_upload("suite-list-open").await.unwrap();
 }
