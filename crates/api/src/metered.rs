@@ -271,13 +271,14 @@ impl MetadataStore for MeteredMetadataStore {
         &self,
         before: i64,
         now: i64,
+        after: Option<&str>,
         limit: u32,
     ) -> MetaResult<Vec<(String, u64)>> {
         timed!(
             self,
             "metadata",
             "collectable_blobs",
-            self.inner.collectable_blobs(before, now, limit)
+            self.inner.collectable_blobs(before, now, after, limit)
         )
     }
     async fn mark_blob_deleting(&self, d: &Digest, before: i64, now: i64) -> MetaResult<bool> {

@@ -283,9 +283,12 @@ impl MetadataStore for CachedStore {
         &self,
         before: i64,
         now: i64,
+        after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, u64)>> {
-        self.inner.collectable_blobs(before, now, limit).await
+        self.inner
+            .collectable_blobs(before, now, after, limit)
+            .await
     }
     async fn mark_blob_deleting(&self, d: &Digest, before: i64, now: i64) -> Result<bool> {
         self.inner.mark_blob_deleting(d, before, now).await

@@ -258,15 +258,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Upload sessions created before `before` (seconds since the epoch), oldest first.
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>>;
 
-    /// Candidates for garbage collection, oldest first, as `(digest, size)`: blobs created
-    /// before `before` that no manifest of any repository references, no repository linked
-    /// at or after `before` (a push or mount within the grace period), and no commit holds
-    /// at `now`; also blobs already marked (a collection that stopped halfway). Only
-    /// [`mark_blob_deleting`](Self::mark_blob_deleting) decides.
+    /// Candidates for garbage collection after `after`, in digest order, as `(digest, size)`:
+    /// blobs created before `before` that no manifest of any repository references, no
+    /// repository linked at or after `before` (a push or mount within the grace period), and
+    /// no commit holds at `now`; also blobs already marked (a collection that stopped
+    /// halfway). Only [`mark_blob_deleting`](Self::mark_blob_deleting) decides.
     async fn collectable_blobs(
         &self,
         before: i64,
         now: i64,
+        after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, u64)>>;
 

@@ -305,12 +305,18 @@ async fn collection_rules(store: &dyn Store) {
     let listed = |found: Vec<(String, u64)>, d: &Digest| found.iter().any(|(x, _)| x == d.as_str());
     assert!(
         !listed(
-            store.collectable_blobs(t - 60, t, 1000).await.unwrap(),
+            store
+                .collectable_blobs(t - 60, t, None, 1000)
+                .await
+                .unwrap(),
             &loose
         ),
         "linked within the grace period"
     );
-    let found = store.collectable_blobs(later, later, 1000).await.unwrap();
+    let found = store
+        .collectable_blobs(later, later, None, 1000)
+        .await
+        .unwrap();
     assert!(listed(found.clone(), &loose) && !listed(found, &used));
     assert_eq!(
         store.reserve_blob(&held, 4, later + 600).await.unwrap(),
@@ -348,7 +354,10 @@ async fn collection_rules(store: &dyn Store) {
     );
     assert!(store.delete_manifest(&r, &md).await.unwrap());
     assert!(listed(
-        store.collectable_blobs(later, later, 1000).await.unwrap(),
+        store
+            .collectable_blobs(later, later, None, 1000)
+            .await
+            .unwrap(),
         &used
     ));
 }

@@ -542,13 +542,16 @@ async fn collection_by_reachability() {
     let t = berth_meta::now();
     // Pushed within the grace period: nothing is collectable.
     assert!(store
-        .collectable_blobs(t - 60, t, 100)
+        .collectable_blobs(t - 60, t, None, 100)
         .await
         .unwrap()
         .is_empty());
     // Past the grace period: the blob no manifest references is.
     let later = t + 10;
-    let found = store.collectable_blobs(later, later, 100).await.unwrap();
+    let found = store
+        .collectable_blobs(later, later, None, 100)
+        .await
+        .unwrap();
     assert_eq!(found, vec![(loose.to_string(), 4)]);
 
     // A commit's lease keeps a blob; a marked blob cannot be reserved, mounted or referenced.
@@ -592,7 +595,7 @@ async fn collection_by_reachability() {
         Err(MetaError::Conflict(_))
     ));
     // A collection that stopped halfway is found again, and finishing it forgets the blob.
-    let again = store.collectable_blobs(t - 60, t, 100).await.unwrap();
+    let again = store.collectable_blobs(t - 60, t, None, 100).await.unwrap();
     assert_eq!(
         again,
         vec![(loose.to_string(), 4)],
@@ -600,7 +603,7 @@ async fn collection_by_reachability() {
     );
     store.forget_blob(&loose).await.unwrap();
     assert!(store
-        .collectable_blobs(later, later, 100)
+        .collectable_blobs(later, later, None, 100)
         .await
         .unwrap()
         .is_empty());
@@ -612,7 +615,10 @@ async fn collection_by_reachability() {
 
     // Deleting the manifest makes its blob collectable; a fresh link (a push) keeps it.
     assert!(store.delete_manifest(&r, &md).await.unwrap());
-    let found = store.collectable_blobs(later, later, 100).await.unwrap();
+    let found = store
+        .collectable_blobs(later, later, None, 100)
+        .await
+        .unwrap();
     assert!(found.contains(&(used.to_string(), 4)), "{found:?}");
     store.add_blob(&r, &used, 4, None).await.unwrap();
     assert!(

@@ -27,6 +27,8 @@ use crate::Registry;
 /// How long a commit may hold its blob between reserving it and linking it; a process that
 /// dies in between leaves the blob collectable again after this.
 pub const COMMIT_LEASE: Duration = Duration::from_secs(600);
+/// Candidates read from the metadata store at a time.
+const GC_BATCH: u32 = 500;
 /// How long a commit waits for a collection that is deleting the same digest.
 const WAIT_FOR_COLLECTION: Duration = Duration::from_secs(10);
 
@@ -64,15 +66,19 @@ impl Registry {
         let now = berth_meta::now();
         let before = now - grace.as_secs() as i64;
         let mut report = GcReport::default();
-        let mut seen = std::collections::HashSet::new();
+        // Pages by digest: candidates that are reached again (or, dry, that stay) do not
+        // hold the walk at the first page.
+        let mut cursor: Option<String> = None;
         loop {
-            let batch = self.meta.collectable_blobs(before, now, 500).await?;
-            let mut progressed = false;
+            let batch = self
+                .meta
+                .collectable_blobs(before, now, cursor.as_deref(), GC_BATCH)
+                .await?;
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            cursor = Some(last.clone());
             for (text, size) in batch {
-                if !seen.insert(text.clone()) {
-                    continue;
-                }
-                progressed = true;
                 let Ok(digest) = text.parse::<Digest>() else {
                     continue;
                 };
@@ -86,9 +92,6 @@ impl Registry {
                 self.blobs.delete_blob(&digest).await?;
                 self.meta.forget_blob(&digest).await?;
                 report.removed.push((text, size));
-            }
-            if !progressed {
-                break;
             }
         }
         report.blobs_deleted = report.removed.len() as u64;

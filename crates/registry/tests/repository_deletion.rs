@@ -2,7 +2,6 @@
 //! references (files counted on disk); a layer shared with another repository survives.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,21 +15,10 @@ fn body(bytes: &[u8]) -> berth_storage::ByteStream {
     Box::pin(futures_util::stream::iter([chunk]))
 }
 
-fn blob_files(root: &Path) -> HashSet<String> {
-    let mut found = HashSet::new();
-    let dir = root.join("docker/registry/v2/blobs/sha256");
-    for prefix in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        for blob in std::fs::read_dir(prefix.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if blob.path().join("data").exists() {
-                found.insert(format!("sha256:{}", blob.file_name().to_string_lossy()));
-            }
-        }
-    }
-    found
+/// The blob files on disk, by the filesystem store's own listing.
+async fn blob_files(registry: &Registry) -> HashSet<String> {
+    let listed = registry.blobs.list_blobs(None, usize::MAX).await.unwrap();
+    listed.iter().map(Digest::to_string).collect()
 }
 
 /// Pushes a config and `layers` as `repo:tag`; returns the manifest digest and every blob.
@@ -97,7 +85,7 @@ async fn deleting_manifests_and_repositories_frees_exactly_the_unshared_blobs() 
         .iter()
         .flat_map(|v| v.iter().map(|d| d.to_string()))
         .collect();
-    assert_eq!(blob_files(dir.path()), all);
+    assert_eq!(blob_files(&registry).await, all);
     // Collections count whole seconds: let the pushes be older than "now".
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let grace = Duration::ZERO;
@@ -127,7 +115,7 @@ async fn deleting_manifests_and_repositories_frees_exactly_the_unshared_blobs() 
     assert_eq!(removed, a2);
     let left: HashSet<String> = blobs_b.iter().map(|d| d.to_string()).collect();
     assert_eq!(
-        blob_files(dir.path()),
+        blob_files(&registry).await,
         left,
         "exactly b's blobs remain, the shared one too"
     );
@@ -139,4 +127,42 @@ async fn deleting_manifests_and_repositories_frees_exactly_the_unshared_blobs() 
         .delete_repository(&actor, &a)
         .await
         .is_err_and(|e| matches!(e, berth_registry::RegistryError::NameUnknown(_))));
+}
+
+/// A collection walks every candidate, not only the first page of them: a dry run (which
+/// removes nothing, so the same candidates come back) lists them all, and a run removes them.
+#[tokio::test]
+async fn collections_walk_past_the_first_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Arc::new(
+        SqliteStore::open(&dir.path().join("m.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let registry = Registry::new(
+        Arc::new(FsBlobStore::open(dir.path()).await.unwrap()),
+        meta.clone(),
+        RegistryConfig::default(),
+        Events::default(),
+    );
+    let repo: RepositoryName = "team/many".parse().unwrap();
+    for i in 0..1_200 {
+        let d = Digest::sha256_of(format!("loose {i}").as_bytes());
+        berth_meta::MetadataStore::add_blob(&*meta, &repo, &d, 1, None)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let would = registry.garbage_dry_run(Duration::ZERO).await.unwrap();
+    assert_eq!(would.blobs_deleted, 1_200);
+    let done = registry.collect_garbage(Duration::ZERO).await.unwrap();
+    assert_eq!(done.blobs_deleted, 1_200);
+    assert_eq!(
+        registry
+            .garbage_dry_run(Duration::ZERO)
+            .await
+            .unwrap()
+            .blobs_deleted,
+        0
+    );
 }

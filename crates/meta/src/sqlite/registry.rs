@@ -550,16 +550,19 @@ impl MetadataStore for SqliteStore {
         &self,
         before: i64,
         now: i64,
+        after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<(String, u64)>> {
+        let after = after.unwrap_or("").to_owned();
         self.read(move |conn| {
             let sql = format!(
-                "SELECT b.digest, b.size FROM blobs b WHERE b.deleting = 1 OR ({COLLECTABLE})
-                 ORDER BY b.created_at LIMIT $3"
+                "SELECT b.digest, b.size FROM blobs b
+                 WHERE (b.deleting = 1 OR ({COLLECTABLE})) AND b.digest > $3
+                 ORDER BY b.digest LIMIT $4"
             );
             Ok(conn
                 .prepare_cached(&sql)?
-                .query_map((before, now, i64::from(limit)), |r| {
+                .query_map((before, now, &after, i64::from(limit)), |r| {
                     Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
