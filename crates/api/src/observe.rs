@@ -309,9 +309,12 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 /// The request with a body that counts the bytes the handlers really read (chunked uploads
-/// carry no `Content-Length`).
+/// carry no `Content-Length`); a request without a body is left as it is.
 fn counting_body(request: Request) -> (Request, Arc<AtomicU64>) {
     let count = Arc::new(AtomicU64::new(0));
+    if axum::body::HttpBody::is_end_stream(request.body()) {
+        return (request, count);
+    }
     let seen = count.clone();
     let (parts, body) = request.into_parts();
     let stream = futures_util::TryStreamExt::inspect_ok(body.into_data_stream(), move |chunk| {

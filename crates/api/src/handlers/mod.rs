@@ -150,7 +150,8 @@ async fn dispatch(
         .get::<Access>()
         .cloned()
         .unwrap_or_else(|| Access::anonymous(client_address(&request.extensions)));
-    let actor = access.actor();
+    // Built only where an event will name the caller.
+    let actor = || access.actor();
     let headers = &request.headers;
     let allowed = endpoint.allowed_methods();
     match (endpoint, method) {
@@ -172,14 +173,14 @@ async fn dispatch(
             listing::referrers(api, &name, &digest, &query).await
         }
         (Endpoint::Manifest { name, reference }, m @ (Method::GET | Method::HEAD)) => {
-            manifests::get(api, &actor, &name, &reference, m == Method::HEAD, headers).await
+            manifests::get(api, &actor(), &name, &reference, m == Method::HEAD, headers).await
         }
         (Endpoint::Manifest { name, reference }, Method::PUT) => {
-            manifests::put(api, &actor, &name, &reference, &query, headers, body).await
+            manifests::put(api, &actor(), &name, &reference, &query, headers, body).await
         }
         (Endpoint::Manifest { name, reference }, Method::DELETE) => {
             api.registry
-                .delete_manifest(&actor, &name, &reference)
+                .delete_manifest(&actor(), &name, &reference)
                 .await?;
             Ok(no_content(StatusCode::ACCEPTED))
         }
@@ -187,7 +188,7 @@ async fn dispatch(
             blobs::get(api, &name, &digest, m == Method::HEAD, headers).await
         }
         (Endpoint::Blob { name, digest }, Method::DELETE) => {
-            api.registry.delete_blob(&actor, &name, &digest).await?;
+            api.registry.delete_blob(&actor(), &name, &digest).await?;
             Ok(no_content(StatusCode::ACCEPTED)
                 .with_header("docker-content-digest", digest.as_str()))
         }
@@ -198,7 +199,7 @@ async fn dispatch(
             uploads::patch(api, &name, &id, headers, body).await
         }
         (Endpoint::Upload { name, id }, Method::PUT) => {
-            uploads::finish(api, &actor, &name, &id, &query, headers, body).await
+            uploads::finish(api, &actor(), &name, &id, &query, headers, body).await
         }
         (Endpoint::Upload { name, id }, Method::GET) => uploads::status(api, &name, &id).await,
         (Endpoint::Upload { name, id }, Method::DELETE) => {
@@ -304,21 +305,63 @@ pub fn body_stream(body: Body) -> ByteStream {
 /// Ends `stream` with a `TimedOut` error when no chunk arrives within `limit`: the timeout is
 /// per chunk, so a slow body that keeps moving is read to its end.
 pub fn stall_timeout(stream: ByteStream, limit: std::time::Duration) -> ByteStream {
-    let timed = futures_util::stream::unfold(Some(stream), move |state| async move {
-        let mut stream = state?;
-        match tokio::time::timeout(limit, futures_util::StreamExt::next(&mut stream)).await {
-            Ok(Some(item)) => Some((item, Some(stream))),
-            Ok(None) => None,
-            Err(_) => {
+    Box::pin(Stalling {
+        inner: Some(stream),
+        limit,
+        last: tokio::time::Instant::now(),
+        timer: Box::pin(tokio::time::sleep(limit)),
+    })
+}
+
+/// One timer per body, re-armed only when it fires (to the last chunk's time plus the limit),
+/// not per chunk: a blob streams tens of thousands of chunks per GiB.
+struct Stalling {
+    inner: Option<ByteStream>,
+    limit: std::time::Duration,
+    last: tokio::time::Instant,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl futures_util::Stream for Stalling {
+    type Item = io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => {
+                self.last = tokio::time::Instant::now();
+                return Poll::Ready(Some(item));
+            }
+            Poll::Ready(None) => {
+                self.inner = None;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let deadline = self.last + self.limit;
+            if tokio::time::Instant::now() >= deadline {
+                self.inner = None;
                 let stalled = io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("the request body sent nothing for {} s", limit.as_secs()),
+                    format!(
+                        "the request body sent nothing for {} s",
+                        self.limit.as_secs()
+                    ),
                 );
-                Some((Err(stalled), None))
+                return Poll::Ready(Some(Err(stalled)));
             }
+            self.timer.as_mut().reset(deadline);
         }
-    });
-    Box::pin(timed)
+        Poll::Pending
+    }
 }
 
 pub fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
