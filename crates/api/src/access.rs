@@ -22,8 +22,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use berth_auth::htpasswd::verify_bcrypt;
 use berth_auth::{
-    AccessModel, Action, Authorizer, Claims, FailedLogins, Htpasswd, LoginCache, LoginLimits, Mode,
-    Permission, Principal, TokenIssuer, TokenVerifier,
+    AccessModel, Action, Authorizer, Claims, Htpasswd, LoginCache, Mode, Permission, Principal,
+    TokenIssuer, TokenVerifier,
 };
 use berth_meta::AccessStore;
 use berth_oci::{ErrorCode, RepositoryName};
@@ -341,11 +341,6 @@ pub fn external_base(headers: &HeaderMap, tls: bool) -> String {
         .or_else(|| get("host"))
         .unwrap_or_else(|| "localhost".into());
     format!("{scheme}://{host}")
-}
-
-/// Failed logins, counted per (user, address) and per address for every auth mode.
-pub fn failed_logins(limits: LoginLimits) -> FailedLogins {
-    FailedLogins::new(limits)
 }
 
 impl Api {

@@ -39,8 +39,6 @@ pub enum ApiError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
     Meta(#[from] MetaError),
 }
 
@@ -60,7 +58,6 @@ impl ApiError {
     /// Whether the failure is the registry's storage (blobs or metadata) being full.
     pub fn is_storage_full(&self) -> bool {
         match self {
-            ApiError::Storage(StorageError::Io(e)) => is_full(e),
             ApiError::Meta(e) => e.is_storage_full(),
             ApiError::Registry(e) => e.is_storage_full(),
             _ => false,
@@ -113,8 +110,8 @@ impl ApiError {
             ),
             ApiError::NotFound(detail) => (StatusCode::NOT_FOUND, None, detail.clone()),
             ApiError::Registry(e) => registry_wire(e),
-            ApiError::Storage(e) => storage_wire(e),
-            ApiError::Meta(e) => meta_wire(e),
+            // The admin API's store errors take the registry's path to the wire.
+            ApiError::Meta(e) => registry_wire(&RegistryError::from(e.clone())),
         }
     }
 }
@@ -134,35 +131,6 @@ fn storage_wire(e: &StorageError) -> (StatusCode, Option<ErrorCode>, String) {
             StatusCode::INTERNAL_SERVER_ERROR,
             None,
             "storage error".into(),
-        ),
-    }
-}
-
-/// Metadata failures: refusals the client can act on, or an internal error without details.
-fn meta_wire(e: &MetaError) -> (StatusCode, Option<ErrorCode>, String) {
-    let oci = |code: ErrorCode, detail: String| {
-        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
-        (status, Some(code), detail)
-    };
-    match e {
-        MetaError::MissingReferences(missing) => oci(
-            ErrorCode::ManifestBlobUnknown,
-            format!("not in this repository: {}", missing.join(", ")),
-        ),
-        MetaError::WrongSizes(wrong) => oci(
-            ErrorCode::ManifestInvalid,
-            format!("descriptor sizes do not match: {}", wrong.join("; ")),
-        ),
-        // Transient: another change holds what this one needs; retrying succeeds.
-        MetaError::Conflict(detail) => oci(ErrorCode::TooManyRequests, detail.clone()),
-        MetaError::TooManyUploads { .. } => oci(
-            ErrorCode::TooManyRequests,
-            format!("{e}; finish or cancel some before starting more"),
-        ),
-        _ => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            None,
-            "metadata error".into(),
         ),
     }
 }
@@ -193,16 +161,12 @@ fn registry_wire(e: &RegistryError) -> (StatusCode, Option<ErrorCode>, String) {
         }
         RegistryError::BodyFailed(_) => oci(ErrorCode::BlobUploadInvalid),
         RegistryError::Storage(inner) => storage_wire(inner),
-        RegistryError::Meta(inner) => meta_wire(inner),
+        RegistryError::Meta(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            "metadata error".into(),
+        ),
     }
-}
-
-/// ENOSPC and EDQUOT, whichever way the error was wrapped.
-fn is_full(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
 }
 
 impl From<NameError> for ApiError {

@@ -96,7 +96,7 @@ impl Api {
         let mut events = Events::default();
         events.subscribe(Arc::new(audit.clone()));
         let registry = Arc::new(Registry::new(blobs, meta, registry_config, events));
-        let failed_logins = access::failed_logins(config.login_limits);
+        let failed_logins = berth_auth::FailedLogins::new(config.login_limits);
         Api {
             registry,
             config,

@@ -142,6 +142,8 @@ pub struct Attempt<'a> {
     logins: &'a FailedLogins,
     keys: [String; 2],
     fingerprint: [u8; 32],
+    /// `Some(true)` failed, `Some(false)` succeeded, `None` not reported.
+    outcome: Option<bool>,
 }
 
 impl FailedLogins {
@@ -196,10 +198,13 @@ impl FailedLogins {
             logins: self,
             keys,
             fingerprint,
+            outcome: None,
         })
     }
 
-    fn finish(&self, attempt: &Attempt<'_>, failed: bool) {
+    /// Frees an attempt's reservation and, when its outcome is known, counts it: a failure
+    /// against both keys, a success by clearing its own (user, address) count only.
+    fn settle(&self, attempt: &Attempt<'_>, failed: Option<bool>) {
         let mut counters = self.counters();
         for (i, key) in attempt.keys.iter().enumerate() {
             let Some(c) = counters.get_mut(key) else {
@@ -211,14 +216,17 @@ impl FailedLogins {
                     c.in_flight.remove(&attempt.fingerprint);
                 }
             }
-            if failed {
-                c.expire(self.limits.window);
-                c.failures += 1;
-                c.since.get_or_insert_with(Instant::now);
-            } else if i == 0 {
-                // A correct password clears its own (user, address) count, not the address's.
-                c.failures = 0;
-                c.since = None;
+            match failed {
+                Some(true) => {
+                    c.expire(self.limits.window);
+                    c.failures += 1;
+                    c.since.get_or_insert_with(Instant::now);
+                }
+                Some(false) if i == 0 => {
+                    c.failures = 0;
+                    c.since = None;
+                }
+                _ => {}
             }
             if c.failures == 0 && c.in_flight.is_empty() {
                 counters.remove(key);
@@ -244,31 +252,20 @@ fn address_group(address: &str) -> String {
 }
 
 impl Attempt<'_> {
-    pub fn failed(self) {
-        self.logins.finish(&self, true);
-        std::mem::forget(self);
+    pub fn failed(mut self) {
+        self.outcome = Some(true);
     }
 
-    pub fn succeeded(self) {
-        self.logins.finish(&self, false);
-        std::mem::forget(self);
+    pub fn succeeded(mut self) {
+        self.outcome = Some(false);
     }
 }
 
 impl Drop for Attempt<'_> {
+    /// Reports the outcome; an attempt dropped unreported (the request was cancelled
+    /// mid-check) only frees its reservation.
     fn drop(&mut self) {
-        // Neither reported (the request was cancelled mid-check): free the reservation only.
-        let mut counters = self.logins.counters();
-        for key in &self.keys {
-            if let Some(c) = counters.get_mut(key) {
-                if let Some(n) = c.in_flight.get_mut(&self.fingerprint) {
-                    *n -= 1;
-                    if *n == 0 {
-                        c.in_flight.remove(&self.fingerprint);
-                    }
-                }
-            }
-        }
+        self.logins.settle(self, self.outcome);
     }
 }
 

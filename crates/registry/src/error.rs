@@ -49,10 +49,7 @@ impl RegistryError {
     /// The storage holding blobs or metadata is full (ENOSPC, a quota, SQLITE_FULL).
     pub fn is_storage_full(&self) -> bool {
         match self {
-            RegistryError::Storage(StorageError::Io(e)) => matches!(
-                e.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            ),
+            RegistryError::Storage(e) => e.is_storage_full(),
             RegistryError::Meta(e) => e.is_storage_full(),
             _ => false,
         }

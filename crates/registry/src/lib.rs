@@ -33,7 +33,7 @@ pub use events::{Actor, Change, Event, Events, Subscriber};
 pub use gc::{GcReport, GcStats};
 pub use listing::{Listed, Referrer};
 pub use manifests::Pushed;
-pub use uploads::{ChunkRange, Started, SAVE_HASH_FROM};
+pub use uploads::{ChunkRange, SAVE_HASH_FROM};
 
 /// The rules' settings.
 #[derive(Clone, Debug)]

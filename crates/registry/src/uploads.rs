@@ -20,15 +20,6 @@ pub struct ChunkRange {
     pub end: u64,
 }
 
-/// How an upload request began.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Started {
-    /// The blob was mounted from another repository: nothing to upload.
-    Mounted,
-    /// A session to send chunks to.
-    Session { id: String },
-}
-
 /// Uploads smaller than this do not save their hash state after a chunk: reading a few
 /// megabytes back costs less than a metadata write per chunk of every small push.
 /// (A blob store that cannot read uploads back will need it saved from the first byte.)

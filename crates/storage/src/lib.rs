@@ -39,6 +39,19 @@ pub enum StorageError {
     Io(#[from] io::Error),
 }
 
+impl StorageError {
+    /// The filesystem or volume is full (ENOSPC) or over its quota (EDQUOT).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StorageError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// What an append left behind: the upload's new size and the hash state over all its bytes.
 #[derive(Debug)]
 pub struct Appended {
