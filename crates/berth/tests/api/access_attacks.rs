@@ -58,6 +58,24 @@ async fn token_for(s: &Server, who: (&str, &str), scopes: &[&str]) -> String {
         .to_owned()
 }
 
+/// Creates the user `dev` (password `dev-password`), a member of `project` with `role` when
+/// given.
+async fn add_dev(s: &Server, membership: Option<(&str, &str)>) {
+    let r = admin(
+        s,
+        Method::POST,
+        "/api/v1/users",
+        json!({"name": "dev", "password": "dev-password"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    if let Some((project, role)) = membership {
+        let path = format!("/api/v1/projects/{project}/members/dev");
+        let r = admin(s, Method::PUT, &path, json!({ "role": role })).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
 /// Pushes `data` as a blob of `repo` with the admin's credentials; returns its digest.
 async fn admin_blob(s: &Server, repo: &str, data: &[u8]) -> String {
     let digest = sha256(data);
@@ -259,13 +277,7 @@ async fn the_admin_api_needs_credentials_meant_for_it() {
         json!({"name": "pub", "public": true}),
     )
     .await;
-    admin(
-        &s,
-        Method::POST,
-        "/api/v1/users",
-        json!({"name": "dev", "password": "dev-password"}),
-    )
-    .await;
+    add_dev(&s, None).await;
 
     let pull_only = token_for(&s, ADMIN, &["repository:pub/app:pull"]).await;
     let r = s
@@ -329,20 +341,7 @@ async fn tokens_lose_what_their_subject_loses() {
         json!({"name": "team"}),
     )
     .await;
-    admin(
-        &s,
-        Method::POST,
-        "/api/v1/users",
-        json!({"name": "dev", "password": "dev-password"}),
-    )
-    .await;
-    admin(
-        &s,
-        Method::PUT,
-        "/api/v1/projects/team/members/dev",
-        json!({"role": "developer"}),
-    )
-    .await;
+    add_dev(&s, Some(("team", "developer"))).await;
     let token = token_for(
         &s,
         ("dev", "dev-password"),
@@ -514,20 +513,7 @@ async fn the_catalog_walk_reveals_no_private_names() {
         )
         .await;
     }
-    admin(
-        &s,
-        Method::POST,
-        "/api/v1/users",
-        json!({"name": "dev", "password": "dev-password"}),
-    )
-    .await;
-    admin(
-        &s,
-        Method::PUT,
-        "/api/v1/projects/mine/members/dev",
-        json!({"role": "guest"}),
-    )
-    .await;
+    add_dev(&s, Some(("mine", "guest"))).await;
     let mut all = Vec::new();
     for project in ["a-secret", "mine", "pub", "z-secret"] {
         for i in 0..3 {
