@@ -5,13 +5,11 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "interop"))
-from berthtest import berth_binary  # noqa: E402
+from berthtest import Berth  # noqa: E402
 
 
 @pytest.fixture
@@ -31,40 +29,28 @@ def tmpfs():
         os.rmdir(mount)
 
 
-class LoggedBerth:
-    """`berth serve` on an ephemeral 127.0.0.1 port whose stderr (the log) is appended to
-    `log_path`, one file per process start, so a test can read what each process logged."""
+class LoggedBerth(Berth):
+    """`berth serve` on an ephemeral 127.0.0.1 port whose stderr (the log) goes to a file
+    outside the tmpfs, one file per process start, so a test can read what each process
+    logged."""
 
     def __init__(self, data, log_dir, env=None):
-        self.data = data
         self.log_dir = log_dir
-        self.env = {**os.environ, "BERTH_LOG_LEVEL": "info", "BERTH_LOG_FORMAT": "json",
-                    **(env or {})}
         self.logs = []  # one path per start
-        self.proc = None
-        self.host = None
-        self.start()
+        base = {**os.environ, "BERTH_LOG_LEVEL": "info", "BERTH_LOG_FORMAT": "json"}
+        super().__init__(data, env=env, base_env=base)
 
     def start(self):
         log_path = self.log_dir / f"berth-{len(self.logs) + 1}.log"
         self.logs.append(log_path)
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [berth_binary(), "serve", "--addr", "127.0.0.1:0", "--data", str(self.data)],
-                stdout=subprocess.PIPE, stderr=log, env=self.env, text=True)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith("berth listening on "):
-                self.host = line.strip().split("://", 1)[1]
-                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                return
-            if self.proc.poll() is not None:
-                break
-        self.kill()
-        raise AssertionError(
-            f"berth did not start on {self.data} (exit status {self.proc.returncode}); "
-            f"its log:\n{log_path.read_text(errors='replace')}")
+        try:
+            with open(log_path, "wb") as log:
+                super().start(stderr=log)
+        except RuntimeError:
+            self.kill()
+            raise AssertionError(
+                f"berth did not start on {self.data} (exit status {self.proc.returncode}); "
+                f"its log:\n{log_path.read_text(errors='replace')}") from None
 
     def kill(self):
         """SIGKILL, as a crash or an OOM kill would: no shutdown code runs."""

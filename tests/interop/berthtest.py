@@ -42,10 +42,11 @@ class Berth:
         self.proc = None
         self.start()
 
-    def start(self):
+    def start(self, stderr=None):
+        """Starts the process; `stderr` (a file) receives its log."""
         self.proc = subprocess.Popen(
             [*self.prefix, berth_binary(), "serve", "--addr", self.addr, "--data", str(self.data)],
-            stdout=subprocess.PIPE, env=self.env, text=True)
+            stdout=subprocess.PIPE, stderr=stderr, env=self.env, text=True)
         deadline = time.time() + 20
         while time.time() < deadline:
             line = self.proc.stdout.readline()
