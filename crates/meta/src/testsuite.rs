@@ -24,6 +24,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     manifests_tags_and_references(&*store).await;
     two_pushes_of_one_tag(store.clone()).await;
     listings_page_without_sqlite_only_sql(&*store).await;
+    sparse_manifests_when_allowed(&*store).await;
     uploads_and_their_limits(store.clone()).await;
     collection_rules(&*store).await;
     collections_race_pushes(store.clone()).await;
@@ -67,6 +68,8 @@ async fn blobs_are_scoped_to_repositories(store: &dyn Store) {
     store.add_blob(&a, &d, 11, None).await.expect("add blob");
     assert_eq!(store.repository_blob(&a, &d).await.unwrap(), Some(11));
     assert_eq!(store.repository_blob(&b, &d).await.unwrap(), None);
+    let unknown = Digest::sha256_of(b"suite scope, never pushed");
+    assert_eq!(store.mount_blob(&a, &b, &unknown).await.unwrap(), None);
     assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), Some(11));
     assert!(store.unlink_blob(&a, &d).await.unwrap());
     assert!(!store.unlink_blob(&a, &d).await.unwrap());
@@ -208,6 +211,73 @@ async fn listings_page_without_sqlite_only_sql(store: &dyn Store) {
         .await
         .unwrap();
     assert!(repos.contains(&"suite-list/app".to_owned()), "{repos:?}");
+}
+
+/// A sparse mirror may push manifests whose blobs and children are absent; what is present
+/// must still have its declared size.
+async fn sparse_manifests_when_allowed(store: &dyn Store) {
+    let r = repo("suite-sparse/app");
+    let absent = [Referenced {
+        digest: Digest::sha256_of(b"suite sparse, not here"),
+        size: 8,
+    }];
+    let child_body = b"{\"sparse child\":1}";
+    let child = Digest::sha256_of(child_body);
+    store
+        .put_manifest(manifest(&r, &child, child_body, &[], &[]))
+        .await
+        .unwrap();
+    let index_body = b"{\"sparse index\":1}";
+    let index = Digest::sha256_of(index_body);
+    let children = [
+        Referenced {
+            digest: child.clone(),
+            size: child_body.len() as u64,
+        },
+        Referenced {
+            digest: Digest::sha256_of(b"suite sparse, other platform"),
+            size: 99,
+        },
+    ];
+    let strict = store
+        .put_manifest(NewManifest {
+            children: &children,
+            ..manifest(&r, &index, index_body, &absent, &[])
+        })
+        .await;
+    assert!(
+        matches!(strict, Err(MetaError::MissingReferences(_))),
+        "{strict:?}"
+    );
+    store
+        .put_manifest(NewManifest {
+            allow_missing: true,
+            children: &children,
+            ..manifest(&r, &index, index_body, &absent, &[])
+        })
+        .await
+        .expect("sparse push");
+    assert!(store
+        .get_manifest(&r, &Reference::Digest(index.clone()))
+        .await
+        .unwrap()
+        .is_some());
+    let wrong_child = [Referenced {
+        digest: child,
+        size: 1,
+    }];
+    let other = Digest::sha256_of(b"{\"sparse other\":1}");
+    let refused = store
+        .put_manifest(NewManifest {
+            allow_missing: true,
+            children: &wrong_child,
+            ..manifest(&r, &other, b"{\"sparse other\":1}", &[], &[])
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(MetaError::WrongSizes(_))),
+        "{refused:?}"
+    );
 }
 
 /// Sessions survive as stored, and their limits hold when many are created at once.
