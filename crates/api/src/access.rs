@@ -395,10 +395,13 @@ impl Api {
             Authenticator::Htpasswd { .. } => (Mode::Htpasswd, None),
             Authenticator::Token(t) => (Mode::Token, Some(t.model())),
         };
-        let empty = AccessModel::default();
+        // The registry:2 modes decide without a model; one empty model serves them all.
+        static EMPTY: std::sync::OnceLock<AccessModel> = std::sync::OnceLock::new();
         let authorizer = Authorizer {
             mode,
-            model: model.as_deref().unwrap_or(&empty),
+            model: model
+                .as_deref()
+                .unwrap_or_else(|| EMPTY.get_or_init(AccessModel::default)),
         };
         authorizer.allows(
             &access.principal,
