@@ -12,7 +12,6 @@ mod admin;
 pub mod audit;
 pub mod error;
 mod handlers;
-mod metered;
 pub mod observe;
 pub mod otlp;
 pub mod route;
@@ -71,9 +70,8 @@ pub struct Api {
 
 impl Api {
     /// Builds the registry on `blobs` and the metadata backend `meta`, with the audit log
-    /// subscribed to its events. Every store call is timed for `/metrics`; metadata calls are
-    /// timed at the backend, under the manifest cache, so the figures are the backend's and
-    /// not cache hits.
+    /// subscribed to its events. `metrics` is where the stores already report their
+    /// operations ([`observe::Metrics::store_observer`]); requests are added to it here.
     pub fn new(
         blobs: Arc<dyn BlobStore>,
         meta: Arc<dyn MetadataStore>,
@@ -81,18 +79,8 @@ impl Api {
         config: ApiConfig,
         auth: Authenticator,
         audit: AuditLog,
+        metrics: Arc<observe::Metrics>,
     ) -> Self {
-        let metrics = Arc::new(observe::Metrics::default());
-        let blobs = Arc::new(metered::MeteredBlobStore {
-            inner: blobs,
-            metrics: metrics.clone(),
-        });
-        let meta = Arc::new(berth_meta::CachedStore::new(Arc::new(
-            metered::MeteredMetadataStore {
-                inner: meta,
-                metrics: metrics.clone(),
-            },
-        )));
         let mut events = Events::default();
         events.subscribe(Arc::new(audit.clone()));
         let registry = Arc::new(Registry::new(blobs, meta, registry_config, events));

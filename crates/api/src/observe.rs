@@ -53,6 +53,24 @@ impl Series {
 /// Latency and failure count of one store operation, keyed by (store, operation).
 type StoreOps = HashMap<(&'static str, &'static str), (Series, u64)>;
 
+/// Records the operations one store reports about itself.
+pub struct StoreObserver {
+    store: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl berth_storage::Observer for StoreObserver {
+    fn operation(&self, name: &'static str, elapsed: Duration, failed: bool) {
+        self.metrics.store_op(self.store, name, elapsed, failed);
+    }
+}
+
+impl berth_meta::Observer for StoreObserver {
+    fn operation(&self, name: &'static str, elapsed: Duration, failed: bool) {
+        self.metrics.store_op(self.store, name, elapsed, failed);
+    }
+}
+
 /// The registry's metrics. Cheap to update: one short lock per request.
 #[derive(Default)]
 pub struct Metrics {
@@ -71,8 +89,16 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Records one operation of a store (`blob` or `metadata`).
-    pub fn store_op(&self, store: &'static str, op: &'static str, elapsed: Duration, failed: bool) {
+    /// An observer that records a store's operations under the label `store` (`blob` or
+    /// `metadata`).
+    pub fn store_observer(self: &Arc<Self>, store: &'static str) -> Arc<StoreObserver> {
+        Arc::new(StoreObserver {
+            store,
+            metrics: self.clone(),
+        })
+    }
+
+    fn store_op(&self, store: &'static str, op: &'static str, elapsed: Duration, failed: bool) {
         let mut m = self.store_ops.lock().unwrap_or_else(|p| p.into_inner());
         let (series, errors) = m.entry((store, op)).or_default();
         series.observe(elapsed.as_secs_f64());

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use berth_api::observe::Metrics;
 use berth_api::workers::{FirstRun, Workers};
 use berth_api::{Api, ApiConfig, AuditLog, Authenticator, TokenAuth};
 use berth_auth::{Htpasswd, TokenIssuer, TokenVerifier};
@@ -45,13 +46,16 @@ pub fn run(config: Config, notices: Vec<Notice>) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
     let blobs = FsBlobStore::open(&config.storage.root)
         .await
-        .with_context(|| format!("opening blob storage at {}", config.storage.root.display()))?;
+        .with_context(|| format!("opening blob storage at {}", config.storage.root.display()))?
+        .observed_by(metrics.store_observer("blob"));
     let sqlite_path = config.sqlite_path();
     let meta = SqliteStore::open(&sqlite_path)
         .await
-        .with_context(|| format!("opening metadata at {}", sqlite_path.display()))?;
+        .with_context(|| format!("opening metadata at {}", sqlite_path.display()))?
+        .observed_by(metrics.store_observer("metadata"));
     let meta = Arc::new(meta);
     let workers = Arc::new(Workers::default());
     let auth = authenticator(&config, meta.clone(), &workers).await?;
@@ -91,6 +95,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         auth,
         audit,
+        metrics,
     );
     if !config.tracing.otlp_endpoint.is_empty() {
         let exporter = berth_api::otlp::TraceExporter::spawn(

@@ -7,7 +7,6 @@
 //! default. All SQL lives in the backend modules and is written to run on PostgreSQL too.
 
 pub mod access;
-pub mod cache;
 mod migrations;
 mod sqlite;
 pub mod testsuite;
@@ -20,8 +19,14 @@ use berth_oci::{Digest, Reference, Referenced, RepositoryName, Tag};
 pub use access::{
     AccessSnapshot, AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User,
 };
-pub use cache::CachedStore;
 pub use sqlite::SqliteStore;
+
+/// Told of every operation a backend ran: its name, how long it took from call to answer, and
+/// whether it failed. Backends time themselves, so the figures are the backend's own — no
+/// cache in front of them, and no decorator to keep in step with the traits.
+pub trait Observer: Send + Sync + 'static {
+    fn operation(&self, name: &'static str, elapsed: std::time::Duration, failed: bool);
+}
 
 /// What can go wrong in a metadata store, in terms every backend can report: callers decide
 /// on the kind (retry a transient failure, refuse a conflict, answer "full"), never on a

@@ -216,53 +216,6 @@ async fn uploads_and_catalog() {
     assert_eq!(page, vec!["b/z", "c"]);
 }
 
-/// The manifest cache reads its own writes: a moved tag, an untag and a delete are seen at once.
-#[tokio::test]
-async fn cache_reads_its_own_writes() {
-    use berth_meta::CachedStore;
-    use std::sync::Arc;
-
-    let (_dir, sqlite) = open().await;
-    let store = CachedStore::new(Arc::new(sqlite));
-    let r = repo("cached");
-    let v1 = Reference::Tag(tag("v1"));
-    let (a, b) = (b"{\"a\":1}".as_slice(), b"{\"b\":2}".as_slice());
-    let (da, db) = (Digest::sha256_of(a), Digest::sha256_of(b));
-    assert!(
-        store.get_manifest(&r, &v1).await.unwrap().is_none(),
-        "a miss is cached too"
-    );
-    store
-        .put_manifest(manifest(&r, &da, a, &[], None, &[tag("v1")]))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get_manifest(&r, &v1).await.unwrap().unwrap().digest,
-        da
-    );
-    store
-        .put_manifest(manifest(&r, &db, b, &[], None, &[tag("v1")]))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.get_manifest(&r, &v1).await.unwrap().unwrap().digest,
-        db,
-        "moved tag"
-    );
-    assert!(store.delete_tag(&r, &tag("v1")).await.unwrap());
-    assert!(
-        store.get_manifest(&r, &v1).await.unwrap().is_none(),
-        "untagged"
-    );
-    let by_digest = Reference::Digest(da.clone());
-    assert!(store.get_manifest(&r, &by_digest).await.unwrap().is_some());
-    assert!(store.delete_manifest(&r, &da).await.unwrap());
-    assert!(
-        store.get_manifest(&r, &by_digest).await.unwrap().is_none(),
-        "deleted"
-    );
-}
-
 /// Concurrent writes are committed in groups; a write that fails inside a group is undone
 /// alone, and every other write of the group stands.
 #[tokio::test]
@@ -328,57 +281,6 @@ async fn a_failed_write_leaves_its_group_intact() {
         .await
         .unwrap();
     assert_eq!(tags, Some(vec![]), "no failed manifest left a tag behind");
-}
-
-/// A tag moved behind the cache's back (another replica, the CLI) is served from the cache
-/// until the entry expires; the first request after that still gets the cached answer at once
-/// while the entry refreshes in the background, and the requests after it see the move.
-#[tokio::test]
-async fn cache_refreshes_expired_entries_in_the_background() {
-    use berth_meta::cache::TTL;
-    use berth_meta::CachedStore;
-    use std::sync::Arc;
-
-    let (_dir, sqlite) = open().await;
-    let sqlite = Arc::new(sqlite);
-    let cached = CachedStore::new(sqlite.clone());
-    let r = repo("refresh");
-    let v1 = Reference::Tag(tag("v1"));
-    let (a, b) = (b"{\"a\":1}".as_slice(), b"{\"b\":2}".as_slice());
-    let (da, db) = (Digest::sha256_of(a), Digest::sha256_of(b));
-    cached
-        .put_manifest(manifest(&r, &da, a, &[], None, &[tag("v1")]))
-        .await
-        .unwrap();
-    let digest = |m: Option<std::sync::Arc<berth_meta::StoredManifest>>| m.unwrap().digest.clone();
-    assert_eq!(digest(cached.get_manifest(&r, &v1).await.unwrap()), da);
-
-    // Moved behind the cache's back.
-    sqlite
-        .put_manifest(manifest(&r, &db, b, &[], None, &[tag("v1")]))
-        .await
-        .unwrap();
-    assert_eq!(
-        digest(cached.get_manifest(&r, &v1).await.unwrap()),
-        da,
-        "fresh entry"
-    );
-
-    tokio::time::sleep(TTL + std::time::Duration::from_millis(100)).await;
-    assert_eq!(
-        digest(cached.get_manifest(&r, &v1).await.unwrap()),
-        da,
-        "an expired entry answers once more while it refreshes"
-    );
-    let mut seen = da.clone();
-    for _ in 0..100 {
-        seen = digest(cached.get_manifest(&r, &v1).await.unwrap());
-        if seen == db {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(seen, db, "the refresh brought the moved tag");
 }
 
 /// The suite every metadata backend must pass.

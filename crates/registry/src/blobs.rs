@@ -24,7 +24,7 @@ impl Registry {
             return Ok(BlobLookup::Blob { size });
         }
         let reference = Reference::Digest(digest.clone());
-        match self.meta.get_manifest(repository, &reference).await? {
+        match self.manifests.get(repository, &reference).await? {
             Some(m) => Ok(BlobLookup::Manifest(m)),
             None => Err(RegistryError::BlobUnknown(format!(
                 "{digest} is not in {repository}"

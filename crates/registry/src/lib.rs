@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod gc;
 mod listing;
+mod manifest_cache;
 mod manifests;
 mod upload_state;
 mod uploads;
@@ -66,7 +67,10 @@ impl Default for RegistryConfig {
 /// progress.
 pub struct Registry {
     pub blobs: Arc<dyn BlobStore>,
+    /// The index. Writes that change what a repository's references name go through the
+    /// registry's methods, which keep `manifests` in step; reads of manifests go through it.
     pub meta: Arc<dyn MetadataStore>,
+    manifests: manifest_cache::ManifestCache,
     pub config: RegistryConfig,
     events: Events,
     uploads: upload_state::Uploads,
@@ -84,6 +88,7 @@ impl Registry {
     ) -> Registry {
         Registry {
             blobs,
+            manifests: manifest_cache::ManifestCache::new(meta.clone()),
             meta,
             config,
             events,

@@ -28,7 +28,7 @@ impl Registry {
         reference: &Reference,
         pull: bool,
     ) -> Result<Arc<StoredManifest>> {
-        let Some(m) = self.meta.get_manifest(repository, reference).await? else {
+        let Some(m) = self.manifests.get(repository, reference).await? else {
             return Err(RegistryError::ManifestUnknown(format!(
                 "{repository}:{reference}"
             )));
@@ -99,6 +99,7 @@ impl Registry {
             })
             .await
             .map_err(RegistryError::from);
+        self.manifests.invalidate(repository);
         self.note_write(stored, true)?;
         self.publish(
             actor,
@@ -125,21 +126,22 @@ impl Registry {
         self.require_deletes()?;
         let (deleted, change) = match reference {
             Reference::Digest(d) => (
-                self.meta.delete_manifest(repository, d).await?,
+                self.meta.delete_manifest(repository, d).await,
                 Change::ManifestDeleted {
                     repository: repository.clone(),
                     digest: d.clone(),
                 },
             ),
             Reference::Tag(t) => (
-                self.meta.delete_tag(repository, t).await?,
+                self.meta.delete_tag(repository, t).await,
                 Change::TagDeleted {
                     repository: repository.clone(),
                     tag: t.clone(),
                 },
             ),
         };
-        if !deleted {
+        self.manifests.invalidate(repository);
+        if !deleted? {
             return Err(RegistryError::ManifestUnknown(format!(
                 "{repository}:{reference}"
             )));
@@ -158,7 +160,9 @@ impl Registry {
         repository: &RepositoryName,
     ) -> Result<()> {
         self.require_deletes()?;
-        if !self.meta.delete_repository(repository).await? {
+        let deleted = self.meta.delete_repository(repository).await;
+        self.manifests.invalidate(repository);
+        if !deleted? {
             return Err(RegistryError::NameUnknown(repository.to_string()));
         }
         self.publish(

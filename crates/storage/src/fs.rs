@@ -13,6 +13,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, Hasher};
@@ -21,7 +22,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::direct::DirectSink;
-use crate::{is_valid_upload_id, paths, Appended, BlobStore, ByteStream, Capacity, StorageError};
+use crate::{
+    is_valid_upload_id, paths, Appended, BlobStore, ByteStream, Capacity, Observer, StorageError,
+};
 
 /// Size of each read from disk when serving a blob: large enough that per-chunk overhead
 /// vanishes against the copy, small enough to keep memory per download bounded, and below the
@@ -57,10 +60,20 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
     direct_io: bool,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl std::fmt::Debug for FsBlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsBlobStore")
+            .field("root", &self.root)
+            .field("direct_io", &self.direct_io)
+            .finish()
+    }
 }
 
 impl FsBlobStore {
@@ -72,7 +85,27 @@ impl FsBlobStore {
         Ok(FsBlobStore {
             root,
             direct_io: true,
+            observer: None,
         })
+    }
+
+    /// Reports every operation, with its time from call to answer, to `observer`.
+    pub fn observed_by(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    async fn observed<T>(
+        &self,
+        op: &'static str,
+        work: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        if let Some(observer) = &self.observer {
+            observer.operation(op, started.elapsed(), result.is_err());
+        }
+        result
     }
 
     /// Whether large appends may bypass the page cache (`direct.rs`); on by default, and a
@@ -286,11 +319,14 @@ fn append_worker(
 #[async_trait]
 impl BlobStore for FsBlobStore {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StorageError> {
-        match tokio::fs::metadata(paths::blob_data(&self.root, digest)).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.observed("blob_size", async {
+            match tokio::fs::metadata(paths::blob_data(&self.root, digest)).await {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     async fn read_blob(
@@ -298,50 +334,62 @@ impl BlobStore for FsBlobStore {
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<ByteStream, StorageError> {
-        let path = paths::blob_data(&self.root, digest);
-        let file = blocking(move || {
-            File::open(path).or_else(|e| not_found_as(e, StorageError::BlobNotFound))
+        self.observed("read_blob", async {
+            let path = paths::blob_data(&self.root, digest);
+            let file = blocking(move || {
+                File::open(path).or_else(|e| not_found_as(e, StorageError::BlobNotFound))
+            })
+            .await?;
+            Ok(stream_file(file, range))
         })
-        .await?;
-        Ok(stream_file(file, range))
+        .await
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<bool, StorageError> {
-        let path = paths::blob_data(&self.root, digest);
-        blocking(move || match fs::remove_file(&path) {
-            Ok(()) => {
-                if let Some(dir) = path.parent() {
-                    let _ = fs::remove_dir(dir);
+        self.observed("delete_blob", async {
+            let path = paths::blob_data(&self.root, digest);
+            blocking(move || match fs::remove_file(&path) {
+                Ok(()) => {
+                    if let Some(dir) = path.parent() {
+                        let _ = fs::remove_dir(dir);
+                    }
+                    Ok(true)
                 }
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e.into()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e.into()),
+            })
+            .await
         })
         .await
     }
 
     async fn create_upload(&self, id: &str) -> Result<(), StorageError> {
-        let path = self.upload_path(id)?;
-        // No directory fsync: a session lost to a crash makes its client start over, and
-        // nothing acknowledged depends on it.
-        blocking(move || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)?;
-            Ok(())
+        self.observed("create_upload", async {
+            let path = self.upload_path(id)?;
+            // No directory fsync: a session lost to a crash makes its client start over, and
+            // nothing acknowledged depends on it.
+            blocking(move || {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)?;
+                Ok(())
+            })
+            .await
         })
         .await
     }
 
     async fn upload_size(&self, id: &str) -> Result<Option<u64>, StorageError> {
-        let path = self.upload_path(id)?;
-        match tokio::fs::metadata(path).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.observed("upload_size", async {
+            let path = self.upload_path(id)?;
+            match tokio::fs::metadata(path).await {
+                Ok(m) => Ok(Some(m.len())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     async fn append_upload(
@@ -351,104 +399,119 @@ impl BlobStore for FsBlobStore {
         mut data: ByteStream,
         mut hasher: Hasher,
     ) -> Result<Appended, StorageError> {
-        let path = self.upload_path(id)?;
-        let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-        let direct_io = self.direct_io;
-        let worker =
-            tokio::task::spawn_blocking(move || append_worker(&path, direct_io, offset, rx));
-        // Frames are hashed here, as they arrive, rather than on the disk thread: at most a
-        // few hundred microseconds of CPU per frame, and the task that reads the socket
-        // stays busy long enough for the socket to fill, so it wakes once per several
-        // frames instead of once per frame.
-        let mut client_error = None;
-        let mut batch = Batch::default();
-        while let Some(item) = data.next().await {
-            match item {
-                Ok(frame) => {
-                    hasher.update(&frame);
-                    batch.push(frame);
-                    if batch.len >= BATCH_BYTES
-                        && tx
-                            .send(Chunk::Data(std::mem::take(&mut batch)))
-                            .await
-                            .is_err()
-                    {
-                        break; // the worker stopped; its result says why
+        self.observed("append_upload", async {
+            let path = self.upload_path(id)?;
+            let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+            let direct_io = self.direct_io;
+            let worker =
+                tokio::task::spawn_blocking(move || append_worker(&path, direct_io, offset, rx));
+            // Frames are hashed here, as they arrive, rather than on the disk thread: at most a
+            // few hundred microseconds of CPU per frame, and the task that reads the socket
+            // stays busy long enough for the socket to fill, so it wakes once per several
+            // frames instead of once per frame.
+            let mut client_error = None;
+            let mut batch = Batch::default();
+            while let Some(item) = data.next().await {
+                match item {
+                    Ok(frame) => {
+                        hasher.update(&frame);
+                        batch.push(frame);
+                        if batch.len >= BATCH_BYTES
+                            && tx
+                                .send(Chunk::Data(std::mem::take(&mut batch)))
+                                .await
+                                .is_err()
+                        {
+                            break; // the worker stopped; its result says why
+                        }
+                    }
+                    Err(e) => {
+                        client_error = Some(e);
+                        break;
                     }
                 }
-                Err(e) => {
-                    client_error = Some(e);
-                    break;
+            }
+            if client_error.is_none() {
+                if batch.len > 0 {
+                    let _ = tx.send(Chunk::Data(batch)).await;
                 }
+                let _ = tx.send(Chunk::End).await;
             }
-        }
-        if client_error.is_none() {
-            if batch.len > 0 {
-                let _ = tx.send(Chunk::Data(batch)).await;
+            drop(tx);
+            let result = worker
+                .await
+                .map_err(|e| StorageError::Io(io::Error::other(e)))?;
+            match (client_error, result) {
+                (Some(e), Err(StorageError::Client(_))) => Err(StorageError::Client(e)),
+                (_, result) => result.map(|size| Appended { size, hasher }),
             }
-            let _ = tx.send(Chunk::End).await;
-        }
-        drop(tx);
-        let result = worker
-            .await
-            .map_err(|e| StorageError::Io(io::Error::other(e)))?;
-        match (client_error, result) {
-            (Some(e), Err(StorageError::Client(_))) => Err(StorageError::Client(e)),
-            (_, result) => result.map(|size| Appended { size, hasher }),
-        }
+        })
+        .await
     }
 
     async fn read_upload(&self, id: &str) -> Result<ByteStream, StorageError> {
-        let path = self.upload_path(id)?;
-        let (file, len) = blocking(move || {
-            let file =
-                File::open(path).or_else(|e| not_found_as(e, StorageError::UploadNotFound))?;
-            let len = file.metadata()?.len();
-            Ok((file, len))
+        self.observed("read_upload", async {
+            let path = self.upload_path(id)?;
+            let (file, len) = blocking(move || {
+                let file =
+                    File::open(path).or_else(|e| not_found_as(e, StorageError::UploadNotFound))?;
+                let len = file.metadata()?.len();
+                Ok((file, len))
+            })
+            .await?;
+            Ok(stream_file(file, 0..len))
         })
-        .await?;
-        Ok(stream_file(file, 0..len))
+        .await
     }
 
     async fn commit_upload(&self, id: &str, digest: &Digest) -> Result<(), StorageError> {
-        let upload = self.upload_path(id)?;
-        let target = paths::blob_data(&self.root, digest);
-        blocking(move || {
-            let data =
-                File::open(&upload).or_else(|e| not_found_as(e, StorageError::UploadNotFound))?;
-            if target.exists() {
-                fs::remove_file(&upload)?;
-                return Ok(());
-            }
-            // The bytes must be on disk before the name that promises them.
-            data.sync_data()?;
-            drop(data);
-            let dir = target
-                .parent()
-                .ok_or_else(|| io::Error::other("blob path has no parent"))?;
-            fs::create_dir_all(dir)?;
-            fs::rename(&upload, &target)?;
-            fsync_dir(dir)?;
-            if let Some(parent) = dir.parent() {
-                fsync_dir(parent)?;
-            }
-            Ok(())
+        self.observed("commit_upload", async {
+            let upload = self.upload_path(id)?;
+            let target = paths::blob_data(&self.root, digest);
+            blocking(move || {
+                let data = File::open(&upload)
+                    .or_else(|e| not_found_as(e, StorageError::UploadNotFound))?;
+                if target.exists() {
+                    fs::remove_file(&upload)?;
+                    return Ok(());
+                }
+                // The bytes must be on disk before the name that promises them.
+                data.sync_data()?;
+                drop(data);
+                let dir = target
+                    .parent()
+                    .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+                fs::create_dir_all(dir)?;
+                fs::rename(&upload, &target)?;
+                fsync_dir(dir)?;
+                if let Some(parent) = dir.parent() {
+                    fsync_dir(parent)?;
+                }
+                Ok(())
+            })
+            .await
         })
         .await
     }
 
     async fn delete_upload(&self, id: &str) -> Result<(), StorageError> {
-        let path = self.upload_path(id)?;
-        match tokio::fs::remove_file(path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        self.observed("delete_upload", async {
+            let path = self.upload_path(id)?;
+            match tokio::fs::remove_file(path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
     }
 
     async fn check(&self) -> Result<(), StorageError> {
-        tokio::fs::metadata(paths::uploads_dir(&self.root)).await?;
-        Ok(())
+        self.observed("check", async {
+            tokio::fs::metadata(paths::uploads_dir(&self.root)).await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn list_blobs(
@@ -456,41 +519,50 @@ impl BlobStore for FsBlobStore {
         after: Option<&Digest>,
         limit: usize,
     ) -> Result<Vec<Digest>, StorageError> {
-        let root = self.root.clone();
-        let after = after.map(Digest::to_string);
-        blocking(move || {
-            let mut found = paths::all_blobs(&root)?;
-            found.sort();
-            Ok(found
-                .into_iter()
-                .filter(|d| after.as_deref().is_none_or(|a| d.as_str() > a))
-                .take(limit)
-                .collect())
+        self.observed("list_blobs", async {
+            let root = self.root.clone();
+            let after = after.map(Digest::to_string);
+            blocking(move || {
+                let mut found = paths::all_blobs(&root)?;
+                found.sort();
+                Ok(found
+                    .into_iter()
+                    .filter(|d| after.as_deref().is_none_or(|a| d.as_str() > a))
+                    .take(limit)
+                    .collect())
+            })
+            .await
         })
         .await
     }
 
     async fn list_uploads(&self) -> Result<Vec<String>, StorageError> {
-        let dir = paths::uploads_dir(&self.root);
-        blocking(move || {
-            let mut ids = Vec::new();
-            for entry in fs::read_dir(&dir)? {
-                let name = entry?.file_name();
-                if let Some(id) = name.to_str().filter(|n| is_valid_upload_id(n)) {
-                    ids.push(id.to_owned());
+        self.observed("list_uploads", async {
+            let dir = paths::uploads_dir(&self.root);
+            blocking(move || {
+                let mut ids = Vec::new();
+                for entry in fs::read_dir(&dir)? {
+                    let name = entry?.file_name();
+                    if let Some(id) = name.to_str().filter(|n| is_valid_upload_id(n)) {
+                        ids.push(id.to_owned());
+                    }
                 }
-            }
-            Ok(ids)
+                Ok(ids)
+            })
+            .await
         })
         .await
     }
 
     async fn capacity(&self) -> Result<Option<Capacity>, StorageError> {
-        let root = self.root.clone();
-        let capacity = tokio::task::spawn_blocking(move || statvfs(&root))
-            .await
-            .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
-        Ok(Some(capacity))
+        self.observed("capacity", async {
+            let root = self.root.clone();
+            let capacity = tokio::task::spawn_blocking(move || statvfs(&root))
+                .await
+                .map_err(|e| StorageError::Io(std::io::Error::other(e)))??;
+            Ok(Some(capacity))
+        })
+        .await
     }
 }
 

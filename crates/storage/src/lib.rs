@@ -52,6 +52,13 @@ impl StorageError {
     }
 }
 
+/// Told of every operation a backend ran: its name, how long it took from call to answer (for
+/// a read, until its stream starts), and whether it failed. Backends time themselves, so no
+/// decorator has to be kept in step with [`BlobStore`].
+pub trait Observer: Send + Sync + 'static {
+    fn operation(&self, name: &'static str, elapsed: std::time::Duration, failed: bool);
+}
+
 /// What an append left behind: the upload's new size and the hash state over all its bytes.
 #[derive(Debug)]
 pub struct Appended {

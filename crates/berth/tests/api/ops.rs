@@ -30,6 +30,31 @@ async fn health_and_readiness() {
     assert_eq!(s.get("/healthz").await.status(), StatusCode::OK);
 }
 
+/// Store metrics are the backend's own: ten pulls of one manifest read the metadata backend
+/// once (the manifest cache answers the rest), and the figures say so.
+#[tokio::test]
+async fn metadata_metrics_measure_the_backend_not_the_cache() {
+    let s = Server::start().await;
+    s.push_image("metrics/cached", "v1").await;
+    let reads =
+        "berth_store_operation_duration_seconds_count{store=\"metadata\",op=\"get_manifest\"}";
+    let before = metric(&s.get("/metrics").await.text().await.unwrap(), reads);
+    for _ in 0..10 {
+        let r = s
+            .req(Method::GET, "/v2/metrics/cached/manifests/v1")
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let text = s.get("/metrics").await.text().await.unwrap();
+    assert_eq!(metric(&text, reads) - before, 1.0, "{text}");
+    let pushes =
+        "berth_store_operation_duration_seconds_count{store=\"metadata\",op=\"put_manifest\"}";
+    assert_eq!(metric(&text, pushes), 1.0, "{text}");
+}
+
 #[tokio::test]
 async fn a_push_shows_up_in_the_metrics() {
     let s = Server::start().await;

@@ -96,7 +96,7 @@ fn snapshot(conn: &Connection) -> Result<AccessSnapshot> {
 #[async_trait]
 impl AccessStore for SqliteStore {
     async fn access_generation(&self) -> Result<i64> {
-        self.read(|conn| {
+        self.read("access_generation", |conn| {
             Ok(conn
                 .prepare_cached("SELECT generation FROM access_state WHERE id = 1")?
                 .query_row([], |r| r.get(0))?)
@@ -105,12 +105,12 @@ impl AccessStore for SqliteStore {
     }
 
     async fn access_snapshot(&self) -> Result<AccessSnapshot> {
-        self.read(snapshot).await
+        self.read("access_snapshot", snapshot).await
     }
 
     async fn put_user(&self, u: &User) -> Result<()> {
         let u = u.clone();
-        self.write(move |conn| {
+        self.write("put_user", move |conn| {
             mutate(
                 conn,
                 "INSERT INTO users (name, password_hash, admin, created_at) VALUES ($1, $2, $3, $4)
@@ -125,7 +125,7 @@ impl AccessStore for SqliteStore {
 
     async fn delete_user(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
-        self.write(move |conn| {
+        self.write("delete_user", move |conn| {
             let n = conn
                 .prepare_cached("DELETE FROM users WHERE name = $1")?
                 .execute([&name])?;
@@ -139,7 +139,7 @@ impl AccessStore for SqliteStore {
 
     async fn put_project(&self, p: &Project) -> Result<()> {
         let p = p.clone();
-        self.write(move |conn| {
+        self.write("put_project", move |conn| {
             mutate(
                 conn,
                 "INSERT INTO projects (name, public, created_at) VALUES ($1, $2, $3)
@@ -154,14 +154,16 @@ impl AccessStore for SqliteStore {
     async fn delete_project(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
         let n = self
-            .write(move |conn| mutate(conn, "DELETE FROM projects WHERE name = $1", [name]))
+            .write("delete_project", move |conn| {
+                mutate(conn, "DELETE FROM projects WHERE name = $1", [name])
+            })
             .await?;
         Ok(n > 0)
     }
 
     async fn set_member(&self, m: &Member) -> Result<()> {
         let m = m.clone();
-        self.write(move |conn| {
+        self.write("set_member", move |conn| {
             mutate(
                 conn,
                 "INSERT INTO project_members (project, username, role) VALUES ($1, $2, $3)
@@ -176,7 +178,7 @@ impl AccessStore for SqliteStore {
     async fn remove_member(&self, project: &str, username: &str) -> Result<bool> {
         let (project, username) = (project.to_owned(), username.to_owned());
         let n = self
-            .write(move |conn| {
+            .write("remove_member", move |conn| {
                 mutate(
                     conn,
                     "DELETE FROM project_members WHERE project = $1 AND username = $2",
@@ -189,7 +191,7 @@ impl AccessStore for SqliteStore {
 
     async fn add_robot(&self, r: &Robot) -> Result<()> {
         let r = r.clone();
-        self.write(move |conn| {
+        self.write("add_robot", move |conn| {
             mutate(
                 conn,
                 "INSERT INTO robots (name, secret_hash, project, actions, expires_at, created_at)
@@ -211,14 +213,16 @@ impl AccessStore for SqliteStore {
     async fn delete_robot(&self, name: &str) -> Result<bool> {
         let name = name.to_owned();
         let n = self
-            .write(move |conn| mutate(conn, "DELETE FROM robots WHERE name = $1", [name]))
+            .write("delete_robot", move |conn| {
+                mutate(conn, "DELETE FROM robots WHERE name = $1", [name])
+            })
             .await?;
         Ok(n > 0)
     }
 
     async fn record_audit(&self, events: &[AuditEvent]) -> Result<()> {
         let events = events.to_vec();
-        self.write(move |conn| {
+        self.write("record_audit", move |conn| {
             let mut insert = conn.prepare_cached(
                 "INSERT INTO audit_events (id, at_ms, actor, action, resource, outcome, client, detail)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -241,7 +245,7 @@ impl AccessStore for SqliteStore {
     }
 
     async fn prune_audit(&self, before_ms: Option<i64>, keep_at_most: Option<u64>) -> Result<u64> {
-        self.write(move |conn| {
+        self.write("prune_audit", move |conn| {
             let mut deleted = 0;
             if let Some(before) = before_ms {
                 deleted += conn
@@ -276,7 +280,7 @@ impl AccessStore for SqliteStore {
 
     async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
         let q = q.clone();
-        self.read(move |conn| {
+        self.read("query_audit", move |conn| {
             Ok(conn
                 .prepare_cached(
                     "SELECT at_ms, actor, action, resource, outcome, client, detail

@@ -15,13 +15,13 @@ mod registry;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::migrations::{CREATE_VERSION_TABLE, MIGRATIONS};
-use crate::{now, MetaError, Result};
+use crate::{now, MetaError, Observer, Result};
 
 /// Writes run in one transaction at most this many at a time.
 const MAX_GROUP: usize = 256;
@@ -36,6 +36,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SqliteStore {
     writer: mpsc::Sender<Box<dyn Job>>,
     readers: Arc<Readers>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -76,12 +77,36 @@ impl SqliteStore {
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(MAX_READERS)),
             }),
+            observer: None,
         })
     }
 
-    /// Runs `f` in the next group-committed write transaction and returns its result once the
-    /// transaction is durable. An error from `f` undoes only `f`'s changes.
-    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    /// Reports every operation, with its time from call to answer, to `observer`.
+    pub fn observed_by(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe<T>(&self, op: &'static str, started: Instant, result: &Result<T>) {
+        if let Some(observer) = &self.observer {
+            observer.operation(op, started.elapsed(), result.is_err());
+        }
+    }
+
+    /// Runs `f` (operation `op`) in the next group-committed write transaction and returns
+    /// its result once the transaction is durable. An error from `f` undoes only `f`'s changes.
+    pub(crate) async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let started = Instant::now();
+        let result = self.write_now(f).await;
+        self.observe(op, started, &result);
+        result
+    }
+
+    async fn write_now<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -100,8 +125,19 @@ impl SqliteStore {
             .map_err(|_| MetaError::Backend("the metadata writer stopped".into()))?
     }
 
-    /// Runs `f` on a read-only connection, off the async threads.
-    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
+    /// Runs `f` (operation `op`) on a read-only connection, off the async threads.
+    pub(crate) async fn read<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let started = Instant::now();
+        let result = self.read_now(f).await;
+        self.observe(op, started, &result);
+        result
+    }
+
+    async fn read_now<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,

@@ -191,7 +191,7 @@ fn put_manifest(conn: &Connection, m: &OwnedManifest) -> Result<()> {
 #[async_trait]
 impl MetadataStore for SqliteStore {
     async fn check(&self) -> Result<()> {
-        self.read(|conn| {
+        self.read("check", |conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
             Ok(())
         })
@@ -200,8 +200,10 @@ impl MetadataStore for SqliteStore {
 
     async fn repository_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<Option<u64>> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.read(move |conn| repository_blob_size(conn, &repo, &digest))
-            .await
+        self.read("repository_blob", move |conn| {
+            repository_blob_size(conn, &repo, &digest)
+        })
+        .await
     }
 
     async fn add_blob(
@@ -213,7 +215,7 @@ impl MetadataStore for SqliteStore {
     ) -> Result<()> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         let upload_id = upload_id.map(str::to_owned);
-        self.write(move |conn| {
+        self.write("add_blob", move |conn| {
             ensure_repository(conn, &repo)?;
             if blob_deleting(conn, &digest)? {
                 return Err(MetaError::Conflict(format!(
@@ -242,7 +244,7 @@ impl MetadataStore for SqliteStore {
         lease_until: i64,
     ) -> Result<BlobReservation> {
         let digest = digest.to_string();
-        self.write(move |conn| {
+        self.write("reserve_blob", move |conn| {
             if blob_deleting(conn, &digest)? {
                 return Ok(BlobReservation::BeingDeleted);
             }
@@ -263,7 +265,7 @@ impl MetadataStore for SqliteStore {
         digest: &Digest,
     ) -> Result<Option<u64>> {
         let (from, to, digest) = (from.to_string(), to.to_string(), digest.to_string());
-        self.write(move |conn| {
+        self.write("mount_blob", move |conn| {
             let Some(size) = repository_blob_size(conn, &from, &digest)? else {
                 return Ok(None);
             };
@@ -276,7 +278,7 @@ impl MetadataStore for SqliteStore {
 
     async fn unlink_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |conn| {
+        self.write("unlink_blob", move |conn| {
             let n = conn
                 .prepare_cached(
                     "DELETE FROM repository_blobs WHERE repository = $1 AND digest = $2",
@@ -289,7 +291,8 @@ impl MetadataStore for SqliteStore {
 
     async fn put_manifest(&self, m: NewManifest<'_>) -> Result<()> {
         let m = OwnedManifest::from(m);
-        self.write(move |conn| put_manifest(conn, &m)).await
+        self.write("put_manifest", move |conn| put_manifest(conn, &m))
+            .await
     }
 
     async fn get_manifest(
@@ -298,7 +301,7 @@ impl MetadataStore for SqliteStore {
         reference: &Reference,
     ) -> Result<Option<Arc<StoredManifest>>> {
         let (repo, reference) = (repo.to_string(), reference.clone());
-        self.read(move |conn| {
+        self.read("get_manifest", move |conn| {
             let (sql, key) = match &reference {
                 Reference::Digest(d) => (
                     "SELECT digest, media_type, content FROM manifests
@@ -336,7 +339,7 @@ impl MetadataStore for SqliteStore {
 
     async fn delete_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write(move |conn| {
+        self.write("delete_manifest", move |conn| {
             let n = conn
                 .prepare_cached("DELETE FROM manifests WHERE repository = $1 AND digest = $2")?
                 .execute((repo, digest))?;
@@ -347,7 +350,7 @@ impl MetadataStore for SqliteStore {
 
     async fn delete_repository(&self, repo: &RepositoryName) -> Result<bool> {
         let repo = repo.to_string();
-        self.write(move |conn| {
+        self.write("delete_repository", move |conn| {
             // Manifests, their references and tags, and blob links cascade from the repository.
             let n = conn
                 .prepare_cached("DELETE FROM repositories WHERE name = $1")?
@@ -359,7 +362,7 @@ impl MetadataStore for SqliteStore {
 
     async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<bool> {
         let (repo, tag) = (repo.to_string(), tag.as_str().to_owned());
-        self.write(move |conn| {
+        self.write("delete_tag", move |conn| {
             let n = conn
                 .prepare_cached("DELETE FROM tags WHERE repository = $1 AND name = $2")?
                 .execute((repo, tag))?;
@@ -375,7 +378,7 @@ impl MetadataStore for SqliteStore {
     ) -> Result<Option<Vec<String>>> {
         let repo = repo.to_string();
         let (last, limit) = (page.last.unwrap_or("").to_owned(), limit_of(page));
-        self.read(move |conn| {
+        self.read("list_tags", move |conn| {
             let exists = conn
                 .prepare_cached("SELECT 1 FROM repositories WHERE name = $1")?
                 .exists([&repo])?;
@@ -396,7 +399,7 @@ impl MetadataStore for SqliteStore {
 
     async fn list_repositories(&self, page: Page<'_>) -> Result<Vec<String>> {
         let (last, limit) = (page.last.unwrap_or("").to_owned(), limit_of(page));
-        self.read(move |conn| {
+        self.read("list_repositories", move |conn| {
             Ok(conn
                 .prepare_cached(
                     "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
@@ -415,7 +418,7 @@ impl MetadataStore for SqliteStore {
     ) -> Result<Vec<Referrer>> {
         let (repo, subject) = (repo.to_string(), subject.to_string());
         let artifact_type = artifact_type.map(str::to_owned);
-        self.read(move |conn| {
+        self.read("referrers", move |conn| {
             Ok(conn
                 .prepare_cached(
                     "SELECT digest, media_type, LENGTH(content), artifact_type, annotations
@@ -439,7 +442,7 @@ impl MetadataStore for SqliteStore {
 
     async fn create_upload(&self, s: &UploadSession, limits: UploadLimits) -> Result<()> {
         let s = s.clone();
-        self.write(move |conn| {
+        self.write("create_upload", move |conn| {
             // One writer runs this whole closure: nothing can insert between count and insert.
             let checks = [
                 ("repository", s.repository.as_str(), limits.per_repository),
@@ -482,7 +485,7 @@ impl MetadataStore for SqliteStore {
 
     async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>> {
         let id = id.to_owned();
-        self.read(move |conn| {
+        self.read("get_upload", move |conn| {
             let row = conn
                 .prepare_cached(
                     "SELECT id, repository, algorithm, created_at, owner, hash_offset, hash_state
@@ -526,7 +529,7 @@ impl MetadataStore for SqliteStore {
 
     async fn save_upload_hash(&self, id: &str, saved: &SavedHash) -> Result<()> {
         let (id, saved) = (id.to_owned(), saved.clone());
-        self.write(move |conn| {
+        self.write("save_upload_hash", move |conn| {
             conn.prepare_cached(
                 "UPDATE uploads SET hash_offset = $1, hash_state = $2 WHERE id = $3",
             )?
@@ -538,7 +541,7 @@ impl MetadataStore for SqliteStore {
 
     async fn delete_upload(&self, id: &str) -> Result<()> {
         let id = id.to_owned();
-        self.write(move |conn| {
+        self.write("delete_upload", move |conn| {
             conn.prepare_cached("DELETE FROM uploads WHERE id = $1")?
                 .execute([id])?;
             Ok(())
@@ -554,7 +557,7 @@ impl MetadataStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<(String, u64)>> {
         let after = after.unwrap_or("").to_owned();
-        self.read(move |conn| {
+        self.read("collectable_blobs", move |conn| {
             let sql = format!(
                 "SELECT b.digest, b.size FROM blobs b
                  WHERE (b.deleting = 1 OR ({COLLECTABLE})) AND b.digest > $3
@@ -572,7 +575,7 @@ impl MetadataStore for SqliteStore {
 
     async fn mark_blob_deleting(&self, digest: &Digest, before: i64, now: i64) -> Result<bool> {
         let digest = digest.to_string();
-        self.write(move |conn| {
+        self.write("mark_blob_deleting", move |conn| {
             // Parameters are numbered in order of appearance: $1, $2 inside COLLECTABLE, $3.
             let sql = format!(
                 "UPDATE blobs AS b SET deleting = 1
@@ -586,7 +589,7 @@ impl MetadataStore for SqliteStore {
 
     async fn forget_blob(&self, digest: &Digest) -> Result<()> {
         let digest = digest.to_string();
-        self.write(move |conn| {
+        self.write("forget_blob", move |conn| {
             conn.prepare_cached("DELETE FROM repository_blobs WHERE digest = $1")?
                 .execute([&digest])?;
             conn.prepare_cached("DELETE FROM blobs WHERE digest = $1 AND deleting = 1")?
@@ -597,7 +600,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
-        self.read(move |conn| {
+        self.read("expired_uploads", move |conn| {
             Ok(conn
                 .prepare_cached(
                     "SELECT id FROM uploads WHERE created_at < $1 ORDER BY created_at LIMIT $2",
