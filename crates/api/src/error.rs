@@ -9,6 +9,10 @@ use berth_registry::RegistryError;
 use berth_storage::StorageError;
 use http::{header, HeaderValue, StatusCode};
 
+/// What a 503 for an unavailable store asks clients to wait: short, since a store that comes
+/// back serves at once, and clients retry with their own backoff anyway.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// A spec error code with a human detail for the client.
@@ -64,12 +68,29 @@ impl ApiError {
         }
     }
 
+    /// A store is unavailable right now (answered 503 with `Retry-After`).
+    fn is_unavailable(&self) -> bool {
+        match self {
+            ApiError::Meta(e) => matches!(e, MetaError::Unavailable(_)),
+            ApiError::Registry(e) => e.is_unavailable(),
+            _ => false,
+        }
+    }
+
     /// Status, spec code (None for internal errors) and detail: the single mapping.
     fn wire(&self) -> (StatusCode, Option<ErrorCode>, String) {
         let oci = |code: ErrorCode, detail: String| {
             let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST);
             (status, Some(code), detail)
         };
+        if self.is_unavailable() {
+            return oci(
+                ErrorCode::Unavailable,
+                format!(
+                    "the registry's storage is unavailable right now; try again in {RETRY_AFTER_SECONDS} s"
+                ),
+            );
+        }
         if self.is_storage_full() {
             // No spec code says "full"; DENIED is what quota refusals use too, and the status
             // and message say why.
@@ -127,7 +148,8 @@ fn storage_wire(e: &StorageError) -> (StatusCode, Option<ErrorCode>, String) {
         StorageError::UploadNotFound => oci(ErrorCode::BlobUploadUnknown, e.to_string()),
         StorageError::OffsetMismatch { .. } => oci(ErrorCode::RangeInvalid, e.to_string()),
         StorageError::Client(_) => oci(ErrorCode::BlobUploadInvalid, e.to_string()),
-        StorageError::Io(_) => (
+        // Transient failures were answered 503 before getting here.
+        StorageError::Unavailable(_) | StorageError::Io(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             None,
             "storage error".into(),
@@ -231,8 +253,69 @@ impl IntoResponse for ApiError {
                     headers.insert(header::ALLOW, v);
                 }
             }
+            _ if code == Some(ErrorCode::Unavailable) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    async fn answer(e: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap_or_default();
+        let json = serde_json::from_slice(&body).unwrap_or_default();
+        (status, retry_after, json)
+    }
+
+    fn code(json: &serde_json::Value) -> &str {
+        json["errors"][0]["code"].as_str().unwrap_or_default()
+    }
+
+    /// A store that cannot serve right now is a 503 with `Retry-After` and an OCI body, from
+    /// either store and for every transient kind; a permanent failure stays a bare 500.
+    #[tokio::test]
+    async fn unavailable_stores_answer_503_with_retry_after() {
+        let transient = [
+            RegistryError::Storage(StorageError::Unavailable("SlowDown".into())),
+            RegistryError::Storage(StorageError::Io(io::ErrorKind::TimedOut.into())),
+            RegistryError::Storage(StorageError::Io(io::ErrorKind::ConnectionRefused.into())),
+            RegistryError::Meta(MetaError::Unavailable("database is locked".into())),
+        ];
+        for e in transient {
+            let what = e.to_string();
+            let (status, retry_after, json) = answer(ApiError::Registry(e)).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{what}");
+            assert_eq!(retry_after.as_deref(), Some("1"), "{what}");
+            assert_eq!(code(&json), "UNAVAILABLE", "{what}");
+        }
+        let (status, retry_after, json) =
+            answer(ApiError::Meta(MetaError::Unavailable("refused".into()))).await;
+        assert_eq!(
+            (status, retry_after.as_deref()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("1"))
+        );
+        assert_eq!(code(&json), "UNAVAILABLE");
+
+        let permanent =
+            RegistryError::Storage(StorageError::Io(io::ErrorKind::PermissionDenied.into()));
+        let (status, retry_after, json) = answer(ApiError::Registry(permanent)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(retry_after, None);
+        assert_eq!(code(&json), "UNKNOWN");
     }
 }

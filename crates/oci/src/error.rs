@@ -23,6 +23,9 @@ pub enum ErrorCode {
     TagInvalid,
     ManifestTooLarge,
     PaginationNumberInvalid,
+    /// Not in the spec either: Distribution's code for a backend that cannot serve right now
+    /// (sent with `Retry-After`).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -47,6 +50,7 @@ impl ErrorCode {
             ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::ManifestTooLarge => "SIZE_INVALID",
             ErrorCode::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -71,6 +75,7 @@ impl ErrorCode {
             ErrorCode::ManifestTooLarge => 413,
             ErrorCode::RangeInvalid => 416,
             ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unavailable => 503,
         }
     }
 
@@ -97,6 +102,7 @@ impl ErrorCode {
             ErrorCode::TagInvalid => "invalid tag",
             ErrorCode::ManifestTooLarge => "manifest too large",
             ErrorCode::PaginationNumberInvalid => "invalid number of results requested",
+            ErrorCode::Unavailable => "service unavailable",
         }
     }
 }

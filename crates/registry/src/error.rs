@@ -54,6 +54,15 @@ impl RegistryError {
             _ => false,
         }
     }
+
+    /// A store cannot serve right now; the same request may succeed shortly.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            RegistryError::Storage(e) => e.is_transient(),
+            RegistryError::Meta(e) => matches!(e, MetaError::Unavailable(_)),
+            _ => false,
+        }
+    }
 }
 
 impl From<StorageError> for RegistryError {

@@ -21,9 +21,9 @@ pub struct ChunkRange {
 }
 
 /// Uploads smaller than this do not save their hash state after a chunk: reading a few
-/// megabytes back costs less than a metadata write per chunk of every small push.
-/// (A blob store that cannot read uploads back will need it saved from the first byte.)
-pub const SAVE_HASH_FROM: u64 = 4 * 1024 * 1024;
+/// megabytes back costs less than a metadata write per chunk of every small push. It is the
+/// blob stores' read-back limit, so no store is asked to read back more.
+pub const SAVE_HASH_FROM: u64 = berth_storage::READ_BACK_LIMIT;
 
 /// 128 random bits: session ids are capabilities and must not be guessable.
 fn new_upload_id() -> String {

@@ -593,19 +593,20 @@ mod tests {
     #[tokio::test]
     async fn passes_the_shared_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsBlobStore::open(dir.path()).await.unwrap();
-        crate::testsuite::run_all(&store).await;
+        crate::testsuite::run_all(async || FsBlobStore::open(dir.path()).await.unwrap()).await;
     }
 
     /// The buffered path, which filesystems without `O_DIRECT` take.
     #[tokio::test]
     async fn passes_the_shared_suite_without_direct_io() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FsBlobStore::open(dir.path())
-            .await
-            .unwrap()
-            .with_direct_io(false);
-        crate::testsuite::run_all(&store).await;
+        crate::testsuite::run_all(async || {
+            FsBlobStore::open(dir.path())
+                .await
+                .unwrap()
+                .with_direct_io(false)
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -22,9 +22,19 @@ use futures_util::Stream;
 
 pub use fs::FsBlobStore;
 
+/// Uploads are asked to stream their bytes back ([`BlobStore::read_upload`]) only while they
+/// hold fewer than this many bytes: past it the registry saves the hash state after every
+/// chunk, since an object store cannot read an unfinished multipart upload back.
+pub const READ_BACK_LIMIT: u64 = 4 * 1024 * 1024;
+
 /// A stream of bytes, as read from a client or from storage.
 pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
+/// What can go wrong in a blob store, in terms every backend can report. Callers decide on the
+/// kind: not found, the client's fault, transient (try again later: [`is_transient`]), or
+/// permanent (anything else).
+///
+/// [`is_transient`]: StorageError::is_transient
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("blob not found")]
@@ -35,11 +45,35 @@ pub enum StorageError {
     OffsetMismatch { expected: u64, actual: u64 },
     #[error("reading the request body failed: {0}")]
     Client(io::Error),
+    /// The backend cannot serve right now (unreachable, throttling, timed out); the same call
+    /// may succeed later. Object stores report their 503/SlowDown and connection failures so.
+    #[error("blob storage is unavailable: {0}")]
+    Unavailable(String),
+    /// A local or mounted filesystem's error; transient for the kinds that say so.
     #[error("storage I/O failed: {0}")]
     Io(#[from] io::Error),
 }
 
 impl StorageError {
+    /// Worth retrying as it is: the backend is unavailable or timed out, not wrong.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Unavailable(_) => true,
+            StorageError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut
+                    | io::ErrorKind::Interrupted
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::ResourceBusy
+                    | io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::NotConnected
+            ),
+            _ => false,
+        }
+    }
+
     /// The filesystem or volume is full (ENOSPC) or over its quota (EDQUOT).
     pub fn is_storage_full(&self) -> bool {
         match self {
@@ -96,8 +130,16 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Appends `data` at `offset`, which must be the upload's current size, feeding every byte
     /// to `hasher`. The append is all or nothing: if the stream fails, the upload is cut back
-    /// to `offset`. The bytes need not be durable yet: `commit_upload` makes them so, and a
-    /// hash state lost with the process is rebuilt from what `read_upload` returns.
+    /// to `offset`. The bytes need not be durable yet: `commit_upload` makes them so.
+    ///
+    /// Appends of any size work, down to one byte at an unaligned offset: clients choose their
+    /// chunks, and the registry never sizes them for a backend. A backend with a minimum part
+    /// size (an S3 multipart upload: 5 MiB for every part but the last) buffers on its own side,
+    /// e.g. keeps the unfinished tail as an object of its own until it is large enough to
+    /// become a part, so that another instance can continue the upload from the store alone.
+    ///
+    /// An upload continues in any instance of the store from its offset and the caller's
+    /// hash state; the store keeps no per-instance state of an upload.
     async fn append_upload(
         &self,
         id: &str,
@@ -106,7 +148,10 @@ pub trait BlobStore: Send + Sync + 'static {
         hasher: Hasher,
     ) -> Result<Appended, StorageError>;
 
-    /// Streams the bytes of an upload so far (to rebuild a hash state after a restart).
+    /// Streams the bytes of an upload so far, to rebuild a hash state that was not saved. The
+    /// registry saves the hash state of every upload from [`READ_BACK_LIMIT`] bytes on, so it
+    /// asks this only of smaller uploads (unless a saved state was lost), and a backend must
+    /// serve it below that size only.
     async fn read_upload(&self, id: &str) -> Result<ByteStream, StorageError>;
 
     /// Makes the upload's bytes the blob `digest`, atomically and durably, and removes the

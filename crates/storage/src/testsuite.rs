@@ -35,8 +35,12 @@ pub async fn put_blob(store: &dyn BlobStore, id: &str, data: &'static [u8]) -> D
     digest
 }
 
-/// Runs every check against `store`.
-pub async fn run_all(store: &dyn BlobStore) {
+/// Runs every check against stores that `open` opens on one backend: most checks on one
+/// instance, and the resume check across two (as a restart, or another replica, sees it).
+pub async fn run_all<S: BlobStore>(open: impl AsyncFn() -> S) {
+    let first = open().await;
+    let store: &dyn BlobStore = &first;
+    resume_in_a_fresh_instance(store, &open().await).await;
     roundtrip_and_ranges(store).await;
     chunked_append_and_offsets(store).await;
     large_append_hashes_every_byte(store).await;
@@ -53,6 +57,50 @@ pub async fn run_all(store: &dyn BlobStore) {
     if let Some(c) = store.capacity().await.expect("capacity") {
         assert!(c.total > 0 && c.free <= c.total, "{c:?}");
     }
+}
+
+/// An upload continues in another instance of the store from nothing but its offset and the
+/// saved hash state: no instance state is needed, and no bytes are read back.
+async fn resume_in_a_fresh_instance(first: &dyn BlobStore, second: &dyn BlobStore) {
+    let (head, tail): (&'static [u8], &'static [u8]) = (&[7u8; 65_539], b"and the rest");
+    first.create_upload("suite-resume").await.expect("create");
+    let appended = first
+        .append_upload(
+            "suite-resume",
+            0,
+            body(vec![head]),
+            Algorithm::Sha256.hasher(),
+        )
+        .await
+        .expect("first half");
+    // Only the state's bytes cross over, as they do through the metadata store.
+    let saved = appended.hasher.state();
+
+    let size = second
+        .upload_size("suite-resume")
+        .await
+        .expect("size")
+        .expect("the upload is visible to the other instance");
+    assert_eq!(size, head.len() as u64);
+    let hasher = berth_oci::Hasher::from_state(&saved).expect("saved state");
+    let appended = second
+        .append_upload("suite-resume", size, body(vec![tail]), hasher)
+        .await
+        .expect("second half");
+    assert_eq!(appended.size, (head.len() + tail.len()) as u64);
+    let digest = appended.hasher.finish();
+    let whole = [head, tail].concat();
+    assert_eq!(digest, Digest::sha256_of(&whole));
+    second
+        .commit_upload("suite-resume", &digest)
+        .await
+        .expect("commit");
+    let range = 0..whole.len() as u64;
+    for store in [first, second] {
+        let read = collect(store.read_blob(&digest, range.clone()).await.expect("read")).await;
+        assert!(read == whole, "both instances serve the committed blob");
+    }
+    assert!(second.delete_blob(&digest).await.expect("delete"));
 }
 
 async fn roundtrip_and_ranges(store: &dyn BlobStore) {
