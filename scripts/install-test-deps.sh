@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine: real registry clients
 # (skopeo, podman, containerd/ctr, Docker's engine), the reference registry and Apache's
-# htpasswd, Go for the Helm chart renderer (Debian), and oras, pytest, kubernetes-validate
+# htpasswd, Go for the Helm chart renderer, PostgreSQL's server (Debian), and oras, pytest, kubernetes-validate
 # (PyPI, in ./.venv).
 # Idempotent.
 set -euo pipefail
@@ -18,7 +18,9 @@ packages=(skopeo podman containerd runc uidmap fuse-overlayfs apache2-utils dock
           # tests/deploy renders the Helm chart with Go's text/template (Helm is not packaged)
           golang-go golang-gopkg-yaml.v3-dev
           # tests/deploy builds the Containerfile's image around a static (musl) binary
-          musl-tools)
+          musl-tools
+          # the PostgreSQL metadata backend's tests start throwaway clusters (crates/meta/tests)
+          postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

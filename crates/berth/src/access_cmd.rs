@@ -2,9 +2,10 @@
 //! audit log from the command line, working directly on the metadata store (a running server
 //! picks the changes up within seconds). Passwords are read from stdin, never from arguments.
 
-use anyhow::Context;
+use std::sync::Arc;
+
 use berth_auth::admin;
-use berth_meta::{AccessStore, AuditEvent, AuditQuery, SqliteStore};
+use berth_meta::{AuditEvent, AuditQuery, Store};
 use clap::Subcommand;
 
 use crate::htpasswd::read_password;
@@ -132,16 +133,13 @@ pub struct AuditArgs {
     store: StoreArgs,
 }
 
-async fn open(store: &StoreArgs) -> anyhow::Result<SqliteStore> {
+async fn open(store: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
     let (config, _) = store.load()?;
-    let path = config.sqlite_path();
-    SqliteStore::open(&path)
-        .await
-        .with_context(|| format!("opening {}", path.display()))
+    crate::stores::open_metadata(&config, None).await
 }
 
 async fn audit_cli(
-    store: &SqliteStore,
+    store: &dyn Store,
     action: &str,
     resource: &str,
     detail: &str,
@@ -178,8 +176,8 @@ pub fn user(command: UserCommand) -> anyhow::Result<()> {
             } => {
                 let s = open(&store).await?;
                 let password = read_password()?;
-                admin::put_user(&s, &name, &password, is_admin).await?;
-                audit_cli(&s, "user.add", &name, if is_admin { "admin" } else { "" }).await?;
+                admin::put_user(&*s, &name, &password, is_admin).await?;
+                audit_cli(&*s, "user.add", &name, if is_admin { "admin" } else { "" }).await?;
                 eprintln!("user {name} saved");
             }
             UserCommand::List { store } => {
@@ -189,14 +187,14 @@ pub fn user(command: UserCommand) -> anyhow::Result<()> {
             }
             UserCommand::Passwd { name, store } => {
                 let s = open(&store).await?;
-                admin::set_password(&s, &name, &read_password()?).await?;
-                audit_cli(&s, "user.password", &name, "").await?;
+                admin::set_password(&*s, &name, &read_password()?).await?;
+                audit_cli(&*s, "user.password", &name, "").await?;
                 eprintln!("password of {name} changed");
             }
             UserCommand::Rm { name, store } => {
                 let s = open(&store).await?;
-                admin::delete_user(&s, &name).await?;
-                audit_cli(&s, "user.remove", &name, "").await?;
+                admin::delete_user(&*s, &name).await?;
+                audit_cli(&*s, "user.remove", &name, "").await?;
                 eprintln!("user {name} removed");
             }
         }
@@ -213,9 +211,9 @@ pub fn project(command: ProjectCommand) -> anyhow::Result<()> {
                 store,
             } => {
                 let s = open(&store).await?;
-                admin::put_project(&s, &name, public).await?;
+                admin::put_project(&*s, &name, public).await?;
                 audit_cli(
-                    &s,
+                    &*s,
                     "project.add",
                     &name,
                     if public { "public" } else { "private" },
@@ -237,8 +235,8 @@ pub fn project(command: ProjectCommand) -> anyhow::Result<()> {
             }
             ProjectCommand::Rm { name, store } => {
                 let s = open(&store).await?;
-                admin::delete_project(&s, &name).await?;
-                audit_cli(&s, "project.remove", &name, "").await?;
+                admin::delete_project(&*s, &name).await?;
+                audit_cli(&*s, "project.remove", &name, "").await?;
                 eprintln!("project {name} removed");
             }
             ProjectCommand::Member { command } => match command {
@@ -249,8 +247,8 @@ pub fn project(command: ProjectCommand) -> anyhow::Result<()> {
                     store,
                 } => {
                     let s = open(&store).await?;
-                    admin::set_member(&s, &project, &user, &role).await?;
-                    audit_cli(&s, "project.member", &format!("{project}/{user}"), &role).await?;
+                    admin::set_member(&*s, &project, &user, &role).await?;
+                    audit_cli(&*s, "project.member", &format!("{project}/{user}"), &role).await?;
                     eprintln!("{user} is {role} of {project}");
                 }
                 MemberCommand::Rm {
@@ -259,9 +257,9 @@ pub fn project(command: ProjectCommand) -> anyhow::Result<()> {
                     store,
                 } => {
                     let s = open(&store).await?;
-                    admin::remove_member(&s, &project, &user).await?;
+                    admin::remove_member(&*s, &project, &user).await?;
                     audit_cli(
-                        &s,
+                        &*s,
                         "project.member.remove",
                         &format!("{project}/{user}"),
                         "",
@@ -293,8 +291,8 @@ pub fn robot(command: RobotCommand) -> anyhow::Result<()> {
                 store,
             } => {
                 let s = open(&store).await?;
-                let robot = admin::add_robot(&s, &project, &name, &actions, expires_days).await?;
-                audit_cli(&s, "robot.add", &robot.name, &actions).await?;
+                let robot = admin::add_robot(&*s, &project, &name, &actions, expires_days).await?;
+                audit_cli(&*s, "robot.add", &robot.name, &actions).await?;
                 eprintln!("robot created; its secret is shown only now:");
                 println!("{}\n{}", robot.name, robot.secret);
             }
@@ -309,8 +307,8 @@ pub fn robot(command: RobotCommand) -> anyhow::Result<()> {
             }
             RobotCommand::Rm { name, store } => {
                 let s = open(&store).await?;
-                admin::delete_robot(&s, &name).await?;
-                audit_cli(&s, "robot.remove", &name, "").await?;
+                admin::delete_robot(&*s, &name).await?;
+                audit_cli(&*s, "robot.remove", &name, "").await?;
                 eprintln!("robot {name} removed");
             }
         }

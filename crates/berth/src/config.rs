@@ -33,13 +33,15 @@ pub enum StorageDriver {
     Filesystem,
 }
 
-/// Where the metadata index is kept. (PostgreSQL comes next.)
+/// Where the metadata index is kept.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum MetadataBackend {
     /// An SQLite file (`metadata.sqlite_path`).
     #[default]
     Sqlite,
+    /// A PostgreSQL database (`metadata.url`), which replicas share.
+    Postgres,
 }
 
 /// How callers are authenticated.
@@ -148,13 +150,34 @@ pub struct StorageConfig {
     pub upload_purge_hours: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
-    /// `sqlite`.
+    /// `sqlite`, or `postgres`, which a `url` selects by itself.
     pub backend: MetadataBackend,
     /// SQLite database file; empty means `<storage.root>/berth/metadata.sqlite`.
     pub sqlite_path: String,
+    /// `postgres://user:password@host:port/database` selects PostgreSQL; empty keeps SQLite.
+    pub url: String,
+    /// PostgreSQL connections kept at most by this process.
+    pub pool_size: u64,
+    /// Waiting longer for a PostgreSQL connection answers 503.
+    pub connect_timeout_seconds: u64,
+    /// PostgreSQL cancels a statement running longer (answered 503).
+    pub statement_timeout_seconds: u64,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            backend: MetadataBackend::Sqlite,
+            sqlite_path: String::new(),
+            url: String::new(),
+            pool_size: 16,
+            connect_timeout_seconds: 5,
+            statement_timeout_seconds: 30,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -391,7 +414,39 @@ impl Config {
         if self.tls.certificate.is_empty() != self.tls.key.is_empty() {
             return Err(invalid("tls", "certificate and key must be given together"));
         }
+        let url = &self.metadata.url;
+        if self.metadata.backend == MetadataBackend::Postgres && url.is_empty() {
+            return Err(invalid(
+                "metadata.url",
+                "metadata.backend = postgres needs a postgres://… URL",
+            ));
+        }
+        let postgres_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !url.is_empty() && !postgres_url {
+            return Err(invalid(
+                "metadata.url",
+                "must be a postgres://user:password@host:port/database URL",
+            ));
+        }
         Ok(())
+    }
+
+    /// The metadata backend in use: a `metadata.url` selects PostgreSQL by itself.
+    pub fn metadata_backend(&self) -> MetadataBackend {
+        if self.metadata.url.is_empty() {
+            self.metadata.backend
+        } else {
+            MetadataBackend::Postgres
+        }
+    }
+
+    pub fn postgres_options(&self) -> berth_meta::PostgresOptions {
+        let m = &self.metadata;
+        berth_meta::PostgresOptions {
+            pool_size: usize::try_from(m.pool_size.max(1)).unwrap_or(16),
+            connect_timeout: std::time::Duration::from_secs(m.connect_timeout_seconds.max(1)),
+            statement_timeout: std::time::Duration::from_secs(m.statement_timeout_seconds.max(1)),
+        }
     }
 
     pub fn sqlite_path(&self) -> PathBuf {
@@ -431,7 +486,22 @@ impl Config {
         if !shown.auth.bootstrap_admin_password.is_empty() {
             shown.auth.bootstrap_admin_password = "********".into();
         }
+        shown.metadata.url = mask_password(&shown.metadata.url);
         toml::to_string_pretty(&shown).unwrap_or_default()
+    }
+}
+
+/// `scheme://user:password@host/…` with the password replaced by asterisks.
+fn mask_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let Some(at) = url[start..].rfind('@').map(|i| start + i) else {
+        return url.to_owned();
+    };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}********{}", &url[..start + colon + 1], &url[at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -554,6 +624,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.addr"), "{err}");
+    }
+
+    #[test]
+    fn a_metadata_url_selects_postgres_and_its_password_is_masked() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.metadata_backend(), MetadataBackend::Sqlite);
+        let url = "postgres://berth:p%40ss:word@db.internal:5432/registry";
+        let c = load(None, &[("BERTH_METADATA_URL", url)]).unwrap();
+        assert_eq!(c.metadata_backend(), MetadataBackend::Postgres);
+        let shown = c.to_toml();
+        assert!(!shown.contains("p%40ss"), "{shown}");
+        assert!(
+            shown.contains("postgres://berth:********@db.internal:5432/registry"),
+            "{shown}"
+        );
+        let err = load(None, &[("BERTH_METADATA_BACKEND", "postgres")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metadata.url"), "{err}");
+        let err = load(None, &[("BERTH_METADATA_URL", "mysql://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metadata.url"), "{err}");
     }
 
     #[test]

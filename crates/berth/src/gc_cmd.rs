@@ -2,15 +2,13 @@
 //! server or without one. It coordinates with servers through the metadata store like any
 //! replica does, so running it while serving is safe.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_meta::SqliteStore;
 use berth_registry::{Events, Registry};
-use berth_storage::FsBlobStore;
 
 use crate::config::Config;
+use crate::stores;
 
 pub fn run(config: Config, dry_run: bool, grace: Option<u64>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -18,21 +16,9 @@ pub fn run(config: Config, dry_run: bool, grace: Option<u64>) -> anyhow::Result<
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let blobs = FsBlobStore::open(&config.storage.root)
-            .await
-            .with_context(|| {
-                format!("opening blob storage at {}", config.storage.root.display())
-            })?;
-        let sqlite = config.sqlite_path();
-        let meta = SqliteStore::open(&sqlite)
-            .await
-            .with_context(|| format!("opening metadata at {}", sqlite.display()))?;
-        let registry = Registry::new(
-            Arc::new(blobs),
-            Arc::new(meta),
-            config.registry_config(),
-            Events::default(),
-        );
+        let blobs = stores::open_blobs(&config, None).await?;
+        let meta = stores::open_metadata(&config, None).await?;
+        let registry = Registry::new(blobs, meta, config.registry_config(), Events::default());
         let grace = Duration::from_secs(grace.unwrap_or(config.gc.grace_seconds));
         let report = if dry_run {
             registry.garbage_dry_run(grace).await?

@@ -8,6 +8,7 @@ mod gc_cmd;
 mod htpasswd;
 mod serve;
 mod server;
+mod stores;
 mod tls;
 
 use std::path::PathBuf;

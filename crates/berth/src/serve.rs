@@ -7,13 +7,12 @@ use berth_api::observe::Metrics;
 use berth_api::workers::{FirstRun, Workers};
 use berth_api::{Api, ApiConfig, AuditLog, Authenticator, TokenAuth};
 use berth_auth::{Htpasswd, TokenIssuer, TokenVerifier};
-use berth_meta::SqliteStore;
-use berth_storage::FsBlobStore;
+use berth_meta::Store;
 use tracing_subscriber::EnvFilter;
 
 use crate::compat::Notice;
 use crate::config::{AuthMode, Config, LogFormat};
-use crate::{server, tls};
+use crate::{server, stores, tls};
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -47,16 +46,8 @@ pub fn run(config: Config, notices: Vec<Notice>) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let blobs = FsBlobStore::open(&config.storage.root)
-        .await
-        .with_context(|| format!("opening blob storage at {}", config.storage.root.display()))?
-        .observed_by(metrics.store_observer("blob"));
-    let sqlite_path = config.sqlite_path();
-    let meta = SqliteStore::open(&sqlite_path)
-        .await
-        .with_context(|| format!("opening metadata at {}", sqlite_path.display()))?
-        .observed_by(metrics.store_observer("metadata"));
-    let meta = Arc::new(meta);
+    let blobs = stores::open_blobs(&config, Some(metrics.store_observer("blob"))).await?;
+    let meta = stores::open_metadata(&config, Some(metrics.store_observer("metadata"))).await?;
     let workers = Arc::new(Workers::default());
     let auth = authenticator(&config, meta.clone(), &workers).await?;
     let audit = AuditLog::spawn(
@@ -79,7 +70,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     let mut api = Api::new(
-        Arc::new(blobs),
+        blobs,
         meta.clone(),
         config.registry_config(),
         ApiConfig {
@@ -252,7 +243,7 @@ fn audit_stream(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + 
 
 async fn authenticator(
     config: &Config,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     workers: &Workers,
 ) -> anyhow::Result<Authenticator> {
     let htpasswd = if config.auth.htpasswd_path.is_empty() {
@@ -278,7 +269,7 @@ async fn authenticator(
         }
         (AuthMode::Token, htpasswd) => {
             let a = &config.auth;
-            bootstrap_admin(&store, &a.bootstrap_admin_password).await?;
+            bootstrap_admin(&*store, &a.bootstrap_admin_password).await?;
             let issuer = TokenIssuer::open(
                 &config.token_key_path(),
                 &a.token_issuer,
@@ -323,8 +314,7 @@ async fn authenticator(
 }
 
 /// Token mode needs a first admin; with no user at all, `bootstrap_admin_password` makes one.
-async fn bootstrap_admin(store: &SqliteStore, password: &str) -> anyhow::Result<()> {
-    use berth_meta::AccessStore;
+async fn bootstrap_admin(store: &dyn Store, password: &str) -> anyhow::Result<()> {
     if password.is_empty() || !store.access_snapshot().await?.users.is_empty() {
         return Ok(());
     }

@@ -107,3 +107,15 @@ pub trait AccessStore: Send + Sync + 'static {
     /// Newest first.
     async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
 }
+
+/// A unique audit row id: time plus a process-wide counter (uniqueness, not secrecy).
+pub(crate) fn new_event_id() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0) as u64;
+    format!("{t:016x}{:016x}", n ^ (u64::from(std::process::id()) << 32))
+}

@@ -4,10 +4,12 @@
 //! and media type), what each manifest references, which repository may serve which blob,
 //! referrers by subject, and upload sessions. Every request path answers from here and never
 //! lists the blob store. [`MetadataStore`] is the interface; [`SqliteStore`] the embedded
-//! default. All SQL lives in the backend modules and is written to run on PostgreSQL too.
+//! default, [`PostgresStore`] the one replicas share. All SQL lives in the backend modules;
+//! the schema's migrations are shared by both.
 
 pub mod access;
 mod migrations;
+mod postgres;
 mod sqlite;
 pub mod testsuite;
 
@@ -19,6 +21,7 @@ use berth_oci::{Digest, Reference, Referenced, RepositoryName, Tag};
 pub use access::{
     AccessSnapshot, AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User,
 };
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// Told of every operation a backend ran: its name, how long it took from call to answer, and
@@ -285,6 +288,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Removes a marked blob's row and its repository links, after its bytes are gone.
     async fn forget_blob(&self, digest: &Digest) -> Result<()>;
 }
+
+/// A whole backend: the registry's index and the access model, as every backend provides both.
+pub trait Store: MetadataStore + AccessStore {}
+impl<T: MetadataStore + AccessStore> Store for T {}
 
 /// Seconds since the Unix epoch, as stored in every `*_at` column.
 pub fn now() -> i64 {

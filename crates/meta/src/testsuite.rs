@@ -10,14 +10,10 @@ use std::sync::Arc;
 
 use berth_oci::{Algorithm, Digest, Reference, Referenced, RepositoryName, Tag};
 
-use crate::access::{AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User};
-use crate::{
-    BlobReservation, MetaError, MetadataStore, NewManifest, Page, UploadLimits, UploadSession,
-};
+use crate::access::{AuditEvent, AuditQuery, Member, Project, Robot, User};
+use crate::{BlobReservation, MetaError, NewManifest, Page, UploadLimits, UploadSession};
 
-/// A backend under test: both store traits.
-pub trait Store: MetadataStore + AccessStore {}
-impl<T: MetadataStore + AccessStore> Store for T {}
+pub use crate::Store;
 
 pub async fn run_all(store: Arc<dyn Store>) {
     blobs_are_scoped_to_repositories(&*store).await;
@@ -30,6 +26,19 @@ pub async fn run_all(store: Arc<dyn Store>) {
     collections_race_pushes(store.clone()).await;
     access_data_moves_the_generation(&*store).await;
     audit_is_recorded_queried_and_pruned(&*store).await;
+}
+
+/// Runs `n` probes at once, so a backend with a connection pool has `n` connections open.
+async fn warm_up(store: &Arc<dyn Store>, n: usize) {
+    let probes: Vec<_> = (0..n)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.check().await })
+        })
+        .collect();
+    for p in probes {
+        p.await.expect("task").expect("check");
+    }
 }
 
 fn repo(s: &str) -> RepositoryName {
@@ -286,34 +295,42 @@ async fn uploads_and_their_limits(store: Arc<dyn Store>) {
         per_owner: Some(3),
         per_repository: Some(5),
     };
-    let attempts = (0..24).map(|i| {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let session = UploadSession {
-                id: format!("suite-upload-{i}"),
-                repository: repo("suite-uploads/app"),
-                algorithm: Algorithm::Sha512,
-                created_at: 100 + i,
-                owner: "suite-owner".into(),
-                hash_state: None,
-            };
-            store.create_upload(&session, limits).await
-        })
-    });
+    // Connections first (a backend with a pool), so the creations below really overlap.
+    warm_up(&store, 24).await;
     let mut created = Vec::new();
-    for (i, a) in attempts.enumerate() {
-        match a.await.expect("task") {
-            Ok(()) => created.push(i),
-            Err(MetaError::TooManyUploads { limit: 3, .. }) => {}
-            Err(e) => panic!("unexpected {e:?}"),
+    for round in 0..4 {
+        let owner = format!("suite-owner-{round}");
+        let attempts: Vec<_> = (0..24)
+            .map(|i| {
+                let (store, owner) = (store.clone(), owner.clone());
+                tokio::spawn(async move {
+                    let session = UploadSession {
+                        id: format!("suite-upload-{round}-{i}"),
+                        repository: repo(&format!("suite-uploads/app{round}")),
+                        algorithm: Algorithm::Sha512,
+                        created_at: 100 + i,
+                        owner,
+                        hash_state: None,
+                    };
+                    store.create_upload(&session, limits).await
+                })
+            })
+            .collect();
+        created.clear();
+        for (i, a) in attempts.into_iter().enumerate() {
+            match a.await.expect("task") {
+                Ok(()) => created.push(i),
+                Err(MetaError::TooManyUploads { limit: 3, .. }) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
         }
+        assert_eq!(
+            created.len(),
+            3,
+            "the owner's limit holds under concurrency (round {round})"
+        );
     }
-    assert_eq!(
-        created.len(),
-        3,
-        "the owner's limit holds under concurrency"
-    );
-    let id = format!("suite-upload-{}", created[0]);
+    let id = format!("suite-upload-3-{}", created[0]);
     let back = store.get_upload(&id).await.unwrap().expect("stored");
     assert_eq!(
         (
@@ -321,7 +338,7 @@ async fn uploads_and_their_limits(store: Arc<dyn Store>) {
             back.algorithm,
             back.owner.as_str()
         ),
-        ("suite-uploads/app", Algorithm::Sha512, "suite-owner")
+        ("suite-uploads/app3", Algorithm::Sha512, "suite-owner-3")
     );
     let saved = crate::SavedHash {
         offset: 42,
@@ -435,6 +452,7 @@ async fn collection_rules(store: &dyn Store) {
 /// Two collections at once and commits of the same digests: a blob is never both reserved
 /// and marked.
 async fn collections_race_pushes(store: Arc<dyn Store>) {
+    warm_up(&store, 48).await;
     let r = repo("suite-gc-race/app");
     let digests: Vec<Digest> = (0..24)
         .map(|i| Digest::sha256_of(format!("suite race {i}").as_bytes()))

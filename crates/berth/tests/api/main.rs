@@ -3,6 +3,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../../../meta/tests/support/postgres.rs"]
+mod pg;
 
 mod access_attacks;
 mod auth;
@@ -15,6 +17,7 @@ mod listing;
 mod manifests;
 mod ops;
 mod permissions;
+mod postgres;
 mod restart;
 mod tls;
 mod uploads;

@@ -1,0 +1,59 @@
+//! The configured backends, opened: the one place where the binary's commands turn
+//! configuration into stores.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_meta::{PostgresStore, SqliteStore, Store};
+use berth_storage::{BlobStore, FsBlobStore};
+
+use crate::config::{Config, MetadataBackend, StorageDriver};
+
+/// The metadata backend (`metadata.url` or the SQLite file), reporting its operations to
+/// `observer` when given.
+pub async fn open_metadata(
+    config: &Config,
+    observer: Option<Arc<dyn berth_meta::Observer>>,
+) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.metadata_backend() {
+        MetadataBackend::Sqlite => {
+            let path = config.sqlite_path();
+            let mut store = SqliteStore::open(&path)
+                .await
+                .with_context(|| format!("opening metadata at {}", path.display()))?;
+            if let Some(o) = observer {
+                store = store.observed_by(o);
+            }
+            Arc::new(store)
+        }
+        MetadataBackend::Postgres => {
+            let mut store = PostgresStore::open(&config.metadata.url, config.postgres_options())
+                .await
+                .context("opening the PostgreSQL metadata database (metadata.url)")?;
+            if let Some(o) = observer {
+                store = store.observed_by(o);
+            }
+            tracing::info!("metadata in PostgreSQL");
+            Arc::new(store)
+        }
+    })
+}
+
+/// The blob store (`storage.driver`), reporting its operations to `observer` when given.
+pub async fn open_blobs(
+    config: &Config,
+    observer: Option<Arc<dyn berth_storage::Observer>>,
+) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let root = &config.storage.root;
+    Ok(match config.storage.driver {
+        StorageDriver::Filesystem => {
+            let mut store = FsBlobStore::open(root)
+                .await
+                .with_context(|| format!("opening blob storage at {}", root.display()))?;
+            if let Some(o) = observer {
+                store = store.observed_by(o);
+            }
+            Arc::new(store)
+        }
+    })
+}

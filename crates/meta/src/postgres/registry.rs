@@ -1,0 +1,626 @@
+//! [`MetadataStore`] on PostgreSQL: the same rules and the same SQL as the SQLite backend,
+//! each write one serializable transaction.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use berth_oci::{Digest, Reference, RepositoryName, Tag};
+use deadpool_postgres::{Client, GenericClient};
+use tokio_postgres::types::ToSql;
+
+use super::write_tx;
+use super::{PostgresStore, TxResult};
+use crate::{
+    now, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer, Result, SavedHash,
+    StoredManifest, UploadLimits, UploadSession,
+};
+
+pub(super) type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
+
+pub(super) async fn execute(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> PgResult<u64> {
+    let statement = c.prepare_cached(sql).await?;
+    c.execute(&statement, params).await
+}
+
+pub(super) async fn query_opt(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> PgResult<Option<tokio_postgres::Row>> {
+    let statement = c.prepare_cached(sql).await?;
+    c.query_opt(&statement, params).await
+}
+
+pub(super) async fn query(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> PgResult<Vec<tokio_postgres::Row>> {
+    let statement = c.prepare_cached(sql).await?;
+    c.query(&statement, params).await
+}
+
+async fn ensure_repository(c: &impl GenericClient, repo: &str) -> PgResult<()> {
+    execute(
+        c,
+        "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&repo, &now()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The size of a blob `repo` may serve; a blob being garbage collected is not served.
+async fn repository_blob_size(
+    c: &impl GenericClient,
+    repo: &str,
+    digest: &str,
+) -> PgResult<Option<u64>> {
+    let row = query_opt(
+        c,
+        "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+         WHERE rb.repository = $1 AND rb.digest = $2 AND b.deleting = 0",
+        &[&repo, &digest],
+    )
+    .await?;
+    Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+}
+
+/// Links a blob to a repository; linking again refreshes the time, which the grace period of
+/// garbage collection counts from.
+async fn link_blob(c: &impl GenericClient, repo: &str, digest: &str) -> PgResult<()> {
+    execute(
+        c,
+        "INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT (repository, digest) DO UPDATE SET created_at = excluded.created_at",
+        &[&repo, &digest, &now()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// When a blob `b` may be collected, with `$1` the grace cutoff and `$2` now: the SQLite
+/// backend's rule, word for word.
+const COLLECTABLE: &str = "b.deleting = 0 AND b.created_at < $1 AND b.lease_until < $2
+    AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest)
+    AND NOT EXISTS (SELECT 1 FROM repository_blobs rb
+                    WHERE rb.digest = b.digest AND rb.created_at >= $1)";
+
+async fn blob_deleting(c: &impl GenericClient, digest: &str) -> PgResult<bool> {
+    let row = query_opt(
+        c,
+        "SELECT deleting FROM blobs WHERE digest = $1",
+        &[&digest],
+    )
+    .await?;
+    Ok(row.is_some_and(|r| r.get::<_, i64>(0) == 1))
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    Digest::from_str(s).map_err(|e| MetaError::Corrupt(e.to_string()))
+}
+
+/// "No limit" is the largest count.
+fn limit_of(page: Page<'_>) -> i64 {
+    page.limit.map(i64::from).unwrap_or(i64::MAX)
+}
+
+fn size_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn put_manifest(
+    tx: &deadpool_postgres::Transaction<'_>,
+    m: &NewManifest<'_>,
+) -> TxResult<()> {
+    let repo = m.repository.as_str();
+    let digest = m.digest.as_str();
+    ensure_repository(tx, repo).await?;
+
+    let (mut missing, mut wrong) = (Vec::new(), Vec::new());
+    let mut check = |digest: &str, declared: u64, stored: Option<u64>| match stored {
+        None => missing.push(digest.to_owned()),
+        Some(size) if size != declared => wrong.push(format!(
+            "{digest} is {size} bytes, its descriptor says {declared}"
+        )),
+        Some(_) => {}
+    };
+    for blob in m.blobs {
+        let stored = repository_blob_size(tx, repo, blob.digest.as_str()).await?;
+        check(blob.digest.as_str(), blob.size, stored);
+    }
+    for child in m.children {
+        let row = query_opt(
+            tx,
+            "SELECT length(content) FROM manifests WHERE repository = $1 AND digest = $2",
+            &[&repo, &child.digest.as_str()],
+        )
+        .await?;
+        let stored = row.map(|r| r.get::<_, i32>(0).max(0) as u64);
+        check(child.digest.as_str(), child.size, stored);
+    }
+    if !wrong.is_empty() {
+        return Err(MetaError::WrongSizes(wrong).into());
+    }
+    if !missing.is_empty() && !m.allow_missing {
+        return Err(MetaError::MissingReferences(missing).into());
+    }
+
+    let at = now();
+    let subject = m.subject.map(Digest::as_str);
+    let inserted = execute(
+        tx,
+        "INSERT INTO manifests
+           (repository, digest, media_type, content, subject, artifact_type, annotations, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        &[
+            &repo,
+            &digest,
+            &m.media_type,
+            &m.content,
+            &subject,
+            &m.artifact_type,
+            &m.annotations_json,
+            &at,
+        ],
+    )
+    .await?;
+    if inserted > 0 {
+        for blob in m.blobs {
+            execute(
+                tx,
+                "INSERT INTO manifest_blobs (repository, manifest, blob) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&repo, &digest, &blob.digest.as_str()],
+            )
+            .await?;
+        }
+        for child in m.children {
+            execute(
+                tx,
+                "INSERT INTO manifest_children (repository, manifest, child) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&repo, &digest, &child.digest.as_str()],
+            )
+            .await?;
+        }
+    }
+    for tag in m.tags {
+        execute(
+            tx,
+            "INSERT INTO tags (repository, name, manifest, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (repository, name) DO UPDATE SET manifest = excluded.manifest,
+             updated_at = excluded.updated_at",
+            &[&repo, &tag.as_str(), &digest, &at],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MetadataStore for PostgresStore {
+    async fn check(&self) -> Result<()> {
+        self.observed("check", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            c.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn repository_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<Option<u64>> {
+        self.observed("repository_blob", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            Ok(repository_blob_size(c, repo.as_str(), digest.as_str()).await?)
+        })
+        .await
+    }
+
+    async fn add_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+        upload_id: Option<&str>,
+    ) -> Result<()> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
+        write_tx!(self, "add_blob", |tx| {
+            ensure_repository(tx, repo).await?;
+            if blob_deleting(tx, digest).await? {
+                return Err(
+                    MetaError::Conflict(format!("{digest} is being garbage collected")).into(),
+                );
+            }
+            execute(
+                tx,
+                "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (digest) DO UPDATE SET lease_until = 0",
+                &[&digest, &size_of(size), &now()],
+            )
+            .await?;
+            link_blob(tx, repo, digest).await?;
+            if let Some(id) = upload_id {
+                execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id]).await?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn reserve_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        lease_until: i64,
+    ) -> Result<BlobReservation> {
+        let digest = digest.as_str();
+        write_tx!(self, "reserve_blob", |tx| {
+            if blob_deleting(tx, digest).await? {
+                return Ok(BlobReservation::BeingDeleted);
+            }
+            execute(
+                tx,
+                "INSERT INTO blobs (digest, size, created_at, lease_until) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (digest) DO UPDATE SET lease_until = excluded.lease_until",
+                &[&digest, &size_of(size), &now(), &lease_until],
+            )
+            .await?;
+            Ok(BlobReservation::Reserved)
+        })
+    }
+
+    async fn mount_blob(
+        &self,
+        from: &RepositoryName,
+        to: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        let (from, to, digest) = (from.as_str(), to.as_str(), digest.as_str());
+        write_tx!(self, "mount_blob", |tx| {
+            let Some(size) = repository_blob_size(tx, from, digest).await? else {
+                return Ok(None);
+            };
+            ensure_repository(tx, to).await?;
+            link_blob(tx, to, digest).await?;
+            Ok(Some(size))
+        })
+    }
+
+    async fn unlink_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
+        write_tx!(self, "unlink_blob", |tx| {
+            let n = execute(
+                tx,
+                "DELETE FROM repository_blobs WHERE repository = $1 AND digest = $2",
+                &[&repo, &digest],
+            )
+            .await?;
+            Ok(n > 0)
+        })
+    }
+
+    async fn put_manifest(&self, m: NewManifest<'_>) -> Result<()> {
+        write_tx!(self, "put_manifest", |tx| { put_manifest(tx, &m).await })
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Option<Arc<StoredManifest>>> {
+        let (sql, key) = match reference {
+            Reference::Digest(d) => (
+                "SELECT digest, media_type, content FROM manifests
+                 WHERE repository = $1 AND digest = $2",
+                d.as_str(),
+            ),
+            Reference::Tag(t) => (
+                "SELECT m.digest, m.media_type, m.content FROM tags t
+                 JOIN manifests m ON m.repository = t.repository AND m.digest = t.manifest
+                 WHERE t.repository = $1 AND t.name = $2",
+                t.as_str(),
+            ),
+        };
+        self.observed("get_manifest", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let Some(row) = query_opt(c, sql, &[&repo.as_str(), &key]).await? else {
+                return Ok(None);
+            };
+            Ok(Some(Arc::new(StoredManifest {
+                digest: parse_digest(row.get(0))?,
+                media_type: row.get(1),
+                content: row.get::<_, Vec<u8>>(2).into(),
+            })))
+        })
+        .await
+    }
+
+    async fn delete_manifest(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
+        write_tx!(self, "delete_manifest", |tx| {
+            let n = execute(
+                tx,
+                "DELETE FROM manifests WHERE repository = $1 AND digest = $2",
+                &[&repo, &digest],
+            )
+            .await?;
+            Ok(n > 0)
+        })
+    }
+
+    async fn delete_repository(&self, repo: &RepositoryName) -> Result<bool> {
+        let repo = repo.as_str();
+        write_tx!(self, "delete_repository", |tx| {
+            // Manifests, their references and tags, and blob links cascade from the repository.
+            let n = execute(tx, "DELETE FROM repositories WHERE name = $1", &[&repo]).await?;
+            Ok(n > 0)
+        })
+    }
+
+    async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<bool> {
+        let (repo, tag) = (repo.as_str(), tag.as_str());
+        write_tx!(self, "delete_tag", |tx| {
+            let n = execute(
+                tx,
+                "DELETE FROM tags WHERE repository = $1 AND name = $2",
+                &[&repo, &tag],
+            )
+            .await?;
+            Ok(n > 0)
+        })
+    }
+
+    async fn list_tags(
+        &self,
+        repo: &RepositoryName,
+        page: Page<'_>,
+    ) -> Result<Option<Vec<String>>> {
+        let (repo, last, limit) = (repo.as_str(), page.last.unwrap_or(""), limit_of(page));
+        self.observed("list_tags", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            if query_opt(c, "SELECT 1 FROM repositories WHERE name = $1", &[&repo])
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let rows = query(
+                c,
+                "SELECT name FROM tags WHERE repository = $1 AND name > $2
+                 ORDER BY name LIMIT $3",
+                &[&repo, &last, &limit],
+            )
+            .await?;
+            Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+        })
+        .await
+    }
+
+    async fn list_repositories(&self, page: Page<'_>) -> Result<Vec<String>> {
+        let (last, limit) = (page.last.unwrap_or(""), limit_of(page));
+        self.observed("list_repositories", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(
+                c,
+                "SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2",
+                &[&last, &limit],
+            )
+            .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let (repo, subject) = (repo.as_str(), subject.as_str());
+        self.observed("referrers", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(
+                c,
+                "SELECT digest, media_type, length(content), artifact_type, annotations
+                 FROM manifests
+                 WHERE repository = $1 AND subject = $2
+                   AND ($3::text IS NULL OR artifact_type = $3::text)
+                 ORDER BY digest",
+                &[&repo, &subject, &artifact_type],
+            )
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| Referrer {
+                    digest: r.get(0),
+                    media_type: r.get(1),
+                    size: r.get::<_, i32>(2).max(0) as u64,
+                    artifact_type: r.get(3),
+                    annotations_json: r.get(4),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn create_upload(&self, s: &UploadSession, limits: UploadLimits) -> Result<()> {
+        write_tx!(self, "create_upload", |tx| {
+            // Serializable: two creations that both counted below a limit cannot both commit.
+            let checks = [
+                ("repository", s.repository.as_str(), limits.per_repository),
+                ("owner", s.owner.as_str(), limits.per_owner),
+            ];
+            for (column, value, limit) in checks {
+                let Some(limit) = limit else { continue };
+                let sql = format!("SELECT COUNT(*) FROM uploads WHERE {column} = $1");
+                let statement = tx.prepare_cached(&sql).await?;
+                let count: i64 = tx.query_one(&statement, &[&value]).await?.get(0);
+                let count = count.max(0) as u64;
+                if count >= limit {
+                    let scope = match column {
+                        "repository" => format!("repository {value}"),
+                        _ => format!("user {value}"),
+                    };
+                    return Err(MetaError::TooManyUploads {
+                        scope,
+                        count,
+                        limit,
+                    }
+                    .into());
+                }
+            }
+            execute(
+                tx,
+                "INSERT INTO uploads (id, repository, algorithm, created_at, owner)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &s.id,
+                    &s.repository.as_str(),
+                    &s.algorithm.as_str(),
+                    &s.created_at,
+                    &s.owner,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    async fn get_upload(&self, id: &str) -> Result<Option<UploadSession>> {
+        self.observed("get_upload", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let Some(r) = query_opt(
+                c,
+                "SELECT id, repository, algorithm, created_at, owner, hash_offset, hash_state
+                 FROM uploads WHERE id = $1",
+                &[&id],
+            )
+            .await?
+            else {
+                return Ok(None);
+            };
+            let corrupt = |e: &dyn std::fmt::Display| MetaError::Corrupt(e.to_string());
+            let offset: i64 = r.get(5);
+            Ok(Some(UploadSession {
+                id: r.get(0),
+                repository: r
+                    .get::<_, &str>(1)
+                    .parse()
+                    .map_err(|e: berth_oci::NameError| corrupt(&e))?,
+                algorithm: r
+                    .get::<_, &str>(2)
+                    .parse()
+                    .map_err(|e: berth_oci::DigestError| corrupt(&e))?,
+                created_at: r.get(3),
+                owner: r.get(4),
+                hash_state: r.get::<_, Option<Vec<u8>>>(6).map(|state| SavedHash {
+                    offset: offset.max(0) as u64,
+                    state,
+                }),
+            }))
+        })
+        .await
+    }
+
+    async fn save_upload_hash(&self, id: &str, saved: &SavedHash) -> Result<()> {
+        write_tx!(self, "save_upload_hash", |tx| {
+            execute(
+                tx,
+                "UPDATE uploads SET hash_offset = $1, hash_state = $2 WHERE id = $3",
+                &[&size_of(saved.offset), &saved.state, &id],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    async fn delete_upload(&self, id: &str) -> Result<()> {
+        write_tx!(self, "delete_upload", |tx| {
+            execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id]).await?;
+            Ok(())
+        })
+    }
+
+    async fn collectable_blobs(
+        &self,
+        before: i64,
+        now: i64,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>> {
+        let after = after.unwrap_or("");
+        let sql = format!(
+            "SELECT b.digest, b.size FROM blobs b
+             WHERE (b.deleting = 1 OR ({COLLECTABLE})) AND b.digest > $3
+             ORDER BY b.digest LIMIT $4"
+        );
+        self.observed("collectable_blobs", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(c, &sql, &[&before, &now, &after, &i64::from(limit)]).await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+                .collect())
+        })
+        .await
+    }
+
+    async fn mark_blob_deleting(&self, digest: &Digest, before: i64, now: i64) -> Result<bool> {
+        let digest = digest.as_str();
+        let sql = format!(
+            "UPDATE blobs AS b SET deleting = 1
+             WHERE (b.deleting = 1 OR ({COLLECTABLE})) AND b.digest = $3"
+        );
+        write_tx!(self, "mark_blob_deleting", |tx| {
+            Ok(execute(tx, &sql, &[&before, &now, &digest]).await? > 0)
+        })
+    }
+
+    async fn forget_blob(&self, digest: &Digest) -> Result<()> {
+        let digest = digest.as_str();
+        write_tx!(self, "forget_blob", |tx| {
+            execute(
+                tx,
+                "DELETE FROM repository_blobs WHERE digest = $1",
+                &[&digest],
+            )
+            .await?;
+            execute(
+                tx,
+                "DELETE FROM blobs WHERE digest = $1 AND deleting = 1",
+                &[&digest],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
+        self.observed("expired_uploads", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(
+                c,
+                "SELECT id FROM uploads WHERE created_at < $1 ORDER BY created_at LIMIT $2",
+                &[&before, &i64::from(limit)],
+            )
+            .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+    }
+}

@@ -1,0 +1,93 @@
+//! The PostgreSQL backend against a real PostgreSQL server: the shared metadata testsuite,
+//! migrations by replicas starting together, and a database that goes away and comes back.
+
+mod support;
+
+use std::sync::Arc;
+
+use berth_meta::{MetaError, MetadataStore, PostgresOptions, PostgresStore};
+use support::postgres::Cluster;
+
+async fn open(url: &str) -> PostgresStore {
+    PostgresStore::open(url, PostgresOptions::default())
+        .await
+        .expect("open the PostgreSQL store")
+}
+
+/// The suite every metadata backend must pass, concurrency cases included.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_passes_the_shared_testsuite() {
+    let cluster = Cluster::start();
+    let store = open(&cluster.database("suite").await).await;
+    berth_meta::testsuite::run_all(Arc::new(store)).await;
+}
+
+/// Replicas that start at once against a new database apply every migration exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_starting_together_migrate_once() {
+    let cluster = Cluster::start();
+    let url = cluster.database("together").await;
+    let opening: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { open(&url).await })
+        })
+        .collect();
+    for replica in opening {
+        let store = replica.await.expect("replica task");
+        store.check().await.expect("the replica serves");
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    let rows = client
+        .query("SELECT version FROM berth_schema ORDER BY version", &[])
+        .await
+        .expect("schema versions");
+    let versions: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let expected: Vec<i64> = (1..=versions.len() as i64).collect();
+    assert!(versions.len() >= 5, "{versions:?}");
+    assert_eq!(versions, expected, "each migration once, in order");
+}
+
+/// A database that stops answers `Unavailable` (which the API turns into 503) instead of
+/// hanging or lying, and the store serves again once the database is back, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_database_is_unavailable_until_it_returns() {
+    let cluster = Cluster::start();
+    let url = cluster.database("outage").await;
+    let store = PostgresStore::open(
+        &url,
+        PostgresOptions {
+            connect_timeout: std::time::Duration::from_secs(2),
+            ..PostgresOptions::default()
+        },
+    )
+    .await
+    .expect("open");
+    store.check().await.expect("up");
+
+    cluster.stop();
+    let started = std::time::Instant::now();
+    match store.check().await {
+        Err(MetaError::Unavailable(_)) => {}
+        other => panic!("a stopped database must be Unavailable, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "answered within the connect timeout, not hung: {:?}",
+        started.elapsed()
+    );
+
+    cluster.restart();
+    let mut last = None;
+    for _ in 0..50 {
+        match store.check().await {
+            Ok(()) => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the store did not recover after the database came back: {last:?}");
+}
