@@ -287,6 +287,24 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Removes a marked blob's row and its repository links, after its bytes are gone.
     async fn forget_blob(&self, digest: &Digest) -> Result<()>;
+
+    /// Announcements of changes to repositories' manifests and tags made through any process
+    /// sharing this backend (this one included), for caches to drop what they hold; `None`
+    /// when the backend cannot tell, and caches must bound their staleness by time alone.
+    fn watch_changes(&self) -> Option<tokio::sync::broadcast::Receiver<Changed>> {
+        None
+    }
+}
+
+/// What [`MetadataStore::watch_changes`] announces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// A manifest or tag of this repository was pushed, moved or deleted, or the repository
+    /// was deleted.
+    Repository(String),
+    /// Announcements may have been missed (the backend's connection was lost): anything may
+    /// have changed.
+    Anything,
 }
 
 /// A whole backend: the registry's index and the access model, as every backend provides both.

@@ -91,3 +91,84 @@ async fn a_stopped_database_is_unavailable_until_it_returns() {
     }
     panic!("the store did not recover after the database came back: {last:?}");
 }
+
+/// Committed changes to a repository's references are announced to every process that
+/// watches, and a watcher that lost its connection is told anything may have changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_are_announced_to_other_processes() {
+    use berth_meta::{Changed, NewManifest};
+    use berth_oci::{Digest, RepositoryName, Tag};
+    use std::time::Duration;
+
+    let cluster = Cluster::start();
+    let url = cluster.database("announce").await;
+    let (writer, watcher) = (open(&url).await, open(&url).await);
+    let mut changes = watcher
+        .watch_changes()
+        .expect("PostgreSQL announces changes");
+    let next = async |changes: &mut tokio::sync::broadcast::Receiver<Changed>| {
+        tokio::time::timeout(Duration::from_secs(5), changes.recv())
+            .await
+            .expect("an announcement within 5 s")
+            .expect("the channel stays open")
+    };
+    assert_eq!(
+        next(&mut changes).await,
+        Changed::Anything,
+        "listening starts"
+    );
+
+    let repo: RepositoryName = "announce/app".parse().unwrap();
+    let content = b"{\"announce\":1}";
+    let digest = Digest::sha256_of(content);
+    writer
+        .put_manifest(NewManifest {
+            repository: &repo,
+            digest: &digest,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            content,
+            blobs: &[],
+            children: &[],
+            allow_missing: false,
+            subject: None,
+            artifact_type: None,
+            annotations_json: None,
+            tags: &["v1".parse::<Tag>().unwrap()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut changes).await,
+        Changed::Repository("announce/app".into())
+    );
+    assert!(writer
+        .delete_tag(&repo, &"v1".parse().unwrap())
+        .await
+        .unwrap());
+    assert_eq!(
+        next(&mut changes).await,
+        Changed::Repository("announce/app".into())
+    );
+
+    cluster.stop();
+    assert_eq!(
+        next(&mut changes).await,
+        Changed::Anything,
+        "connection lost"
+    );
+    cluster.restart();
+    // Once the watcher has reconnected, announcements flow again; until then writes may go
+    // unannounced (and the watcher was told `Anything`), so write until one is heard.
+    let mut heard = false;
+    'writes: for _ in 0..30 {
+        let _ = writer.delete_tag(&repo, &"v1".parse().unwrap()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Ok(change)) = tokio::time::timeout_at(deadline, changes.recv()).await {
+            if change == Changed::Repository("announce/app".into()) {
+                heard = true;
+                break 'writes;
+            }
+        }
+    }
+    assert!(heard, "announcements resume after the database returns");
+}

@@ -86,9 +86,11 @@ impl Registry {
         config: RegistryConfig,
         events: Events,
     ) -> Registry {
+        let manifests = manifest_cache::ManifestCache::new(meta.clone());
+        manifests.follow_changes();
         Registry {
             blobs,
-            manifests: manifest_cache::ManifestCache::new(meta.clone()),
+            manifests,
             meta,
             config,
             events,

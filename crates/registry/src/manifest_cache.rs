@@ -4,9 +4,10 @@
 //! Every write of the registry that changes what a repository's references name (a push, a
 //! tag deleted, a manifest or the repository deleted) invalidates the repository's entries
 //! once the write is done, so this process always reads its own writes; a read that raced a
-//! write is not cached. Entries are fresh for
-//! [`TTL`], which bounds how long another replica sharing the database can serve a tag that was
-//! moved elsewhere. A request that finds its entry just expired is answered from it while one
+//! write is not cached. Entries that writes of other processes changed are dropped when the
+//! metadata store announces those writes (PostgreSQL does, through `LISTEN`/`NOTIFY`);
+//! otherwise entries are fresh for [`TTL`], which then bounds how long another replica
+//! sharing the database can serve a tag that was moved elsewhere. A request that finds its entry just expired is answered from it while one
 //! background read refreshes it, so hot manifests never make a request wait on the database
 //! (that wait, for every hot entry every TTL, was the tail latency under load); past
 //! `TTL + STALE_GRACE` an entry is not served at all.
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_meta::{MetadataStore, StoredManifest};
+use berth_meta::{Changed, MetadataStore, StoredManifest};
 use berth_oci::{Reference, RepositoryName};
 
 /// How long a cached answer is fresh.
@@ -97,6 +98,26 @@ impl Entries {
     }
 }
 
+fn lock(entries: &Mutex<Entries>) -> std::sync::MutexGuard<'_, Entries> {
+    entries.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn forget_repository(entries: &Mutex<Entries>, repo: &str) {
+    let mut e = lock(entries);
+    e.writes += 1;
+    if let Some(gone) = e.repos.remove(repo) {
+        e.bytes -= gone.bytes;
+    }
+}
+
+fn forget_all(entries: &Mutex<Entries>) {
+    let mut e = lock(entries);
+    *e = Entries {
+        writes: e.writes + 1,
+        ..Entries::default()
+    };
+}
+
 enum Lookup {
     Fresh(Option<Arc<StoredManifest>>),
     /// Expired but within the grace period; `true` when this caller is to refresh it.
@@ -119,17 +140,35 @@ impl ManifestCache {
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.entries)
     }
 
     /// Drops the cached answers of `repo`; call it once a write to the repository is done,
     /// whether it succeeded or not.
     pub(crate) fn invalidate(&self, repo: &RepositoryName) {
-        let mut e = self.entries();
-        e.writes += 1;
-        if let Some(gone) = e.repos.remove(repo.as_str()) {
-            e.bytes -= gone.bytes;
-        }
+        forget_repository(&self.entries, repo.as_str());
+    }
+
+    /// Keeps the cache in step with writes of other processes, for as long as the store
+    /// announces them ([`MetadataStore::watch_changes`]); the TTL bounds staleness otherwise.
+    pub(crate) fn follow_changes(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(mut changes) = self.store.watch_changes() else {
+            return;
+        };
+        let entries = self.entries.clone();
+        runtime.spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match changes.recv().await {
+                    Ok(Changed::Repository(repo)) => forget_repository(&entries, &repo),
+                    Ok(Changed::Anything) | Err(RecvError::Lagged(_)) => forget_all(&entries),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// What the cache holds for `reference`, and the write count to remember a read under.

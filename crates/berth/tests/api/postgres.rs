@@ -103,3 +103,57 @@ async fn a_database_outage_is_answered_503_until_it_ends() {
     );
     assert_eq!(s.get("/readyz").await.status(), StatusCode::OK);
 }
+
+/// A tag moved through one server is served moved by the other within a second, although
+/// the other had it cached (its cache is fresh for two seconds): the database announces the
+/// change to every server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_moved_on_one_server_is_seen_on_the_other_within_a_second() {
+    let cluster = Cluster::start();
+    let url = cluster.database("moves").await;
+    let env = [("BERTH_METADATA_URL", url.as_str())];
+    let (a, b) = (
+        Server::start_with_env(&env).await,
+        Server::start_with_env(&env).await,
+    );
+    let first = a.push_image("team/app", "v1").await;
+    let r = manifest_status(&b, "team/app", "v1").await;
+    assert_eq!(header(&r, "docker-content-digest"), first, "b caches v1");
+
+    let second = a.push_image("team/app", "v1").await;
+    assert_ne!(first, second);
+    let moved = std::time::Instant::now();
+    let mut seen = String::new();
+    while moved.elapsed() < std::time::Duration::from_secs(1) {
+        seen = header(
+            &manifest_status(&b, "team/app", "v1").await,
+            "docker-content-digest",
+        );
+        if seen == second {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, second, "b serves the moved tag within a second");
+
+    let r = a
+        .req(Method::DELETE, "/v2/team/app/manifests/v1")
+        .send()
+        .await
+        .expect("untag");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let untagged = std::time::Instant::now();
+    let mut status = StatusCode::OK;
+    while untagged.elapsed() < std::time::Duration::from_secs(1) {
+        status = manifest_status(&b, "team/app", "v1").await.status();
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "b sees the untag within a second"
+    );
+}

@@ -10,12 +10,19 @@
 //!
 //! Migrations are the shared ones (`migrations/`), applied at startup under an advisory lock,
 //! so replicas starting together apply each one once.
+//!
+//! Writes that change a repository's manifests or tags `NOTIFY` [`CHANGES_CHANNEL`] with the
+//! repository's name in their transaction, so the notice goes out exactly when they commit;
+//! every process that watches changes holds one connection that `LISTEN`s, so caches of all
+//! replicas drop the repository's entries within milliseconds instead of waiting out a TTL.
 
 mod access;
 mod registry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
 
 use deadpool_postgres::{
     Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
@@ -24,7 +31,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 
 use crate::migrations::{CREATE_VERSION_TABLE, MIGRATIONS};
-use crate::{now, MetaError, Observer, Result};
+use crate::{now, Changed, MetaError, Observer, Result};
 
 /// Attempts of one write before it is reported as a conflict.
 const MAX_ATTEMPTS: u32 = 12;
@@ -73,6 +80,11 @@ pub(crate) fn attempt<T, F: std::future::Future<Output = TxResult<T>>>(body: F) 
     body
 }
 
+/// The channel on which committed writes name the repositories whose references changed.
+pub(crate) const CHANGES_CHANNEL: &str = "berth_repository_changed";
+/// Announcements a slow watcher may fall behind by before it is told `Changed::Anything`.
+const CHANGES_BACKLOG: usize = 1024;
+
 /// How the store connects.
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
@@ -98,6 +110,10 @@ impl Default for PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// For the listening connection, which is not one of the pool's.
+    config: tokio_postgres::Config,
+    /// Started on the first call of `watch_changes`.
+    changes: Arc<std::sync::OnceLock<broadcast::Sender<Changed>>>,
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -121,7 +137,7 @@ impl PostgresStore {
         ));
         config.application_name("berth");
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -136,6 +152,8 @@ impl PostgresStore {
             .map_err(|e| MetaError::Backend(e.to_string()))?;
         let store = PostgresStore {
             pool,
+            config,
+            changes: Arc::default(),
             observer: None,
         };
         store.migrate().await?;
@@ -199,6 +217,19 @@ impl PostgresStore {
         }
     }
 
+    /// The announcements of every process's committed changes, from one listening
+    /// connection started on the first call (and restarted, with `Changed::Anything`, after
+    /// it is lost).
+    pub(crate) fn changes(&self) -> broadcast::Receiver<Changed> {
+        self.changes
+            .get_or_init(|| {
+                let (sender, _) = broadcast::channel(CHANGES_BACKLOG);
+                tokio::spawn(listen(self.config.clone(), sender.clone()));
+                sender
+            })
+            .subscribe()
+    }
+
     async fn migrate(&self) -> Result<()> {
         let mut client = self.client().await?;
         client
@@ -235,6 +266,54 @@ async fn apply_migrations(client: &mut Client) -> Result<()> {
         tracing::info!(version, "applied metadata migration");
     }
     Ok(())
+}
+
+/// Forwards the notifications of [`CHANGES_CHANNEL`] to `changes`, reconnecting after a
+/// lost connection, until nobody watches any more.
+async fn listen(config: tokio_postgres::Config, changes: broadcast::Sender<Changed>) {
+    use tokio_postgres::AsyncMessage;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let forwarded = changes.clone();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                let _ = forwarded.send(Changed::Repository(n.payload().into()));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(
+                                    "the metadata change listener lost its connection: {e}"
+                                );
+                                break;
+                            }
+                        }
+                    }
+                });
+                match client
+                    .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+                    .await
+                {
+                    // Whatever changed while nobody listened is unknown.
+                    Ok(()) => {
+                        let _ = changes.send(Changed::Anything);
+                        let _ = driver.await;
+                    }
+                    Err(e) => tracing::warn!("listening for metadata changes failed: {e}"),
+                }
+                drop(client);
+            }
+            Err(e) => tracing::debug!("the metadata change listener cannot connect: {e}"),
+        }
+        if changes.send(Changed::Anything).is_err() {
+            return; // nobody watches any more
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Up to 2 ms × 2^attempt, with jitter, so racing writers do not retry in lockstep.

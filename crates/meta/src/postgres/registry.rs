@@ -10,7 +10,7 @@ use deadpool_postgres::{Client, GenericClient};
 use tokio_postgres::types::ToSql;
 
 use super::write_tx;
-use super::{PostgresStore, TxResult};
+use super::{PostgresStore, TxResult, CHANGES_CHANNEL};
 use crate::{
     now, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer, Result, SavedHash,
     StoredManifest, UploadLimits, UploadSession,
@@ -43,6 +43,13 @@ pub(super) async fn query(
 ) -> PgResult<Vec<tokio_postgres::Row>> {
     let statement = c.prepare_cached(sql).await?;
     c.query(&statement, params).await
+}
+
+/// Tells every watching process, when this transaction commits, that `repo`'s references
+/// changed.
+async fn announce(tx: &deadpool_postgres::Transaction<'_>, repo: &str) -> PgResult<()> {
+    query(tx, "SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &repo]).await?;
+    Ok(())
 }
 
 async fn ensure_repository(c: &impl GenericClient, repo: &str) -> PgResult<()> {
@@ -200,6 +207,7 @@ async fn put_manifest(
         )
         .await?;
     }
+    announce(tx, repo).await?;
     Ok(())
 }
 
@@ -352,6 +360,7 @@ impl MetadataStore for PostgresStore {
                 &[&repo, &digest],
             )
             .await?;
+            announce(tx, repo).await?;
             Ok(n > 0)
         })
     }
@@ -361,6 +370,7 @@ impl MetadataStore for PostgresStore {
         write_tx!(self, "delete_repository", |tx| {
             // Manifests, their references and tags, and blob links cascade from the repository.
             let n = execute(tx, "DELETE FROM repositories WHERE name = $1", &[&repo]).await?;
+            announce(tx, repo).await?;
             Ok(n > 0)
         })
     }
@@ -374,6 +384,7 @@ impl MetadataStore for PostgresStore {
                 &[&repo, &tag],
             )
             .await?;
+            announce(tx, repo).await?;
             Ok(n > 0)
         })
     }
@@ -607,6 +618,10 @@ impl MetadataStore for PostgresStore {
             .await?;
             Ok(())
         })
+    }
+
+    fn watch_changes(&self) -> Option<tokio::sync::broadcast::Receiver<crate::Changed>> {
+        Some(self.changes())
     }
 
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
