@@ -141,12 +141,20 @@ impl Registry {
         }
     }
 
-    /// Bytes stored so far: the hash state's offset when this process took the last chunk,
-    /// else storage's answer. Only an append may trust the state, since it re-checks the
-    /// offset against storage before writing.
-    async fn current_size(&self, id: &str, state: Option<&HashState>) -> Result<u64> {
-        if let Some(state) = state {
-            return Ok(state.offset);
+    /// Bytes stored so far: the hash state's offset when this process took the last chunk
+    /// and the client continues from there (`range`), else storage's answer — another
+    /// replica may have taken chunks since. Only an append may trust the state, since the
+    /// store re-checks the offset before writing.
+    async fn current_size(
+        &self,
+        id: &str,
+        state: Option<&HashState>,
+        range: Option<ChunkRange>,
+    ) -> Result<u64> {
+        if let (Some(state), Some(range)) = (state, range) {
+            if range.start == state.offset {
+                return Ok(state.offset);
+            }
         }
         self.blobs
             .upload_size(id)
@@ -170,15 +178,16 @@ impl Registry {
         let session = self.session(repository, id).await?;
         let slot = self.uploads.slot(id);
         let mut state = slot.lock().await;
-        let size = self.current_size(id, state.as_ref()).await?;
+        let size = self.current_size(id, state.as_ref(), range).await?;
         check_chunk(range, length, size)?;
+        let saved = self.saved_hash(&session, state.as_ref(), size).await?;
         let hasher = hasher_at(
             &*self.blobs,
             id,
             size,
             session.algorithm,
             state.take(),
-            session.hash_state.as_ref(),
+            saved.as_ref(),
         )
         .await?;
         let appended = self.blobs.append_upload(id, size, body, hasher).await;
@@ -211,15 +220,16 @@ impl Registry {
         let slot = self.uploads.slot(id);
         let mut state = slot.lock().await;
         // From storage, not the hash state: a stale state must not decide the digest check.
-        let size = self.current_size(id, None).await?;
+        let size = self.current_size(id, None, None).await?;
         check_chunk(range, length, size)?;
+        let saved = self.saved_hash(&session, state.as_ref(), size).await?;
         let hasher = hasher_at(
             &*self.blobs,
             id,
             size,
             digest.algorithm(),
             state.take(),
-            session.hash_state.as_ref(),
+            saved.as_ref(),
         )
         .await?;
         let outcome = async {
@@ -235,6 +245,29 @@ impl Registry {
         }
         .await;
         self.note_write(outcome, true)
+    }
+
+    /// The hash state saved in the metadata store for an upload of `size` bytes, when this
+    /// process's own `state` does not cover them (another replica took the last chunks, or
+    /// this process restarted): the session as this process knows it, else as stored now.
+    async fn saved_hash(
+        &self,
+        session: &UploadSession,
+        state: Option<&HashState>,
+        size: u64,
+    ) -> Result<Option<SavedHash>> {
+        let covers = |saved: &SavedHash| saved.offset == size;
+        if state.is_some_and(|s| s.offset == size) {
+            return Ok(None);
+        }
+        if let Some(saved) = session.hash_state.as_ref().filter(|s| covers(s)) {
+            return Ok(Some(saved.clone()));
+        }
+        if size < SAVE_HASH_FROM {
+            return Ok(None); // never saved: read back
+        }
+        let stored = self.meta.get_upload(&session.id).await?;
+        Ok(stored.and_then(|s| s.hash_state).filter(covers))
     }
 
     /// Saves the hash state after a chunk, without making the client wait: a save that is lost
@@ -296,7 +329,7 @@ impl Registry {
     /// Bytes an upload holds.
     pub async fn upload_size(&self, repository: &RepositoryName, id: &str) -> Result<u64> {
         self.session(repository, id).await?;
-        self.current_size(id, None).await
+        self.current_size(id, None, None).await
     }
 
     /// Discards an upload and its session.

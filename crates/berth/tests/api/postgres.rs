@@ -157,3 +157,115 @@ async fn a_tag_moved_on_one_server_is_seen_on_the_other_within_a_second() {
         "b sees the untag within a second"
     );
 }
+
+/// Two replicas on one volume and one database, as the Kubernetes guide's ReadWriteMany
+/// setup runs them.
+async fn replicas(cluster: &Cluster, database: &str) -> (Server, Server) {
+    let url = cluster.database(database).await;
+    let env = [("BERTH_METADATA_URL", url.as_str())];
+    let a = Server::start_with_env(&env).await;
+    let b = Server::start_beside(&a, &env).await;
+    (a, b)
+}
+
+async fn blob_bytes(s: &Server, repo: &str, digest: &str) -> Vec<u8> {
+    let r = s.get(&format!("/v2/{repo}/blobs/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::OK, "GET {digest} from {}", s.base);
+    r.bytes().await.expect("blob body").to_vec()
+}
+
+/// A chunked upload whose chunks alternate between the replicas completes, large (the hash
+/// state travels through the database) and small (the replica reads the bytes back), and
+/// either replica serves the blob.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_alternating_between_replicas_completes() {
+    let cluster = Cluster::start();
+    let (a, b) = replicas(&cluster, "alternate").await;
+    for sizes in [
+        vec![5 * 1024 * 1024 + 7, 1024 * 1024 + 3, 100, 10],
+        vec![1000, 2001, 3002, 17],
+    ] {
+        let data = random_bytes(sizes.iter().sum());
+        let digest = sha256(&data);
+        let location = a.start_upload("team/app").await;
+        let mut at = 0;
+        let (last, chunks) = sizes.split_last().expect("chunks");
+        for (i, len) in chunks.iter().enumerate() {
+            let replica = if i % 2 == 0 { &b } else { &a };
+            let range = format!("{at}-{}", at + len - 1);
+            let r = replica
+                .patch_upload(&location, Some(&range), &data[at..at + len])
+                .await;
+            assert_eq!(
+                r.status(),
+                StatusCode::ACCEPTED,
+                "chunk {i} via {}",
+                replica.base
+            );
+            assert_eq!(header(&r, "range"), format!("0-{}", at + len - 1));
+            at += len;
+        }
+        let finisher = if chunks.len() % 2 == 0 { &b } else { &a };
+        let r = finisher
+            .req(Method::PUT, &format!("{location}?digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(data[at..at + last].to_vec())
+            .send()
+            .await
+            .expect("PUT");
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap_or_default()
+        );
+        for s in [&a, &b] {
+            assert!(
+                blob_bytes(s, "team/app", &digest).await == data,
+                "intact via {}",
+                s.base
+            );
+        }
+    }
+}
+
+/// A replica killed in the middle of a push: the client carries on through the other one,
+/// which reports where the upload stands and finishes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_continues_on_the_other_replica_when_one_dies() {
+    let cluster = Cluster::start();
+    let (mut a, b) = replicas(&cluster, "failover").await;
+    let data = random_bytes(6 * 1024 * 1024 + 11);
+    let digest = sha256(&data);
+    let half = 4 * 1024 * 1024 + 5;
+    let location = a.start_upload("team/app").await;
+    let r = a
+        .patch_upload(&location, Some(&format!("0-{}", half - 1)), &data[..half])
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    a.kill();
+
+    let r = b.get(&location).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&r, "range"), format!("0-{}", half - 1));
+    let r = b
+        .patch_upload(
+            &location,
+            Some(&format!("{half}-{}", data.len() - 1)),
+            &data[half..],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = b
+        .req(Method::PUT, &format!("{location}?digest={digest}"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    assert!(blob_bytes(&b, "team/app", &digest).await == data);
+}

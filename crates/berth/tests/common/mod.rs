@@ -110,6 +110,34 @@ impl Server {
         }
     }
 
+    /// Starts another server on `other`'s data directory, as a replica sharing its volume.
+    pub async fn start_beside(other: &Server, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, base) = spawn(&other.data, &env);
+        Server {
+            child: Some(child),
+            base,
+            data: other.data.clone(),
+            _tmp: None,
+            env,
+            client: Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// Kills the process without warning (SIGKILL), as a crashed replica.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Kills the process without warning (SIGKILL) and starts it again on the same data.
     pub async fn crash_and_restart(&mut self) {
         if let Some(mut child) = self.child.take() {
