@@ -106,6 +106,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         workers.spawn("gc", every, FirstRun::AfterPeriod, move || {
             let collector = collector.clone();
             async move {
+                match collector.lead("gc", every * LEASE_PERIODS).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok("another replica collects garbage".into()),
+                    Err(e) => return Err(format!("garbage collection lease: {e}")),
+                }
                 match collector.collect_garbage(grace).await {
                     Ok(r) if r.blobs_deleted > 0 => Ok(format!(
                         "garbage collection freed {} blobs, {} bytes",
@@ -122,6 +127,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     workers.spawn("upload_purge", HOURLY, FirstRun::Now, move || {
         let purger = purger.clone();
         async move {
+            match purger.lead("upload_purge", HOURLY * LEASE_PERIODS).await {
+                Ok(true) => {}
+                Ok(false) => return Ok("another replica purges uploads".into()),
+                Err(e) => return Err(format!("upload purge lease: {e}")),
+            }
             match purger.purge_uploads(max_age).await {
                 Ok(0) => Ok(String::new()),
                 Ok(n) => Ok(format!("discarded {n} abandoned uploads")),
@@ -221,6 +231,9 @@ fn watch<T: Send + Sync + 'static, E: std::fmt::Display>(
 
 /// How often the hourly workers (upload purge, audit pruning) run; the first run is at startup.
 const HOURLY: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A replica that runs shared background work holds its lease for this many of the task's
+/// periods: it renews it every run, and another replica takes over this long after the last.
+const LEASE_PERIODS: u32 = 3;
 
 /// How often watched files (htpasswd, TLS certificate) are checked for changes: a rotated
 /// Kubernetes Secret takes effect within this time, without a restart.

@@ -288,6 +288,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Removes a marked blob's row and its repository links, after its bytes are gone.
     async fn forget_blob(&self, digest: &Digest) -> Result<()>;
 
+    /// Takes or renews the lease `name` for `holder` until `until` if it is free, expired at
+    /// `now`, or already `holder`'s; `true` when `holder` holds it now. One atomic step: of
+    /// holders claiming at once, one wins.
+    async fn claim_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
+
     /// Announcements of changes to repositories' manifests and tags made through any process
     /// sharing this backend (this one included), for caches to drop what they hold; `None`
     /// when the backend cannot tell, and caches must bound their staleness by time alone.

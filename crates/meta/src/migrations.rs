@@ -7,6 +7,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_upload_owner.sql")),
     (4, include_str!("../migrations/0004_reachability.sql")),
     (5, include_str!("../migrations/0005_upload_hash_state.sql")),
+    (6, include_str!("../migrations/0006_leases.sql")),
 ];
 
 pub const CREATE_VERSION_TABLE: &str =

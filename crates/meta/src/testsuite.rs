@@ -24,6 +24,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     uploads_and_their_limits(store.clone()).await;
     collection_rules(&*store).await;
     collections_race_pushes(store.clone()).await;
+    leases_have_one_holder(store.clone()).await;
     access_data_moves_the_generation(&*store).await;
     audit_is_recorded_queried_and_pruned(&*store).await;
 }
@@ -490,6 +491,56 @@ async fn collections_race_pushes(store: Arc<dyn Store>) {
             assert!(marked, "{d}: nobody committed it, so it is collected");
         }
     }
+}
+
+/// A lease has one holder at a time, even when many claim it at once; it can be renewed by
+/// its holder and taken over once it expired.
+async fn leases_have_one_holder(store: Arc<dyn Store>) {
+    warm_up(&store, 16).await;
+    let claims: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_lease("suite-lease", &format!("holder-{i}"), 1000, 1100)
+                    .await
+                    .map(|won| won.then_some(i))
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for c in claims {
+        if let Some(i) = c.await.expect("task").expect("claim") {
+            winners.push(i);
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "one holder of a contended lease: {winners:?}"
+    );
+    let (holder, other) = (format!("holder-{}", winners[0]), "another".to_owned());
+    let claim = |who: &str, now: i64| {
+        let (store, who) = (store.clone(), who.to_owned());
+        async move {
+            store
+                .claim_lease("suite-lease", &who, now, now + 100)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(!claim(&other, 1050).await, "held");
+    assert!(claim(&holder, 1050).await, "renewed by its holder");
+    assert!(!claim(&other, 1149).await, "the renewal extended it");
+    assert!(claim(&other, 1151).await, "taken over once expired");
+    assert!(!claim(&holder, 1160).await, "the old holder lost it");
+    assert!(
+        store
+            .claim_lease("suite-other-lease", &holder, 1160, 1260)
+            .await
+            .unwrap(),
+        "leases are independent"
+    );
 }
 
 async fn access_data_moves_the_generation(store: &dyn Store) {

@@ -63,6 +63,17 @@ impl Default for RegistryConfig {
     }
 }
 
+/// A name for this process among the replicas: host name, process id and a random part.
+fn new_instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!(
+        "{}/{}/{:08x}",
+        host.trim(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
 /// The registry: its stores, its settings, and what this process knows of uploads in
 /// progress.
 pub struct Registry {
@@ -76,6 +87,8 @@ pub struct Registry {
     uploads: upload_state::Uploads,
     /// Set while writes fail because the storage is full: the episode is logged once.
     storage_full: AtomicBool,
+    /// Names this process as the holder of leases on shared background work.
+    instance: String,
     pub gc_stats: GcStats,
 }
 
@@ -96,8 +109,22 @@ impl Registry {
             events,
             uploads: upload_state::Uploads::default(),
             storage_full: AtomicBool::new(false),
+            instance: new_instance_name(),
             gc_stats: GcStats::default(),
         }
+    }
+
+    /// Whether this process should run the shared background task `task` now: it takes or
+    /// renews the task's lease for `term`, so of replicas sharing the stores one runs it, and
+    /// another takes over within `term` of its last run when it dies. The rules never
+    /// depend on the lease — two collections at once are safe — it only saves the work.
+    pub async fn lead(&self, task: &str, term: Duration) -> Result<bool> {
+        let now = berth_meta::now();
+        let until = now.saturating_add(i64::try_from(term.as_secs()).unwrap_or(i64::MAX));
+        Ok(self
+            .meta
+            .claim_lease(task, &self.instance, now, until)
+            .await?)
     }
 
     /// Whether writes are failing because the storage is full right now.

@@ -269,3 +269,60 @@ async fn a_push_continues_on_the_other_replica_when_one_dies() {
     );
     assert!(blob_bytes(&b, "team/app", &digest).await == data);
 }
+
+fn gc_runs(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("berth_gc_runs_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Of two replicas, one collects garbage (it holds the lease); when it dies, the other
+/// takes over within the lease's three periods.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_replica_collects_garbage_and_another_takes_over() {
+    let cluster = Cluster::start();
+    let url = cluster.database("leader").await;
+    let env = [
+        ("BERTH_METADATA_URL", url.as_str()),
+        ("BERTH_GC_INTERVAL_SECONDS", "1"),
+    ];
+    let mut a = Server::start_with_env(&env).await;
+    let mut b = Server::start_beside(&a, &env).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let runs_a = gc_runs(&a.get("/metrics").await.text().await.expect("metrics"));
+    let runs_b = gc_runs(&b.get("/metrics").await.text().await.expect("metrics"));
+    assert!(
+        (runs_a > 0.0) != (runs_b > 0.0),
+        "exactly one replica collects: {runs_a} and {runs_b} runs"
+    );
+    let follower = if runs_a > 0.0 {
+        a.kill();
+        &b
+    } else {
+        b.kill();
+        &a
+    };
+    let mut taken_over = false;
+    for _ in 0..80 {
+        if gc_runs(
+            &follower
+                .get("/metrics")
+                .await
+                .text()
+                .await
+                .expect("metrics"),
+        ) > 0.0
+        {
+            taken_over = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        taken_over,
+        "the other replica collects once the lease expired"
+    );
+}

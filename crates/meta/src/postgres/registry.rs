@@ -620,6 +620,20 @@ impl MetadataStore for PostgresStore {
         })
     }
 
+    async fn claim_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        write_tx!(self, "claim_lease", |tx| {
+            let n = execute(
+                tx,
+                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE leases.until < $4 OR leases.holder = excluded.holder",
+                &[&name, &holder, &until, &now],
+            )
+            .await?;
+            Ok(n > 0)
+        })
+    }
+
     fn watch_changes(&self) -> Option<tokio::sync::broadcast::Receiver<crate::Changed>> {
         Some(self.changes())
     }

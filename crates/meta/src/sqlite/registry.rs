@@ -599,6 +599,21 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn claim_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.write("claim_lease", move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE leases.until < $4 OR leases.holder = excluded.holder",
+                )?
+                .execute((&name, &holder, until, now))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
         self.read("expired_uploads", move |conn| {
             Ok(conn
