@@ -134,6 +134,10 @@ pub struct ServerConfig {
     /// limit, so that files and the database keep descriptors. At the cap, the oldest
     /// connection that is idle or still sending its headers is closed for a new client.
     pub max_connections: u64,
+    /// This replica's name among those sharing the stores, for leases on shared background
+    /// work; empty means the host name (the pod name in Kubernetes), so a restarted process
+    /// keeps its leases.
+    pub instance: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -301,6 +305,7 @@ impl Default for ServerConfig {
             idle_timeout_seconds: 60,
             body_read_timeout_seconds: 60,
             max_connections: 0,
+            instance: String::new(),
         }
     }
 }
@@ -469,6 +474,11 @@ impl Config {
                 per_repository: limit(self.limits.max_uploads_per_repository),
             },
             allow_sparse_manifests: self.manifests.allow_sparse,
+            instance: if self.server.instance.is_empty() {
+                berth_registry::host_name()
+            } else {
+                self.server.instance.clone()
+            },
         }
     }
 

@@ -47,6 +47,8 @@ pub struct RegistryConfig {
     pub upload_limits: UploadLimits,
     /// Accept manifests whose blobs or child manifests are absent (sparse mirrors).
     pub allow_sparse_manifests: bool,
+    /// This replica's name among those sharing the stores: the holder of its leases.
+    pub instance: String,
 }
 
 impl Default for RegistryConfig {
@@ -59,19 +61,18 @@ impl Default for RegistryConfig {
                 per_repository: Some(256),
             },
             allow_sparse_manifests: false,
+            instance: host_name(),
         }
     }
 }
 
-/// A name for this process among the replicas: host name, process id and a random part.
-fn new_instance_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!(
-        "{}/{}/{:08x}",
-        host.trim(),
-        std::process::id(),
-        rand::random::<u32>()
-    )
+/// This machine's (or pod's) name, the default name of a replica.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "berth".into())
 }
 
 /// The registry: its stores, its settings, and what this process knows of uploads in
@@ -87,8 +88,6 @@ pub struct Registry {
     uploads: upload_state::Uploads,
     /// Set while writes fail because the storage is full: the episode is logged once.
     storage_full: AtomicBool,
-    /// Names this process as the holder of leases on shared background work.
-    instance: String,
     pub gc_stats: GcStats,
 }
 
@@ -109,21 +108,21 @@ impl Registry {
             events,
             uploads: upload_state::Uploads::default(),
             storage_full: AtomicBool::new(false),
-            instance: new_instance_name(),
             gc_stats: GcStats::default(),
         }
     }
 
     /// Whether this process should run the shared background task `task` now: it takes or
     /// renews the task's lease for `term`, so of replicas sharing the stores one runs it, and
-    /// another takes over within `term` of its last run when it dies. The rules never
+    /// another takes over within `term` of its last run when it dies (a restart under the
+    /// same `instance` name keeps it). The rules never
     /// depend on the lease — two collections at once are safe — it only saves the work.
     pub async fn lead(&self, task: &str, term: Duration) -> Result<bool> {
         let now = berth_meta::now();
         let until = now.saturating_add(i64::try_from(term.as_secs()).unwrap_or(i64::MAX));
         Ok(self
             .meta
-            .claim_lease(task, &self.instance, now, until)
+            .claim_lease(task, &self.config.instance, now, until)
             .await?)
     }
 

@@ -285,12 +285,15 @@ fn gc_runs(metrics: &str) -> f64 {
 async fn one_replica_collects_garbage_and_another_takes_over() {
     let cluster = Cluster::start();
     let url = cluster.database("leader").await;
-    let env = [
-        ("BERTH_METADATA_URL", url.as_str()),
-        ("BERTH_GC_INTERVAL_SECONDS", "1"),
-    ];
-    let mut a = Server::start_with_env(&env).await;
-    let mut b = Server::start_beside(&a, &env).await;
+    let env = |name| {
+        [
+            ("BERTH_METADATA_URL", url.as_str()),
+            ("BERTH_GC_INTERVAL_SECONDS", "1"),
+            ("BERTH_SERVER_INSTANCE", name),
+        ]
+    };
+    let mut a = Server::start_with_env(&env("a")).await;
+    let mut b = Server::start_beside(&a, &env("b")).await;
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
     let runs_a = gc_runs(&a.get("/metrics").await.text().await.expect("metrics"));
     let runs_b = gc_runs(&b.get("/metrics").await.text().await.expect("metrics"));
