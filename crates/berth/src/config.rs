@@ -169,6 +169,9 @@ pub struct MetadataConfig {
     pub connect_timeout_seconds: u64,
     /// PostgreSQL cancels a statement running longer (answered 503).
     pub statement_timeout_seconds: u64,
+    /// PEM file of the CAs PostgreSQL's TLS certificate must chain to; empty = the Mozilla
+    /// roots. The URL's `sslmode` (`disable`, `prefer`, `require`) decides whether TLS is used.
+    pub tls_ca_file: String,
 }
 
 impl Default for MetadataConfig {
@@ -180,6 +183,7 @@ impl Default for MetadataConfig {
             pool_size: 16,
             connect_timeout_seconds: 5,
             statement_timeout_seconds: 30,
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -451,6 +455,7 @@ impl Config {
             pool_size: usize::try_from(m.pool_size.max(1)).unwrap_or(16),
             connect_timeout: std::time::Duration::from_secs(m.connect_timeout_seconds.max(1)),
             statement_timeout: std::time::Duration::from_secs(m.statement_timeout_seconds.max(1)),
+            tls_ca_file: (!m.tls_ca_file.is_empty()).then(|| PathBuf::from(&m.tls_ca_file)),
         }
     }
 

@@ -172,3 +172,53 @@ async fn changes_are_announced_to_other_processes() {
     }
     assert!(heard, "announcements resume after the database returns");
 }
+
+/// `sslmode=require` with the server's CA connects over TLS (the server says so); a CA the
+/// certificate does not chain to, or a server without TLS, is refused with a clear error
+/// instead of falling back to plain text.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_is_required_and_verified_when_asked() {
+    let cluster = Cluster::start_with_tls();
+    let url = format!("{}?sslmode=require", cluster.database("tls").await);
+    let options = |ca: Option<std::path::PathBuf>| PostgresOptions {
+        tls_ca_file: ca,
+        connect_timeout: std::time::Duration::from_secs(2),
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::open(&url, options(cluster.ca.clone()))
+        .await
+        .expect("TLS with the right CA");
+    store.check().await.expect("serves");
+    let (client, connection) = tokio_postgres::connect(
+        &url.replace("sslmode=require", "sslmode=disable"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("plain admin connection");
+    tokio::spawn(connection);
+    let tls_sessions: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+             WHERE s.ssl AND a.application_name = 'berth'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(tls_sessions >= 1, "berth's connections use TLS");
+
+    let stranger = Cluster::start_with_tls();
+    let refused = PostgresStore::open(&url, options(stranger.ca.clone())).await;
+    let err = refused
+        .expect_err("a certificate from another CA is refused")
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+
+    let plain = Cluster::start();
+    let url = format!("{}?sslmode=require", plain.database("plain").await);
+    let refused = PostgresStore::open(&url, options(cluster.ca.clone())).await;
+    assert!(
+        refused.is_err(),
+        "a server without TLS is refused under sslmode=require"
+    );
+}

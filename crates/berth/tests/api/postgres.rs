@@ -329,3 +329,22 @@ async fn one_replica_collects_garbage_and_another_takes_over() {
         "the other replica collects once the lease expired"
     );
 }
+
+/// `metadata.url` with `sslmode=require` and `metadata.tls_ca_file`: the registry keeps its
+/// index over TLS to a database with a private CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_may_be_reached_over_tls_with_a_private_ca() {
+    let cluster = Cluster::start_with_tls();
+    let url = format!("{}?sslmode=require", cluster.database("tls").await);
+    let ca = cluster.ca.clone().expect("the cluster's CA");
+    let ca = ca.to_str().expect("utf-8 path");
+    let s = Server::start_with_env(&[
+        ("BERTH_METADATA_URL", url.as_str()),
+        ("BERTH_METADATA_TLS_CA_FILE", ca),
+    ])
+    .await;
+    let digest = s.push_image("team/app", "v1").await;
+    let r = manifest_status(&s, "team/app", "v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "docker-content-digest"), digest);
+}

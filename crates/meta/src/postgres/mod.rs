@@ -27,8 +27,10 @@ use tokio::sync::broadcast;
 use deadpool_postgres::{
     Client, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction,
 };
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::migrations::{CREATE_VERSION_TABLE, MIGRATIONS};
 use crate::{now, Changed, MetaError, Observer, Result};
@@ -95,6 +97,11 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// A statement running longer is cancelled by the server and reported as `Unavailable`.
     pub statement_timeout: Duration,
+    /// PEM file of the certificate authorities a TLS server certificate must chain to (a
+    /// private CA, a cloud provider's bundle); `None` trusts the Mozilla roots. Whether TLS
+    /// is used is the URL's `sslmode`: `disable`, `prefer` (the default: TLS when the server
+    /// offers it) or `require`. Certificates are always verified, host name included.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PostgresOptions {
@@ -103,6 +110,7 @@ impl Default for PostgresOptions {
             pool_size: 16,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
+            tls_ca_file: None,
         }
     }
 }
@@ -112,6 +120,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// For the listening connection, which is not one of the pool's.
     config: tokio_postgres::Config,
+    /// `None` when the URL says `sslmode=disable`.
+    tls: Option<MakeRustlsConnect>,
     /// Started on the first call of `watch_changes`.
     changes: Arc<std::sync::OnceLock<broadcast::Sender<Changed>>>,
     observer: Option<Arc<dyn Observer>>,
@@ -136,13 +146,17 @@ impl PostgresStore {
             options.statement_timeout.as_millis()
         ));
         config.application_name("berth");
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let tls = match config.get_ssl_mode() {
+            SslMode::Disable => None,
+            _ => Some(tls_connector(&options)?),
+        };
+        let manager = match &tls {
+            None => Manager::from_config(config.clone(), NoTls, manager_config()),
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config()),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -153,6 +167,7 @@ impl PostgresStore {
         let store = PostgresStore {
             pool,
             config,
+            tls,
             changes: Arc::default(),
             observer: None,
         };
@@ -170,7 +185,7 @@ impl PostgresStore {
         self.pool
             .get()
             .await
-            .map_err(|e| MetaError::Unavailable(format!("no database connection: {e}")))
+            .map_err(|e| MetaError::Unavailable(format!("no database connection: {}", chain(&e))))
     }
 
     fn observe<T>(&self, op: &'static str, started: Instant, result: &Result<T>) {
@@ -224,7 +239,11 @@ impl PostgresStore {
         self.changes
             .get_or_init(|| {
                 let (sender, _) = broadcast::channel(CHANGES_BACKLOG);
-                tokio::spawn(listen(self.config.clone(), sender.clone()));
+                tokio::spawn(listen(
+                    self.config.clone(),
+                    self.tls.clone(),
+                    sender.clone(),
+                ));
                 sender
             })
             .subscribe()
@@ -270,50 +289,93 @@ async fn apply_migrations(client: &mut Client) -> Result<()> {
 
 /// Forwards the notifications of [`CHANGES_CHANNEL`] to `changes`, reconnecting after a
 /// lost connection, until nobody watches any more.
-async fn listen(config: tokio_postgres::Config, changes: broadcast::Sender<Changed>) {
-    use tokio_postgres::AsyncMessage;
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+    changes: broadcast::Sender<Changed>,
+) {
     loop {
-        match config.connect(NoTls).await {
-            Ok((client, mut connection)) => {
-                let forwarded = changes.clone();
-                let driver = tokio::spawn(async move {
-                    while let Some(message) =
-                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
-                    {
-                        match message {
-                            Ok(AsyncMessage::Notification(n)) => {
-                                let _ = forwarded.send(Changed::Repository(n.payload().into()));
-                            }
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(
-                                    "the metadata change listener lost its connection: {e}"
-                                );
-                                break;
-                            }
-                        }
-                    }
-                });
-                match client
-                    .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
-                    .await
-                {
-                    // Whatever changed while nobody listened is unknown.
-                    Ok(()) => {
-                        let _ = changes.send(Changed::Anything);
-                        let _ = driver.await;
-                    }
-                    Err(e) => tracing::warn!("listening for metadata changes failed: {e}"),
-                }
-                drop(client);
-            }
-            Err(e) => tracing::debug!("the metadata change listener cannot connect: {e}"),
+        let outcome = match &tls {
+            None => match config.connect(NoTls).await {
+                Ok((client, connection)) => forward(client, connection, &changes).await,
+                Err(e) => Err(e),
+            },
+            Some(tls) => match config.connect(tls.clone()).await {
+                Ok((client, connection)) => forward(client, connection, &changes).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = outcome {
+            tracing::debug!("the metadata change listener: {e}");
         }
         if changes.send(Changed::Anything).is_err() {
             return; // nobody watches any more
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Listens on one connection until it is lost.
+async fn forward<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    changes: &broadcast::Sender<Changed>,
+) -> std::result::Result<(), tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_postgres::AsyncMessage;
+    let forwarded = changes.clone();
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = forwarded.send(Changed::Repository(n.payload().into()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("the metadata change listener lost its connection: {e}");
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+        .await?;
+    // Whatever changed while nobody listened is unknown.
+    let _ = changes.send(Changed::Anything);
+    let _ = driver.await;
+    Ok(())
+}
+
+/// The TLS connector for `options`: rustls with `ring`, trusting the configured CAs.
+fn tls_connector(options: &PostgresOptions) -> Result<MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &options.tls_ca_file {
+        Some(path) => {
+            let bad = |e: &dyn std::fmt::Display| {
+                MetaError::Backend(format!("metadata TLS CA file {}: {e}", path.display()))
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(bad(&"no certificate in it"));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| MetaError::Backend(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// Up to 2 ms × 2^attempt, with jitter, so racing writers do not retry in lockstep.
@@ -353,12 +415,28 @@ impl From<MetaError> for Failure {
     }
 }
 
+/// An error with its causes, `outer: inner: …`: a failed TLS handshake says why only in its
+/// source (an unknown issuer, a wrong host name).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// PostgreSQL's errors in the store's backend-neutral terms.
 impl From<tokio_postgres::Error> for MetaError {
     fn from(e: tokio_postgres::Error) -> Self {
         let Some(code) = e.code() else {
             // No SQLSTATE: the connection failed or closed.
-            return MetaError::Unavailable(e.to_string());
+            return MetaError::Unavailable(chain(&e));
         };
         let text = e.to_string();
         if *code == SqlState::DISK_FULL {

@@ -10,6 +10,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// With TLS: the CA that signed the server's certificate (for 127.0.0.1 and localhost).
+    pub ca: Option<PathBuf>,
 }
 
 fn postgres_bin() -> PathBuf {
@@ -73,6 +75,15 @@ fn run(bin: &Path, program: &str, args: &[&str]) {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(false)
+    }
+
+    /// A cluster that also speaks TLS, with a certificate from a CA of its own.
+    pub fn start_with_tls() -> Cluster {
+        Cluster::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Cluster {
         let bin = postgres_bin();
         let dir = tempfile::Builder::new()
             .prefix("berth-pg-")
@@ -103,10 +114,12 @@ impl Cluster {
                 "--no-sync",
             ],
         );
+        let ca = tls.then(|| make_certificates(dir.path()));
         let cluster = Cluster {
             port: free_port(),
             bin,
             dir,
+            ca,
         };
         cluster.start_server();
         cluster
@@ -118,12 +131,18 @@ impl Cluster {
         // fsync off for speed (the machine does not crash under a test), but commits reach
         // the WAL before they are acknowledged, so a stop of the server (`stop`, as a crash
         // would) loses nothing a client was told is done.
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off \
              -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
+        if self.ca.is_some() {
+            let dir = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.pem -c ssl_key_file={dir}/server.key"
+            ));
+        }
         run(
             &self.bin,
             "pg_ctl",
@@ -177,6 +196,100 @@ impl Cluster {
             .expect("create database");
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost in `dir`, made with openssl;
+/// the key readable by the server only, as PostgreSQL insists. Returns the CA's file.
+fn make_certificates(dir: &Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/install-test-deps.sh installs it)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=berth test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("extensions file");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    if is_root() {
+        for file in ["server.pem", "server.key"] {
+            let status = Command::new("chown")
+                .args(["postgres:", &dir.join(file).display().to_string()])
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod the key");
+    dir.join("ca.pem")
 }
 
 impl Drop for Cluster {
