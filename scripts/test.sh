@@ -25,7 +25,7 @@ fi
 
 export BERTH_BIN="${CARGO_TARGET_DIR:-target}/debug/berth"
 
-step "interoperability with skopeo, podman, containerd and oras"
+step "interoperability with skopeo, podman, containerd and oras (one server, and two replicas on PostgreSQL)"
 .venv/bin/pytest -q -p no:cacheprovider tests/interop
 
 step "full disk: Berth on a 64 MiB tmpfs refuses writes with 507, keeps what it acknowledged"

@@ -3,7 +3,10 @@ ephemeral 127.0.0.1 port, run client commands with their output in failures, rea
 import json
 import os
 import pathlib
+import shutil
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -85,3 +88,46 @@ def layout_manifest(layout, tag):
         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
             return m
     raise KeyError(tag)
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port, from Debian's server binaries
+    (as `postgres` when run as root: initdb refuses root). `url(name)` creates a database."""
+
+    def __init__(self):
+        bins = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parent.parent.name))
+        if not bins:
+            raise RuntimeError("PostgreSQL is not installed (scripts/install-test-deps.sh)")
+        self.bin = bins[-1].parent
+        # Not under pytest's tmp_path, whose parents only root may enter.
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="berth-pg-"))
+        self.as_postgres = os.geteuid() == 0
+        if self.as_postgres:
+            shutil.chown(self.dir, "postgres", "postgres")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._pg("initdb", "-D", self.dir / "data", "-U", "postgres", "-A", "trust",
+                 "-E", "UTF8", "--locale=C", "--no-sync")
+        self._pg("pg_ctl", "-D", self.dir / "data", "-l", self.dir / "server.log", "-w",
+                 "-t", "30", "-o",
+                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off",
+                 "start")
+
+    def _pg(self, program, *args):
+        command = [self.bin / program, *args]
+        if self.as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        run(*command, timeout=60)
+
+    def url(self, name):
+        self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self):
+        try:
+            self._pg("pg_ctl", "-D", self.dir / "data", "-m", "immediate", "stop")
+        except AssertionError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
