@@ -348,3 +348,119 @@ async fn the_database_may_be_reached_over_tls_with_a_private_ca() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "docker-content-digest"), digest);
 }
+
+/// Pushes one image (a layer and a config) without asserting: the manifest's digest and the
+/// blobs' digests and bytes when every step was acknowledged, `None` when one was refused.
+async fn try_push(s: &Server, repo: &str, tag: &str) -> Option<(String, Vec<(String, Vec<u8>)>)> {
+    let config =
+        serde_json::to_vec(&serde_json::json!({"architecture": "amd64", "os": "linux", "n": tag}))
+            .expect("config");
+    let layer = random_bytes(20_000);
+    let mut blobs = Vec::new();
+    for data in [config.clone(), layer.clone()] {
+        let digest = sha256(&data);
+        let r = s
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            )
+            .body(data.clone())
+            .send()
+            .await
+            .ok()?;
+        if r.status() != StatusCode::CREATED {
+            assert_eq!(
+                r.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "refusals say 503"
+            );
+            return None;
+        }
+        blobs.push((digest, data));
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[0].0, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": blobs[1].0, "size": layer.len()}],
+    }))
+    .expect("manifest");
+    let r = s.put_manifest(repo, tag, OCI_MANIFEST, &manifest).await;
+    if r.status() != StatusCode::CREATED {
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "refusals say 503"
+        );
+        return None;
+    }
+    Some((sha256(&manifest), blobs))
+}
+
+/// Pushes keep coming while the database stops and starts again: each is acknowledged or
+/// refused with 503, and every acknowledged image pulls intact afterwards — no manifest
+/// without its blobs, no tag lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn pushes_during_a_database_restart_are_kept_or_refused() {
+    let cluster = Cluster::start();
+    let url = cluster.database("restart").await;
+    let s = std::sync::Arc::new(
+        Server::start_with_env(&[
+            ("BERTH_METADATA_URL", url.as_str()),
+            ("BERTH_METADATA_CONNECT_TIMEOUT_SECONDS", "1"),
+        ])
+        .await,
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pushers: Vec<_> = (0..6)
+        .map(|p| {
+            let (s, stop) = (s.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut kept, mut refused) = (Vec::new(), 0);
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let tag = format!("p{p}-{i}");
+                    match try_push(&s, "load/app", &tag).await {
+                        Some(image) => kept.push((tag, image)),
+                        None => refused += 1,
+                    }
+                }
+                (kept, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    cluster.stop();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    cluster.restart();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let (mut kept, mut refused) = (Vec::new(), 0);
+    for p in pushers {
+        let (k, r) = p.await.expect("pusher");
+        kept.extend(k);
+        refused += r;
+    }
+    assert!(refused > 0, "the outage refused some pushes");
+    assert!(
+        kept.len() > 6,
+        "pushes were acknowledged around it: {}",
+        kept.len()
+    );
+    for (tag, (digest, blobs)) in &kept {
+        let r = manifest_status(&s, "load/app", tag).await;
+        assert_eq!(r.status(), StatusCode::OK, "acknowledged {tag} is there");
+        assert_eq!(&header(&r, "docker-content-digest"), digest);
+        for (blob, data) in blobs {
+            let r = s.get(&format!("/v2/load/app/blobs/{blob}")).await;
+            assert_eq!(r.status(), StatusCode::OK, "{tag}: blob {blob}");
+            assert!(
+                r.bytes().await.expect("body") == *data,
+                "{tag}: blob {blob} intact"
+            );
+        }
+    }
+}
