@@ -71,6 +71,13 @@ VALUE_SETS = {
         "nodeSelector": {"kubernetes.io/os": "linux"},
     },
     "no-auth-no-persistence": {"auth": {"mode": "none"}, "persistence": {"enabled": False}},
+    "replicas-postgres": {
+        "auth": {"mode": "none"},
+        "replicaCount": 3,
+        "persistence": {"accessMode": "ReadWriteMany", "storageClass": "nfs"},
+        "metadata": {"postgres": {"url": "postgres://berth:secret@db.internal:5432/registry?sslmode=require",
+                                  "caConfigMap": "db-ca"}},
+    },
 }
 
 
@@ -87,6 +94,47 @@ def test_rendered_chart_is_valid(helmrender, name):
     assert "Deployment" in kinds and "Service" in kinds
     for doc in rendered:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_chart_runs_replicas_on_postgres_and_a_shared_volume(helmrender):
+    rendered = render(helmrender, VALUE_SETS["replicas-postgres"])
+    deployment = next(d for d in rendered if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    container = container_of(deployment)
+    env = {e["name"]: e for e in container["env"]}
+    url = env["BERTH_METADATA_URL"]["valueFrom"]["secretKeyRef"]
+    secret = next(d for d in rendered if d["kind"] == "Secret" and d["metadata"]["name"] == url["name"])
+    assert __import__("base64").b64decode(secret["data"][url["key"]]).decode().startswith("postgres://")
+    assert "value" not in env["BERTH_METADATA_URL"], "the password is not in the Deployment"
+    assert env["BERTH_SERVER_INSTANCE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    ca = env["BERTH_METADATA_TLS_CA_FILE"]["value"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert ca.rsplit("/", 1)[0] in mounts
+    pvc = next(d for d in rendered if d["kind"] == "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The binary understands every variable, as Kubernetes fills them in.
+    filled = {name: e.get("value", "") for name, e in env.items()}
+    filled["BERTH_METADATA_URL"] = __import__("base64").b64decode(secret["data"]["url"]).decode()
+    filled["BERTH_SERVER_INSTANCE"] = "berth-7d9f8c6b5-x2k4q"
+    result = subprocess.run([berth_binary(), "config", "check"], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], **filled}, timeout=60)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    config = __import__("tomllib").loads(result.stdout)
+    assert config["metadata"]["url"] == "postgres://berth:********@db.internal:5432/registry?sslmode=require"
+    assert config["metadata"]["tls_ca_file"] == ca
+
+
+def test_chart_refuses_replicas_it_cannot_run(helmrender):
+    for values, message in [
+        ({"auth": {"mode": "none"}, "replicaCount": 2}, "metadata.postgres"),
+        ({"auth": {"mode": "none"}, "replicaCount": 2,
+          "metadata": {"postgres": {"url": "postgres://db/registry"}}}, "ReadWriteMany"),
+    ]:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(values, f)
+        r = subprocess.run([str(helmrender), str(CHART), f.name], capture_output=True, text=True)
+        assert r.returncode != 0 and message in r.stderr, r.stderr
 
 
 def test_chart_refuses_htpasswd_mode_without_users(helmrender):
@@ -171,3 +219,32 @@ def test_containerfile_matches_the_deployment():
     pod = deployment["spec"]["template"]["spec"]["securityContext"]
     assert int(user.group(1)) == pod["runAsUser"] and int(user.group(2)) == pod["runAsGroup"]
     assert 'CMD ["serve"]' in text and container["args"] == ["serve"]
+
+
+def test_replicas_overlay_patches_what_the_binary_needs(tmp_path):
+    """The replicas overlay's patches, merged into the base as kustomize merges them (lists
+    of containers and env by name), give a valid Deployment and PVC the binary accepts."""
+    overlay = KUBE / "overlays" / "replicas-postgres"
+    deployment = yaml.safe_load((KUBE / "base" / "deployment.yaml").read_text())
+    patch = yaml.safe_load((overlay / "deployment-replicas.patch.yaml").read_text())
+    deployment["spec"]["replicas"] = patch["spec"]["replicas"]
+    deployment["spec"]["strategy"] = patch["spec"]["strategy"]
+    container = container_of(deployment)
+    extra = container_of(patch)["env"]
+    names = {e["name"] for e in extra}
+    container["env"] = [e for e in container.get("env", []) if e["name"] not in names] + extra
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+
+    pvc = yaml.safe_load((KUBE / "base" / "pvc.yaml").read_text())
+    pvc["spec"].update(yaml.safe_load((overlay / "pvc-shared.patch.yaml").read_text())["spec"])
+    kubernetes_validate.validate(pvc, K8S_VERSION, strict=True)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+    filled = {e["name"]: e.get("value", "") for e in container["env"]}
+    filled["BERTH_METADATA_URL"] = "postgres://berth:secret@db.internal:5432/registry"
+    filled["BERTH_SERVER_INSTANCE"] = "berth-7d9f8c6b5-x2k4q"
+    result = subprocess.run([berth_binary(), "config", "check"], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], **filled}, timeout=60)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    assert "metadata" in result.stdout and "db.internal" in result.stdout

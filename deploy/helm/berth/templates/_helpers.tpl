@@ -29,3 +29,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "berth.hasHtpasswd" -}}
 {{- if or .Values.auth.existingSecret .Values.auth.htpasswd -}}true{{- end -}}
 {{- end -}}
+
+{{- define "berth.hasPostgres" -}}
+{{- if or .Values.metadata.postgres.url .Values.metadata.postgres.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{- define "berth.postgresSecret" -}}
+{{- if .Values.metadata.postgres.existingSecret -}}
+{{- .Values.metadata.postgres.existingSecret -}}
+{{- else -}}
+{{- printf "%s-metadata" (include "berth.fullname" .) -}}
+{{- end -}}
+{{- end -}}
