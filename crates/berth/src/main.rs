@@ -6,6 +6,7 @@ mod compat;
 mod config;
 mod gc_cmd;
 mod htpasswd;
+mod migrate_cmd;
 mod serve;
 mod server;
 mod stores;
@@ -113,6 +114,17 @@ enum Command {
         #[arg(long)]
         grace_seconds: Option<u64>,
     },
+    /// Copy the metadata (repositories, tags, manifests, users, projects, robots, the audit
+    /// log) from this registry's SQLite file into PostgreSQL, to run replicas on it; blobs
+    /// stay where they are. Verifies every manifest; run again to resume; stop the server
+    /// first.
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The PostgreSQL database to copy into (postgres://user:password@host:port/db).
+        #[arg(long)]
+        to: String,
+    },
     /// Make a CA and a server certificate, and print how to trust them.
     Tls {
         #[command(subcommand)]
@@ -179,6 +191,9 @@ fn main() -> ExitCode {
         } => store
             .load()
             .and_then(|(config, _)| gc_cmd::run(config, dry_run, grace_seconds)),
+        Command::Migrate { store, to } => store
+            .load()
+            .and_then(|(config, _)| migrate_cmd::run(config, &to)),
         Command::Tls {
             command:
                 TlsCommand::Init {

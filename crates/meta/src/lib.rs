@@ -12,6 +12,7 @@ mod migrations;
 mod postgres;
 mod sqlite;
 pub mod testsuite;
+pub mod transfer;
 
 use std::sync::Arc;
 

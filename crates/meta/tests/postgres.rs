@@ -222,3 +222,59 @@ async fn tls_is_required_and_verified_when_asked() {
         "a server without TLS is refused under sslmode=require"
     );
 }
+
+/// A manifest whose bytes do not hash to its digest stops the copy, naming it: a migration
+/// never carries corruption over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_refuses_a_corrupt_manifest() {
+    use berth_meta::{NewManifest, SqliteStore};
+    use berth_oci::{Digest, RepositoryName, Tag};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.sqlite");
+    let sqlite = SqliteStore::open(&path).await.unwrap();
+    let repo: RepositoryName = "team/app".parse().unwrap();
+    let claimed = Digest::sha256_of(b"what was pushed");
+    sqlite
+        .put_manifest(NewManifest {
+            repository: &repo,
+            digest: &claimed,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            content: b"what the disk says now",
+            blobs: &[],
+            children: &[],
+            allow_missing: false,
+            subject: None,
+            artifact_type: None,
+            annotations_json: None,
+            tags: &["v1".parse::<Tag>().unwrap()],
+        })
+        .await
+        .unwrap();
+    drop(sqlite);
+
+    let cluster = Cluster::start();
+    let target = open(&cluster.database("corrupt").await).await;
+    let refused = berth_meta::transfer::sqlite_to_postgres(&path, &target, |_| {}).await;
+    match refused {
+        Err(MetaError::Corrupt(why)) => assert!(why.contains(claimed.as_str()), "{why}"),
+        other => panic!("a corrupt manifest must stop the copy: {other:?}"),
+    }
+    let repos = target
+        .list_repositories(berth_meta::Page {
+            last: None,
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        repos,
+        vec!["team/app".to_owned()],
+        "what came before it was copied"
+    );
+    assert!(target
+        .get_manifest(&repo, &berth_oci::Reference::Digest(claimed))
+        .await
+        .unwrap()
+        .is_none());
+}

@@ -464,3 +464,83 @@ async fn pushes_during_a_database_restart_are_kept_or_refused() {
         }
     }
 }
+
+fn berth_migrate(data: &std::path::Path, to: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["migrate", "--data"])
+        .arg(data)
+        .args(["--to", to])
+        .env("BERTH_LOG_LEVEL", "warn")
+        .output()
+        .expect("run berth migrate")
+}
+
+/// A registry that grew up on SQLite moves to PostgreSQL with `berth migrate`: run twice
+/// (the second run finds everything there), then served from PostgreSQL, every image, tag and
+/// blob is where it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn berth_migrate_moves_a_registry_from_sqlite_to_postgres() {
+    let mut s = Server::start().await;
+    let mut images = Vec::new();
+    for (repo, tag) in [
+        ("team/app", "v1"),
+        ("team/app", "v2"),
+        ("other/tool", "latest"),
+    ] {
+        images.push((repo, tag, s.push_image(repo, tag).await));
+    }
+    s.terminate();
+    let cluster = Cluster::start();
+    let url = cluster.database("migrated").await;
+
+    let first = berth_migrate(&s.data, &url);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let summary = String::from_utf8_lossy(&first.stdout).into_owned();
+    let row = |table: &str| {
+        summary
+            .lines()
+            .find(|l| l.starts_with(&format!("{table}\t")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(row("manifests"), "manifests\t3 rows\t3 new", "{summary}");
+    assert_eq!(row("tags"), "tags\t3 rows\t3 new", "{summary}");
+    let again = berth_migrate(&s.data, &url);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let again = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert!(
+        again.contains("manifests\t3 rows\t0 new"),
+        "a second run adds nothing: {again}"
+    );
+
+    std::fs::remove_file(s.data.join("berth/metadata.sqlite")).expect("the SQLite file");
+    let moved = Server::start_beside(&s, &[("BERTH_METADATA_URL", url.as_str())]).await;
+    for (repo, tag, digest) in &images {
+        let r = manifest_status(&moved, repo, tag).await;
+        assert_eq!(r.status(), StatusCode::OK, "{repo}:{tag}");
+        assert_eq!(&header(&r, "docker-content-digest"), digest);
+        let manifest: serde_json::Value = r.json().await.expect("manifest");
+        for layer in manifest["layers"].as_array().expect("layers") {
+            let d = layer["digest"].as_str().expect("digest");
+            assert_eq!(
+                blob_bytes(&moved, repo, d).await.len() as u64,
+                layer["size"].as_u64().unwrap_or(0)
+            );
+        }
+    }
+    let tags: serde_json::Value = moved
+        .get("/v2/team/app/tags/list")
+        .await
+        .json()
+        .await
+        .expect("tags");
+    assert_eq!(tags["tags"], serde_json::json!(["v1", "v2"]));
+}
