@@ -109,6 +109,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 match collector.lead("gc", every * LEASE_PERIODS).await {
                     Ok(true) => {}
                     Ok(false) => return Ok("another replica collects garbage".into()),
+                    // A full disk cannot record the lease; collecting is what frees it.
+                    Err(e) if e.is_storage_full() => {}
                     Err(e) => return Err(format!("garbage collection lease: {e}")),
                 }
                 match collector.collect_garbage(grace).await {
@@ -130,6 +132,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             match purger.lead("upload_purge", HOURLY * LEASE_PERIODS).await {
                 Ok(true) => {}
                 Ok(false) => return Ok("another replica purges uploads".into()),
+                // A full disk cannot record the lease; purging is what frees it.
+                Err(e) if e.is_storage_full() => {}
                 Err(e) => return Err(format!("upload purge lease: {e}")),
             }
             match purger.purge_uploads(max_age).await {

@@ -291,7 +291,9 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Takes or renews the lease `name` for `holder` until `until` if it is free, expired at
     /// `now`, or already `holder`'s; `true` when `holder` holds it now. One atomic step: of
-    /// holders claiming at once, one wins.
+    /// holders claiming at once, one wins. A holder's lease with more than half of the new
+    /// term left is not written again ([`renewal_due`]): a restarted replica keeps its lease
+    /// without a write, which matters when the disk is full.
     async fn claim_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
 
     /// Announcements of changes to repositories' manifests and tags made through any process
@@ -311,6 +313,11 @@ pub enum Changed {
     /// Announcements may have been missed (the backend's connection was lost): anything may
     /// have changed.
     Anything,
+}
+
+/// The time after which a lease claimed at `now` until `until` is renewed: half the term.
+pub fn renewal_due(now: i64, until: i64) -> i64 {
+    now + (until - now) / 2
 }
 
 /// A whole backend: the registry's index and the access model, as every backend provides both.

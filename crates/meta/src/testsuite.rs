@@ -530,10 +530,15 @@ async fn leases_have_one_holder(store: Arc<dyn Store>) {
         }
     };
     assert!(!claim(&other, 1050).await, "held");
-    assert!(claim(&holder, 1050).await, "renewed by its holder");
+    assert!(
+        claim(&holder, 1020).await,
+        "still its holder's (early in the term: no write)"
+    );
+    assert!(!claim(&other, 1099).await, "held until its first term ends");
+    assert!(claim(&holder, 1060).await, "renewed by its holder");
     assert!(!claim(&other, 1149).await, "the renewal extended it");
-    assert!(claim(&other, 1151).await, "taken over once expired");
-    assert!(!claim(&holder, 1160).await, "the old holder lost it");
+    assert!(claim(&other, 1161).await, "taken over once expired");
+    assert!(!claim(&holder, 1170).await, "the old holder lost it");
     assert!(
         store
             .claim_lease("suite-other-lease", &holder, 1160, 1260)

@@ -12,8 +12,8 @@ use tokio_postgres::types::ToSql;
 use super::write_tx;
 use super::{PostgresStore, TxResult, CHANGES_CHANNEL};
 use crate::{
-    now, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer, Result, SavedHash,
-    StoredManifest, UploadLimits, UploadSession,
+    now, renewal_due, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer,
+    Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
 };
 
 pub(super) type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -622,6 +622,17 @@ impl MetadataStore for PostgresStore {
 
     async fn claim_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
         write_tx!(self, "claim_lease", |tx| {
+            let held = query_opt(
+                tx,
+                "SELECT holder, until FROM leases WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+            if held.is_some_and(|r| {
+                r.get::<_, &str>(0) == holder && r.get::<_, i64>(1) >= renewal_due(now, until)
+            }) {
+                return Ok(true);
+            }
             let n = execute(
                 tx,
                 "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)

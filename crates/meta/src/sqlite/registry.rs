@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use super::SqliteStore;
 use crate::{
-    now, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer, Result, SavedHash,
-    StoredManifest, UploadLimits, UploadSession,
+    now, renewal_due, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer,
+    Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
 };
 
 fn ensure_repository(conn: &Connection, repo: &str) -> Result<()> {
@@ -602,6 +602,13 @@ impl MetadataStore for SqliteStore {
     async fn claim_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         self.write("claim_lease", move |conn| {
+            let held: Option<(String, i64)> = conn
+                .prepare_cached("SELECT holder, until FROM leases WHERE name = $1")?
+                .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if held.is_some_and(|(h, u)| h == holder && u >= renewal_due(now, until)) {
+                return Ok(true);
+            }
             let n = conn
                 .prepare_cached(
                     "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
