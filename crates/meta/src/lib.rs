@@ -10,6 +10,7 @@
 pub mod access;
 mod migrations;
 mod postgres;
+mod sql;
 mod sqlite;
 pub mod testsuite;
 pub mod transfer;

@@ -11,6 +11,7 @@ use tokio_postgres::types::ToSql;
 
 use super::write_tx;
 use super::{PostgresStore, TxResult, CHANGES_CHANNEL};
+use crate::sql;
 use crate::{
     now, renewal_due, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer,
     Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
@@ -90,13 +91,6 @@ async fn link_blob(c: &impl GenericClient, repo: &str, digest: &str) -> PgResult
     .await?;
     Ok(())
 }
-
-/// When a blob `b` may be collected, with `$1` the grace cutoff and `$2` now: the SQLite
-/// backend's rule, word for word.
-const COLLECTABLE: &str = "b.deleting = 0 AND b.created_at < $1 AND b.lease_until < $2
-    AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest)
-    AND NOT EXISTS (SELECT 1 FROM repository_blobs rb
-                    WHERE rb.digest = b.digest AND rb.created_at >= $1)";
 
 async fn blob_deleting(c: &impl GenericClient, digest: &str) -> PgResult<bool> {
     let row = query_opt(
@@ -573,15 +567,11 @@ impl MetadataStore for PostgresStore {
         limit: u32,
     ) -> Result<Vec<(String, u64)>> {
         let after = after.unwrap_or("");
-        let sql = format!(
-            "SELECT b.digest, b.size FROM blobs b
-             WHERE (b.deleting = 1 OR ({COLLECTABLE})) AND b.digest > $3
-             ORDER BY b.digest LIMIT $4"
-        );
         self.observed("collectable_blobs", async {
             let client = self.client().await?;
             let c: &Client = &client;
-            let rows = query(c, &sql, &[&before, &now, &after, &i64::from(limit)]).await?;
+            let params: [&(dyn ToSql + Sync); 4] = [&before, &now, &after, &i64::from(limit)];
+            let rows = query(c, sql::COLLECTABLE_BLOBS, &params).await?;
             Ok(rows
                 .iter()
                 .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
@@ -592,12 +582,9 @@ impl MetadataStore for PostgresStore {
 
     async fn mark_blob_deleting(&self, digest: &Digest, before: i64, now: i64) -> Result<bool> {
         let digest = digest.as_str();
-        let sql = format!(
-            "UPDATE blobs AS b SET deleting = 1
-             WHERE (b.deleting = 1 OR ({COLLECTABLE})) AND b.digest = $3"
-        );
         write_tx!(self, "mark_blob_deleting", |tx| {
-            Ok(execute(tx, &sql, &[&before, &now, &digest]).await? > 0)
+            let params: [&(dyn ToSql + Sync); 3] = [&before, &now, &digest];
+            Ok(execute(tx, sql::MARK_BLOB_DELETING, &params).await? > 0)
         })
     }
 
@@ -622,25 +609,13 @@ impl MetadataStore for PostgresStore {
 
     async fn claim_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
         write_tx!(self, "claim_lease", |tx| {
-            let held = query_opt(
-                tx,
-                "SELECT holder, until FROM leases WHERE name = $1",
-                &[&name],
-            )
-            .await?;
+            let held = query_opt(tx, sql::LEASE, &[&name]).await?;
             if held.is_some_and(|r| {
                 r.get::<_, &str>(0) == holder && r.get::<_, i64>(1) >= renewal_due(now, until)
             }) {
                 return Ok(true);
             }
-            let n = execute(
-                tx,
-                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
-                 WHERE leases.until < $4 OR leases.holder = excluded.holder",
-                &[&name, &holder, &until, &now],
-            )
-            .await?;
+            let n = execute(tx, sql::CLAIM_LEASE, &[&name, &holder, &until, &now]).await?;
             Ok(n > 0)
         })
     }

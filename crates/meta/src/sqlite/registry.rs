@@ -8,6 +8,7 @@ use berth_oci::{Digest, Reference, RepositoryName, Tag};
 use rusqlite::{Connection, OptionalExtension};
 
 use super::SqliteStore;
+use crate::sql;
 use crate::{
     now, renewal_due, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer,
     Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
@@ -43,13 +44,6 @@ fn link_blob(conn: &Connection, repo: &str, digest: &str) -> Result<()> {
     .execute((repo, digest, now()))?;
     Ok(())
 }
-
-/// When a blob `b` may be collected, with `$1` the grace cutoff and `$2` now: unreferenced by
-/// any manifest, not linked within the grace period, not leased by a commit in progress.
-const COLLECTABLE: &str = "b.deleting = 0 AND b.created_at < $1 AND b.lease_until < $2
-    AND NOT EXISTS (SELECT 1 FROM manifest_blobs mb WHERE mb.blob = b.digest)
-    AND NOT EXISTS (SELECT 1 FROM repository_blobs rb
-                    WHERE rb.digest = b.digest AND rb.created_at >= $1)";
 
 fn blob_deleting(conn: &Connection, digest: &str) -> Result<bool> {
     let deleting: Option<i64> = conn
@@ -558,13 +552,8 @@ impl MetadataStore for SqliteStore {
     ) -> Result<Vec<(String, u64)>> {
         let after = after.unwrap_or("").to_owned();
         self.read("collectable_blobs", move |conn| {
-            let sql = format!(
-                "SELECT b.digest, b.size FROM blobs b
-                 WHERE (b.deleting = 1 OR ({COLLECTABLE})) AND b.digest > $3
-                 ORDER BY b.digest LIMIT $4"
-            );
             Ok(conn
-                .prepare_cached(&sql)?
+                .prepare_cached(sql::COLLECTABLE_BLOBS)?
                 .query_map((before, now, &after, i64::from(limit)), |r| {
                     Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
                 })?
@@ -576,12 +565,9 @@ impl MetadataStore for SqliteStore {
     async fn mark_blob_deleting(&self, digest: &Digest, before: i64, now: i64) -> Result<bool> {
         let digest = digest.to_string();
         self.write("mark_blob_deleting", move |conn| {
-            // Parameters are numbered in order of appearance: $1, $2 inside COLLECTABLE, $3.
-            let sql = format!(
-                "UPDATE blobs AS b SET deleting = 1
-                 WHERE (b.deleting = 1 OR ({COLLECTABLE})) AND b.digest = $3"
-            );
-            let n = conn.prepare_cached(&sql)?.execute((before, now, &digest))?;
+            let n = conn
+                .prepare_cached(sql::MARK_BLOB_DELETING)?
+                .execute((before, now, &digest))?;
             Ok(n > 0)
         })
         .await
@@ -603,18 +589,14 @@ impl MetadataStore for SqliteStore {
         let (name, holder) = (name.to_owned(), holder.to_owned());
         self.write("claim_lease", move |conn| {
             let held: Option<(String, i64)> = conn
-                .prepare_cached("SELECT holder, until FROM leases WHERE name = $1")?
+                .prepare_cached(sql::LEASE)?
                 .query_row([&name], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             if held.is_some_and(|(h, u)| h == holder && u >= renewal_due(now, until)) {
                 return Ok(true);
             }
             let n = conn
-                .prepare_cached(
-                    "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
-                 WHERE leases.until < $4 OR leases.holder = excluded.holder",
-                )?
+                .prepare_cached(sql::CLAIM_LEASE)?
                 .execute((&name, &holder, until, now))?;
             Ok(n > 0)
         })
