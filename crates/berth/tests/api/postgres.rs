@@ -2,10 +2,29 @@
 //! server: what one replica pushes another sees, and a database outage is answered 503 with
 //! `Retry-After` (and `/readyz` false) until the database returns.
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 
 use crate::common::*;
 use crate::pg::Cluster;
+
+/// Asks `probe` every 20 ms until its answer satisfies `done` or `limit` has passed; returns
+/// the last answer.
+async fn poll<T>(
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = probe().await;
+        if done(&answer) || started.elapsed() >= limit {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 async fn manifest_status(s: &Server, repo: &str, reference: &str) -> reqwest::Response {
     s.req(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
@@ -88,14 +107,12 @@ async fn a_database_outage_is_answered_503_until_it_ends() {
     );
 
     cluster.restart();
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..50 {
-        status = manifest_status(&s, "team/app", "v1").await.status();
-        if status == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let status = poll(
+        Duration::from_secs(5),
+        async || manifest_status(&s, "team/app", "v1").await.status(),
+        |s| *s == StatusCode::OK,
+    )
+    .await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -122,18 +139,17 @@ async fn a_tag_moved_on_one_server_is_seen_on_the_other_within_a_second() {
 
     let second = a.push_image("team/app", "v1").await;
     assert_ne!(first, second);
-    let moved = std::time::Instant::now();
-    let mut seen = String::new();
-    while moved.elapsed() < std::time::Duration::from_secs(1) {
-        seen = header(
-            &manifest_status(&b, "team/app", "v1").await,
-            "docker-content-digest",
-        );
-        if seen == second {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let seen = poll(
+        Duration::from_secs(1),
+        async || {
+            header(
+                &manifest_status(&b, "team/app", "v1").await,
+                "docker-content-digest",
+            )
+        },
+        |d| *d == second,
+    )
+    .await;
     assert_eq!(seen, second, "b serves the moved tag within a second");
 
     let r = a
@@ -142,15 +158,12 @@ async fn a_tag_moved_on_one_server_is_seen_on_the_other_within_a_second() {
         .await
         .expect("untag");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let untagged = std::time::Instant::now();
-    let mut status = StatusCode::OK;
-    while untagged.elapsed() < std::time::Duration::from_secs(1) {
-        status = manifest_status(&b, "team/app", "v1").await.status();
-        if status == StatusCode::NOT_FOUND {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let status = poll(
+        Duration::from_secs(1),
+        async || manifest_status(&b, "team/app", "v1").await.status(),
+        |s| *s == StatusCode::NOT_FOUND,
+    )
+    .await;
     assert_eq!(
         status,
         StatusCode::NOT_FOUND,
@@ -308,22 +321,22 @@ async fn one_replica_collects_garbage_and_another_takes_over() {
         b.kill();
         &a
     };
-    let mut taken_over = false;
-    for _ in 0..80 {
-        if gc_runs(
-            &follower
-                .get("/metrics")
-                .await
-                .text()
-                .await
-                .expect("metrics"),
-        ) > 0.0
-        {
-            taken_over = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let runs = poll(
+        Duration::from_secs(8),
+        async || {
+            gc_runs(
+                &follower
+                    .get("/metrics")
+                    .await
+                    .text()
+                    .await
+                    .expect("metrics"),
+            )
+        },
+        |runs| *runs > 0.0,
+    )
+    .await;
+    let taken_over = runs > 0.0;
     assert!(
         taken_over,
         "the other replica collects once the lease expired"
