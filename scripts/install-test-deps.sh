@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine: real registry clients
 # (skopeo, podman, containerd/ctr, Docker's engine), the reference registry and Apache's
-# htpasswd, Go for the Helm chart renderer, PostgreSQL's server (Debian), and oras, pytest, kubernetes-validate
-# (PyPI, in ./.venv).
+# htpasswd, Go for the Helm chart renderer, PostgreSQL's server (Debian), oras, pytest,
+# kubernetes-validate and the moto S3 server (PyPI, in ./.venv), and the s3s-fs S3 server, which
+# checks signatures (crates.io, in ./.tools).
 # Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,9 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+# s3s-fs 0.14 (0.17 needs rustc 1.96): about 3 minutes to build.
+[ -x .tools/bin/s3s-fs ] || cargo install --locked s3s-fs@0.14.1 --features binary --root .tools
 
 # The container image test needs Rust's musl target; rustup fetches it from static.rust-lang.org.
 # Where that is unreachable the test says so and skips, and everything else still runs.

@@ -18,6 +18,30 @@ fn set(value: &mut toml::Value, section: &str, key: &str, v: toml::Value) {
     }
 }
 
+/// Sets `storage.s3.<key>`.
+fn set_s3(value: &mut toml::Value, key: &str, v: toml::Value) {
+    let s3 = value
+        .get_mut("storage")
+        .and_then(|t| t.get_mut("s3"))
+        .and_then(|t| t.as_table_mut());
+    if let Some(table) = s3 {
+        table.insert(key.to_owned(), v);
+    }
+}
+
+fn boolean(name: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+    parse_bool(raw)
+        .map(toml::Value::Boolean)
+        .ok_or_else(|| invalid(name, format!("{raw:?} is not a boolean")))
+}
+
+fn integer(name: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+    raw.trim()
+        .parse()
+        .map(toml::Value::Integer)
+        .map_err(|_| invalid(name, format!("{raw:?} is not an integer")))
+}
+
 fn string(s: &str) -> toml::Value {
     toml::Value::String(s.to_owned())
 }
@@ -58,7 +82,52 @@ pub fn apply_registry_env(
                     .ok_or_else(|| invalid(name, format!("{raw:?} is not a boolean")))?;
                 set(value, "storage", "delete_enabled", toml::Value::Boolean(b));
             }
-            "REGISTRY_STORAGE" if raw == "filesystem" => {}
+            "REGISTRY_STORAGE" => match raw.as_str() {
+                "filesystem" | "s3" => set(value, "storage", "driver", string(raw)),
+                other => {
+                    return Err(invalid(
+                        name,
+                        format!("storage {other:?} is not supported (filesystem and s3 are)"),
+                    ))
+                }
+            },
+            "REGISTRY_STORAGE_S3_BUCKET" => set_s3(value, "bucket", string(raw)),
+            "REGISTRY_STORAGE_S3_REGION" => set_s3(value, "region", string(raw)),
+            "REGISTRY_STORAGE_S3_REGIONENDPOINT" => set_s3(value, "region_endpoint", string(raw)),
+            "REGISTRY_STORAGE_S3_ACCESSKEY" => set_s3(value, "access_key", string(raw)),
+            "REGISTRY_STORAGE_S3_SECRETKEY" => set_s3(value, "secret_key", string(raw)),
+            "REGISTRY_STORAGE_S3_ROOTDIRECTORY" => set_s3(value, "root_directory", string(raw)),
+            "REGISTRY_STORAGE_S3_FORCEPATHSTYLE" => {
+                set_s3(value, "force_path_style", boolean(name, raw)?)
+            }
+            "REGISTRY_STORAGE_S3_SECURE" => set_s3(value, "secure", boolean(name, raw)?),
+            "REGISTRY_STORAGE_S3_SKIPVERIFY" => set_s3(value, "skip_verify", boolean(name, raw)?),
+            "REGISTRY_STORAGE_S3_CHUNKSIZE" => set_s3(value, "chunk_size", integer(name, raw)?),
+            "REGISTRY_STORAGE_S3_ENCRYPT" => set_s3(value, "encrypt", boolean(name, raw)?),
+            "REGISTRY_STORAGE_S3_KEYID" => set_s3(value, "key_id", string(raw)),
+            "REGISTRY_STORAGE_S3_STORAGECLASS" => {
+                // Distribution spells "no storage class header" NONE.
+                let class = if raw == "NONE" { "" } else { raw.as_str() };
+                set_s3(value, "storage_class", string(class))
+            }
+            "REGISTRY_STORAGE_REDIRECT_DISABLE" => {
+                let disabled = parse_bool(raw)
+                    .ok_or_else(|| invalid(name, format!("{raw:?} is not a boolean")))?;
+                set(
+                    value,
+                    "storage",
+                    "redirect",
+                    toml::Value::Boolean(!disabled),
+                );
+            }
+            "REGISTRY_STORAGE_S3_V4AUTH" => notices.push(note(format!(
+                "{name}: Berth always signs with AWS Signature Version 4"
+            ))),
+            "REGISTRY_STORAGE_S3_MULTIPARTCOPYCHUNKSIZE"
+            | "REGISTRY_STORAGE_S3_MULTIPARTCOPYMAXCONCURRENCY"
+            | "REGISTRY_STORAGE_S3_MULTIPARTCOPYTHRESHOLDSIZE" => notices.push(note(format!(
+                "{name}: Berth copies with one CopyObject up to 5 GiB and in 512 MiB parts above"
+            ))),
             "REGISTRY_AUTH" => match raw.as_str() {
                 "htpasswd" => set(value, "auth", "mode", string("htpasswd")),
                 other => {

@@ -24,13 +24,15 @@ pub struct Config {
     pub manifests: ManifestsConfig,
 }
 
-/// Where blobs are kept. (S3-compatible object storage comes next.)
+/// Where blobs are kept.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageDriver {
     /// Distribution's layout under `storage.root`.
     #[default]
     Filesystem,
+    /// An S3-compatible bucket (`storage.s3`), Distribution's layout under its root directory.
+    S3,
 }
 
 /// Where the metadata index is kept.
@@ -143,15 +145,80 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// `filesystem`.
+    /// `filesystem` or `s3`.
     pub driver: StorageDriver,
-    /// Data directory; blobs use Distribution's layout below it.
+    /// Data directory; blobs use Distribution's layout below it. With `s3`, it still holds
+    /// Berth's own files (the token signing key, the SQLite file if no `metadata.url`).
     pub root: PathBuf,
     /// Allow deleting manifests, tags and blobs through the API.
     pub delete_enabled: bool,
     /// Upload sessions older than this many hours are discarded with their bytes (checked at
     /// startup and hourly); 0 discards every unfinished upload at startup.
     pub upload_purge_hours: u64,
+    /// With `s3`: answer blob downloads with a redirect to a presigned URL of the bucket
+    /// (Distribution's default), so the bytes bypass Berth. Turn off when clients cannot reach
+    /// the object store (an in-cluster MinIO that nodes cannot resolve, for one).
+    pub redirect: bool,
+    pub s3: S3Settings,
+}
+
+/// The bucket, as Distribution's `s3` driver configures it (`REGISTRY_STORAGE_S3_*`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// AWS region (any name for most S3-compatible servers).
+    pub region: String,
+    /// Endpoint of an S3-compatible server (`http://minio:9000`); empty = AWS.
+    pub region_endpoint: String,
+    /// Static credentials; empty = the AWS chain (`AWS_*` variables, web identity / IRSA,
+    /// ECS, instance metadata).
+    pub access_key: String,
+    pub secret_key: String,
+    /// Prefix of every key in the bucket.
+    pub root_directory: String,
+    /// Path-style URLs (`endpoint/bucket/key`), which MinIO and most others want.
+    pub force_path_style: bool,
+    /// HTTPS for an endpoint given without a scheme.
+    pub secure: bool,
+    /// Skip verifying the endpoint's TLS certificate (test setups only).
+    pub skip_verify: bool,
+    /// Multipart part size in bytes (at least 5 MiB); an upload buffers one part in memory.
+    pub chunk_size: u64,
+    /// Server-side encryption: SSE-KMS with `key_id`, else SSE-S3.
+    pub encrypt: bool,
+    pub key_id: String,
+    /// Storage class of blobs written in one PUT (e.g. `STANDARD_IA`); empty = the bucket's.
+    pub storage_class: String,
+    /// Each request to the store (one part at most) must finish within this many seconds.
+    pub request_timeout_seconds: u64,
+    pub connect_timeout_seconds: u64,
+    /// Retries, with exponential backoff and jitter, of a request that failed with 5xx,
+    /// throttling or a connection error; then the client gets 503 and `Retry-After`.
+    pub max_retries: u64,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            region_endpoint: String::new(),
+            access_key: String::new(),
+            secret_key: String::new(),
+            root_directory: String::new(),
+            force_path_style: false,
+            secure: true,
+            skip_verify: false,
+            chunk_size: 10 * 1024 * 1024,
+            encrypt: false,
+            key_id: String::new(),
+            storage_class: String::new(),
+            request_timeout_seconds: 300,
+            connect_timeout_seconds: 5,
+            max_retries: 3,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -321,6 +388,8 @@ impl Default for StorageConfig {
             root: PathBuf::from("./data"),
             delete_enabled: true,
             upload_purge_hours: 168,
+            redirect: true,
+            s3: S3Settings::default(),
         }
     }
 }
@@ -423,6 +492,20 @@ impl Config {
         if self.tls.certificate.is_empty() != self.tls.key.is_empty() {
             return Err(invalid("tls", "certificate and key must be given together"));
         }
+        if self.storage.driver == StorageDriver::S3 {
+            if self.storage.s3.bucket.is_empty() {
+                return Err(invalid(
+                    "storage.s3.bucket",
+                    "storage.driver = s3 needs a bucket",
+                ));
+            }
+            if self.storage.s3.chunk_size < berth_storage::s3::MIN_PART_SIZE {
+                return Err(invalid(
+                    "storage.s3.chunk_size",
+                    "must be at least 5 MiB (5242880), S3's smallest part",
+                ));
+            }
+        }
         let url = &self.metadata.url;
         if self.metadata.backend == MetadataBackend::Postgres && url.is_empty() {
             return Err(invalid(
@@ -459,6 +542,29 @@ impl Config {
         }
     }
 
+    /// The S3 backend's settings as the store takes them.
+    pub fn s3_config(&self) -> berth_storage::S3Config {
+        let s3 = &self.storage.s3;
+        berth_storage::S3Config {
+            bucket: s3.bucket.clone(),
+            region: s3.region.clone(),
+            endpoint: s3.region_endpoint.clone(),
+            access_key: s3.access_key.clone(),
+            secret_key: s3.secret_key.clone(),
+            root_directory: s3.root_directory.clone(),
+            force_path_style: s3.force_path_style,
+            secure: s3.secure,
+            skip_verify: s3.skip_verify,
+            part_size: s3.chunk_size,
+            encrypt: s3.encrypt,
+            kms_key_id: s3.key_id.clone(),
+            storage_class: s3.storage_class.clone(),
+            request_timeout: std::time::Duration::from_secs(s3.request_timeout_seconds.max(1)),
+            connect_timeout: std::time::Duration::from_secs(s3.connect_timeout_seconds.max(1)),
+            max_retries: usize::try_from(s3.max_retries).unwrap_or(3),
+        }
+    }
+
     pub fn sqlite_path(&self) -> PathBuf {
         if self.metadata.sqlite_path.is_empty() {
             self.storage.root.join("berth/metadata.sqlite")
@@ -484,6 +590,7 @@ impl Config {
             } else {
                 self.server.instance.clone()
             },
+            redirect_downloads: self.storage.redirect,
         }
     }
 
@@ -502,6 +609,9 @@ impl Config {
             shown.auth.bootstrap_admin_password = "********".into();
         }
         shown.metadata.url = mask_password(&shown.metadata.url);
+        if !shown.storage.s3.secret_key.is_empty() {
+            shown.storage.s3.secret_key = "********".into();
+        }
         toml::to_string_pretty(&shown).unwrap_or_default()
     }
 }
@@ -536,7 +646,8 @@ fn merge(base: &mut toml::Value, overlay: toml::Value) {
     }
 }
 
-/// Overrides every known key from its `BERTH_…` variable, typed like its default.
+/// Overrides every known key from its `BERTH_…` variable, typed like its default. Keys of a
+/// sub-table join with `_`: `storage.s3.bucket` is `BERTH_STORAGE_S3_BUCKET`.
 fn apply_env(
     value: &mut toml::Value,
     env: impl Fn(&str) -> Option<String>,
@@ -545,25 +656,39 @@ fn apply_env(
         return Ok(());
     };
     for (section, table) in sections.iter_mut() {
-        let Some(table) = table.as_table_mut() else {
+        apply_env_to(table, &env_name(section, ""), &env)?;
+    }
+    Ok(())
+}
+
+/// Overrides the keys of `table` from the variables named `prefix` + key.
+fn apply_env_to(
+    table: &mut toml::Value,
+    prefix: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let Some(table) = table.as_table_mut() else {
+        return Ok(());
+    };
+    for (key, current) in table.iter_mut() {
+        let name = format!("{prefix}{}", key.to_uppercase());
+        if current.is_table() {
+            apply_env_to(current, &format!("{name}_"), env)?;
             continue;
-        };
-        for (key, current) in table.iter_mut() {
-            let name = env_name(section, key);
-            let Some(raw) = env(&name) else { continue };
-            *current = match current {
-                toml::Value::Boolean(_) => toml::Value::Boolean(
-                    parse_bool(&raw)
-                        .ok_or_else(|| invalid(&name, format!("{raw:?} is not a boolean")))?,
-                ),
-                toml::Value::Integer(_) => toml::Value::Integer(
-                    raw.trim()
-                        .parse()
-                        .map_err(|_| invalid(&name, format!("{raw:?} is not an integer")))?,
-                ),
-                _ => toml::Value::String(raw),
-            };
         }
+        let Some(raw) = env(&name) else { continue };
+        *current = match current {
+            toml::Value::Boolean(_) => toml::Value::Boolean(
+                parse_bool(&raw)
+                    .ok_or_else(|| invalid(&name, format!("{raw:?} is not a boolean")))?,
+            ),
+            toml::Value::Integer(_) => toml::Value::Integer(
+                raw.trim()
+                    .parse()
+                    .map_err(|_| invalid(&name, format!("{raw:?} is not an integer")))?,
+            ),
+            _ => toml::Value::String(raw),
+        };
     }
     Ok(())
 }
@@ -701,6 +826,76 @@ mod tests {
     }
 
     #[test]
+    fn registry_s3_variables_configure_the_s3_backend() {
+        let (c, notices) = Config::load(
+            None,
+            &env(&[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_REGION", "eu-west-1"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "images"),
+                ("REGISTRY_STORAGE_S3_REGIONENDPOINT", "http://minio:9000"),
+                ("REGISTRY_STORAGE_S3_ACCESSKEY", "AKIA"),
+                ("REGISTRY_STORAGE_S3_SECRETKEY", "very-secret"),
+                ("REGISTRY_STORAGE_S3_ROOTDIRECTORY", "/registry"),
+                ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
+                ("REGISTRY_STORAGE_S3_SECURE", "false"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "16777216"),
+                ("REGISTRY_STORAGE_S3_ENCRYPT", "true"),
+                ("REGISTRY_STORAGE_S3_KEYID", "kms-key"),
+                ("REGISTRY_STORAGE_S3_STORAGECLASS", "NONE"),
+                ("REGISTRY_STORAGE_S3_V4AUTH", "true"),
+                ("REGISTRY_STORAGE_REDIRECT_DISABLE", "true"),
+                ("BERTH_STORAGE_S3_MAX_RETRIES", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.storage.driver, StorageDriver::S3);
+        let s3 = c.s3_config();
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str(), s3.endpoint.as_str()),
+            ("images", "eu-west-1", "http://minio:9000")
+        );
+        assert_eq!(
+            (s3.access_key.as_str(), s3.secret_key.as_str()),
+            ("AKIA", "very-secret")
+        );
+        assert_eq!(s3.root_directory, "/registry");
+        assert!(s3.force_path_style && !s3.secure && s3.encrypt);
+        assert_eq!(
+            (s3.part_size, s3.kms_key_id.as_str()),
+            (16 << 20, "kms-key")
+        );
+        assert_eq!(s3.storage_class, "", "NONE means no storage class header");
+        assert_eq!(
+            s3.max_retries, 5,
+            "BERTH_STORAGE_S3_* reaches the sub-table"
+        );
+        assert!(!c.registry_config().redirect_downloads);
+        assert!(notices.iter().all(|n| !n.unsupported), "{notices:?}");
+        let shown = c.to_toml();
+        assert!(
+            !shown.contains("very-secret") && shown.contains("[storage.s3]"),
+            "{shown}"
+        );
+
+        let err = load(
+            None,
+            &[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "b"),
+                ("REGISTRY_STORAGE_S3_CHUNKSIZE", "1024"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("chunk_size"), "{err}");
+        let err = load(None, &[("REGISTRY_STORAGE", "swift")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("swift"), "{err}");
+    }
+
+    #[test]
     fn auth_needs_a_file() {
         let err = load(None, &[("BERTH_AUTH_MODE", "htpasswd")])
             .unwrap_err()
@@ -714,10 +909,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("xml") && err.contains("json"), "{err}");
+        let err = load(None, &[("BERTH_STORAGE_DRIVER", "tape")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tape") && err.contains("filesystem"), "{err}");
         let err = load(None, &[("BERTH_STORAGE_DRIVER", "s3")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("s3") && err.contains("filesystem"), "{err}");
+        assert!(err.contains("storage.s3.bucket"), "{err}");
         let err = load(None, &[("REGISTRY_AUTH", "silly")])
             .unwrap_err()
             .to_string();

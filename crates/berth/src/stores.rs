@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use berth_meta::{PostgresStore, SqliteStore, Store};
-use berth_storage::{BlobStore, FsBlobStore};
+use berth_storage::{BlobStore, FsBlobStore, S3BlobStore};
 
 use crate::config::{Config, MetadataBackend, StorageDriver};
 
@@ -53,6 +53,34 @@ pub async fn open_blobs(
             if let Some(o) = observer {
                 store = store.observed_by(o);
             }
+            Arc::new(store)
+        }
+        StorageDriver::S3 => {
+            let s3 = &config.storage.s3;
+            let mut store = S3BlobStore::new(&config.s3_config())
+                .with_context(|| format!("opening S3 bucket {:?}", s3.bucket))?;
+            // Wrong credentials, bucket or endpoint are the operator's to fix: say so now. A
+            // store that is merely down may come back; /readyz reports it meanwhile.
+            match store.check().await {
+                Ok(()) => {}
+                Err(e) if e.is_transient() => {
+                    tracing::warn!("S3 bucket {:?} is not reachable yet: {e}", s3.bucket)
+                }
+                Err(e) => {
+                    let endpoint = if s3.region_endpoint.is_empty() {
+                        "AWS"
+                    } else {
+                        &s3.region_endpoint
+                    };
+                    return Err(e).with_context(|| {
+                        format!("S3 bucket {:?} at {endpoint} refused Berth", s3.bucket)
+                    });
+                }
+            }
+            if let Some(o) = observer {
+                store = store.observed_by(o);
+            }
+            tracing::info!(bucket = %s3.bucket, "blobs in S3");
             Arc::new(store)
         }
     })

@@ -37,6 +37,15 @@ impl Registry {
         Ok(self.blobs.read_blob(digest, span).await?)
     }
 
+    /// Where a client may download a blob directly instead (a presigned object-store URL),
+    /// when downloads are redirected and the store has such URLs.
+    pub async fn download_url(&self, digest: &Digest) -> Result<Option<String>> {
+        if !self.config.redirect_downloads {
+            return Ok(None);
+        }
+        Ok(self.blobs.blob_url(digest).await?)
+    }
+
     /// Unlinks a blob from a repository: its bytes go once nothing reaches them.
     pub async fn delete_blob(
         &self,

@@ -49,6 +49,9 @@ pub struct RegistryConfig {
     pub allow_sparse_manifests: bool,
     /// This replica's name among those sharing the stores: the holder of its leases.
     pub instance: String,
+    /// Answer blob downloads with a redirect to the blob store's own URL for the blob
+    /// (a presigned S3 URL) where the store has one.
+    pub redirect_downloads: bool,
 }
 
 impl Default for RegistryConfig {
@@ -62,6 +65,7 @@ impl Default for RegistryConfig {
             },
             allow_sparse_manifests: false,
             instance: host_name(),
+            redirect_downloads: false,
         }
     }
 }

@@ -194,7 +194,7 @@ impl Registry {
         let appended = self.note_write(appended.map_err(RegistryError::from), true)?;
         let new_size = appended.size;
         if new_size >= SAVE_HASH_FROM {
-            self.save_hash(id, &appended.hasher);
+            self.save_hash(id, &appended.hasher).await;
         }
         *state = Some(HashState {
             offset: appended.size,
@@ -270,23 +270,18 @@ impl Registry {
         Ok(stored.and_then(|s| s.hash_state).filter(covers))
     }
 
-    /// Saves the hash state after a chunk, without making the client wait: a save that is lost
-    /// or lands late only means the next replica reads the bytes back (a state is used only
-    /// when it covers exactly the bytes stored).
-    fn save_hash(&self, id: &str, hasher: &Hasher) {
-        let meta = self.meta.clone();
-        let (id, saved) = (
-            id.to_owned(),
-            SavedHash {
-                offset: hasher.len(),
-                state: hasher.state(),
-            },
-        );
-        tokio::spawn(async move {
-            if let Err(e) = meta.save_upload_hash(&id, &saved).await {
-                tracing::debug!("saving the hash state of upload {id}: {e}");
-            }
-        });
+    /// Saves the hash state after a chunk, before the client hears the chunk was taken: the
+    /// next chunk may go to another replica, which must find it (an object store cannot read
+    /// an unfinished upload back to rebuild it). A failed save is not the chunk's failure:
+    /// this process still holds the state, and elsewhere the upload must start over.
+    async fn save_hash(&self, id: &str, hasher: &Hasher) {
+        let saved = SavedHash {
+            offset: hasher.len(),
+            state: hasher.state(),
+        };
+        if let Err(e) = self.meta.save_upload_hash(id, &saved).await {
+            tracing::warn!("saving the hash state of upload {id}: {e}");
+        }
     }
 
     /// Verifies the digest and commits, or discards the upload.

@@ -9,6 +9,7 @@
 mod direct;
 pub mod fs;
 mod paths;
+pub mod s3;
 pub mod testsuite;
 
 use std::io;
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use fs::FsBlobStore;
+pub use s3::{S3BlobStore, S3Config};
 
 /// Uploads are asked to stream their bytes back ([`BlobStore::read_upload`]) only while they
 /// hold fewer than this many bytes: past it the registry saves the hash state after every

@@ -40,6 +40,14 @@ pub async fn get(
             .with_header("docker-content-digest", digest.as_str())
             .with_header(header::ETAG, etag(digest)));
     }
+    if !head {
+        if let Some(url) = api.registry.download_url(digest).await? {
+            // The client repeats its Range header to the store, which answers it.
+            return Ok(no_content(StatusCode::TEMPORARY_REDIRECT)
+                .with_header(header::LOCATION, url)
+                .with_header("docker-content-digest", digest.as_str()));
+        }
+    }
     let range = match header_str(headers, header::RANGE).map(|v| parse_range(v, size)) {
         None | Some(RangeRequest::Whole) => None,
         Some(RangeRequest::Part(span)) => Some(span),

@@ -210,14 +210,14 @@ async fn unsupported_registry_variables_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["config", "check", "--data", dir.path().to_str().unwrap()])
-        .env("REGISTRY_STORAGE_S3_BUCKET", "b")
+        .env("REGISTRY_STORAGE_SWIFT_CONTAINER", "b")
         .env("REGISTRY_HTTP_SECRET", "top-secret-value")
         .output()
         .unwrap();
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("warning: REGISTRY_STORAGE_S3_BUCKET is not supported"),
+        err.contains("warning: REGISTRY_STORAGE_SWIFT_CONTAINER is not supported"),
         "{err}"
     );
     assert!(!err.contains("top-secret-value"), "secrets never printed");

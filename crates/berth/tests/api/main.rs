@@ -5,6 +5,8 @@
 mod common;
 #[path = "../../../meta/tests/support/postgres.rs"]
 mod pg;
+#[path = "../../../storage/tests/support/s3.rs"]
+mod s3support;
 
 mod access_attacks;
 mod auth;
@@ -19,5 +21,6 @@ mod ops;
 mod permissions;
 mod postgres;
 mod restart;
+mod s3;
 mod tls;
 mod uploads;

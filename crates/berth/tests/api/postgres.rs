@@ -11,7 +11,7 @@ use crate::pg::Cluster;
 
 /// Asks `probe` every 20 ms until its answer satisfies `done` or `limit` has passed; returns
 /// the last answer.
-async fn poll<T>(
+pub(crate) async fn poll<T>(
     limit: Duration,
     mut probe: impl AsyncFnMut() -> T,
     done: impl Fn(&T) -> bool,
@@ -181,7 +181,7 @@ async fn replicas(cluster: &Cluster, database: &str) -> (Server, Server) {
     (a, b)
 }
 
-async fn blob_bytes(s: &Server, repo: &str, digest: &str) -> Vec<u8> {
+pub(crate) async fn blob_bytes(s: &Server, repo: &str, digest: &str) -> Vec<u8> {
     let r = s.get(&format!("/v2/{repo}/blobs/{digest}")).await;
     assert_eq!(r.status(), StatusCode::OK, "GET {digest} from {}", s.base);
     r.bytes().await.expect("blob body").to_vec()
@@ -194,6 +194,12 @@ async fn blob_bytes(s: &Server, repo: &str, digest: &str) -> Vec<u8> {
 async fn an_upload_alternating_between_replicas_completes() {
     let cluster = Cluster::start();
     let (a, b) = replicas(&cluster, "alternate").await;
+    alternate_chunks(&a, &b).await;
+}
+
+/// Pushes two blobs whose chunks alternate between `a` and `b`, and reads both back through
+/// each.
+pub(crate) async fn alternate_chunks(a: &Server, b: &Server) {
     for sizes in [
         vec![5 * 1024 * 1024 + 7, 1024 * 1024 + 3, 100, 10],
         vec![1000, 2001, 3002, 17],
@@ -204,7 +210,7 @@ async fn an_upload_alternating_between_replicas_completes() {
         let mut at = 0;
         let (last, chunks) = sizes.split_last().expect("chunks");
         for (i, len) in chunks.iter().enumerate() {
-            let replica = if i % 2 == 0 { &b } else { &a };
+            let replica = if i % 2 == 0 { b } else { a };
             let range = format!("{at}-{}", at + len - 1);
             let r = replica
                 .patch_upload(&location, Some(&range), &data[at..at + len])
@@ -218,7 +224,7 @@ async fn an_upload_alternating_between_replicas_completes() {
             assert_eq!(header(&r, "range"), format!("0-{}", at + len - 1));
             at += len;
         }
-        let finisher = if chunks.len() % 2 == 0 { &b } else { &a };
+        let finisher = if chunks.len() % 2 == 0 { b } else { a };
         let r = finisher
             .req(Method::PUT, &format!("{location}?digest={digest}"))
             .header("content-type", "application/octet-stream")
@@ -232,7 +238,7 @@ async fn an_upload_alternating_between_replicas_completes() {
             "{}",
             r.text().await.unwrap_or_default()
         );
-        for s in [&a, &b] {
+        for s in [a, b] {
             assert!(
                 blob_bytes(s, "team/app", &digest).await == data,
                 "intact via {}",
