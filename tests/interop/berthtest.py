@@ -9,6 +9,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -131,3 +133,46 @@ class Postgres:
         except AssertionError:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Moto:
+    """A throwaway S3 server (moto, from the repository's .venv) on a free 127.0.0.1 port,
+    with one bucket. `env()` is the registry:2-style configuration that puts Berth on it."""
+
+    def __init__(self, bucket="registry"):
+        self.bucket = bucket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        server = pathlib.Path(__file__).resolve().parents[2] / ".venv" / "bin" / "moto_server"
+        self.proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(
+                    urllib.request.Request(f"{self.endpoint}/{bucket}", method="PUT"), timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if time.time() > deadline:
+                    raise RuntimeError("moto_server did not start")
+                time.sleep(0.1)
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self):
+        return {
+            "REGISTRY_STORAGE": "s3",
+            "REGISTRY_STORAGE_S3_REGION": "us-east-1",
+            "REGISTRY_STORAGE_S3_BUCKET": self.bucket,
+            "REGISTRY_STORAGE_S3_REGIONENDPOINT": self.endpoint,
+            "REGISTRY_STORAGE_S3_ACCESSKEY": "berth",
+            "REGISTRY_STORAGE_S3_SECRETKEY": "berth-secret",
+            "REGISTRY_STORAGE_S3_FORCEPATHSTYLE": "true",
+        }
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()

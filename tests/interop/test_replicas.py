@@ -1,25 +1,37 @@
-"""Two replicas of Berth sharing one data directory (a ReadWriteMany volume) and one
-PostgreSQL database, with real clients: what skopeo pushes through one, skopeo and podman
-pull through the other, byte for byte; a tag moved on one is served moved by the other."""
+"""Two replicas of Berth sharing one PostgreSQL database and their blobs, either on one data
+directory (a ReadWriteMany volume) or in an S3 bucket (each replica then has its own data
+directory: they share nothing but the two stores), with real clients: what skopeo pushes
+through one, skopeo and podman pull through the other, byte for byte; a tag moved on one is
+served moved by the other. On S3, blob downloads are redirected to presigned URLs, as
+Distribution does by default, so the clients follow them to the bucket."""
 import hashlib
 import json
 import urllib.request
 
 import pytest
 
-from berthtest import Berth, Postgres, layout_manifest, run
+from berthtest import Berth, Moto, Postgres, layout_manifest, run
 
 
-@pytest.fixture
-def replicas(tmp_path):
+@pytest.fixture(params=["shared-volume", "s3"])
+def replicas(request, tmp_path):
     postgres = Postgres()
     env = {"BERTH_METADATA_URL": postgres.url("registry")}
-    first = Berth(tmp_path / "data", env={**env, "BERTH_SERVER_INSTANCE": "replica-a"})
-    second = Berth(tmp_path / "data", env={**env, "BERTH_SERVER_INSTANCE": "replica-b"})
+    moto = None
+    if request.param == "s3":
+        moto = Moto()
+        env.update(moto.env())
+        data = (tmp_path / "data-a", tmp_path / "data-b")
+    else:
+        data = (tmp_path / "data", tmp_path / "data")
+    first = Berth(data[0], env={**env, "BERTH_SERVER_INSTANCE": "replica-a"})
+    second = Berth(data[1], env={**env, "BERTH_SERVER_INSTANCE": "replica-b"})
     yield first, second
     first.stop()
     second.stop()
     postgres.stop()
+    if moto:
+        moto.stop()
 
 
 def manifest_digest(host, repo, tag):

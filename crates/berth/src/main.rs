@@ -114,16 +114,22 @@ enum Command {
         #[arg(long)]
         grace_seconds: Option<u64>,
     },
-    /// Copy the metadata (repositories, tags, manifests, users, projects, robots, the audit
-    /// log) from this registry's SQLite file into PostgreSQL, to run replicas on it; blobs
-    /// stay where they are. Verifies every manifest; run again to resume; stop the server
+    /// Move the registry to other backends: the metadata (repositories, tags, manifests,
+    /// users, projects, robots, the audit log) from its SQLite file into PostgreSQL with
+    /// `--to`, every blob into other storage (S3, or a directory; either way) with
+    /// `--blobs-to`. Verifies every manifest and blob; run again to resume; stop the server
     /// first.
     Migrate {
         #[command(flatten)]
         store: StoreArgs,
-        /// The PostgreSQL database to copy into (postgres://user:password@host:port/db).
+        /// The PostgreSQL database to copy the metadata into
+        /// (postgres://user:password@host:port/db).
         #[arg(long)]
-        to: String,
+        to: Option<String>,
+        /// A configuration file whose `[storage]` (e.g. `driver = "s3"` and `[storage.s3]`)
+        /// receives a verified copy of every blob.
+        #[arg(long)]
+        blobs_to: Option<std::path::PathBuf>,
     },
     /// Make a CA and a server certificate, and print how to trust them.
     Tls {
@@ -191,9 +197,13 @@ fn main() -> ExitCode {
         } => store
             .load()
             .and_then(|(config, _)| gc_cmd::run(config, dry_run, grace_seconds)),
-        Command::Migrate { store, to } => store
+        Command::Migrate {
+            store,
+            to,
+            blobs_to,
+        } => store
             .load()
-            .and_then(|(config, _)| migrate_cmd::run(config, &to)),
+            .and_then(|(config, _)| migrate_cmd::run(config, to.as_deref(), blobs_to.as_deref())),
         Command::Tls {
             command:
                 TlsCommand::Init {

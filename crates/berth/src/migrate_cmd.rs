@@ -1,14 +1,87 @@
-//! `berth migrate --to postgres://…`: moves the metadata of a registry from its SQLite file
-//! into PostgreSQL (`berth_meta::transfer`), with progress on a terminal and a summary.
+//! `berth migrate`: moves a registry to other backends, with progress on a terminal and a
+//! summary. `--to postgres://…` copies the metadata from its SQLite file into PostgreSQL
+//! (`berth_meta::transfer`); `--blobs-to FILE` copies every blob into the storage that FILE's
+//! `[storage]` configures (S3, or a directory: `berth_storage::transfer`), verifying each.
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 
 use anyhow::Context;
 use berth_meta::{PostgresStore, SqliteStore};
 
 use crate::config::{Config, MetadataBackend};
+use crate::stores;
 
-pub fn run(mut config: Config, to: &str) -> anyhow::Result<()> {
+pub fn run(config: Config, to: Option<&str>, blobs_to: Option<&Path>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        to.is_some() || blobs_to.is_some(),
+        "say what to move: --to postgres://… (the metadata), --blobs-to FILE (the blobs), or both"
+    );
+    if let Some(file) = blobs_to {
+        migrate_blobs(&config, file)?;
+    }
+    if let Some(to) = to {
+        migrate_metadata(config, to)?;
+    }
+    Ok(())
+}
+
+/// Copies every blob into the storage `file` configures (its `[storage]`, with `BERTH_*` and
+/// `REGISTRY_*` variables left out: they describe the source).
+fn migrate_blobs(config: &Config, file: &Path) -> anyhow::Result<()> {
+    let (target, _) = Config::load(Some(file), &[])
+        .with_context(|| format!("reading the target storage from {}", file.display()))?;
+    anyhow::ensure!(
+        target.storage.driver != config.storage.driver
+            || target.storage.root != config.storage.root
+            || target.storage.s3 != config.storage.s3,
+        "{} configures the storage the registry already uses",
+        file.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let source = stores::open_blobs(config, None).await?;
+        let destination = stores::open_blobs(&target, None).await?;
+        let terminal = std::io::stderr().is_terminal();
+        let report = berth_storage::transfer::copy_all(&*source, &*destination, |p| {
+            if terminal {
+                eprint!("\rblobs {:>8}   {:>12} bytes copied", p.blobs, p.bytes);
+                let _ = std::io::stderr().flush();
+            }
+        })
+        .await
+        .context("copying the blobs")?;
+        if terminal {
+            eprintln!();
+        }
+        println!(
+            "blobs\t{} copied ({} bytes)\t{} already there\t{} corrupt",
+            report.copied.blobs,
+            report.copied.bytes,
+            report.skipped,
+            report.corrupt.len()
+        );
+        for digest in &report.corrupt {
+            eprintln!("corrupt, not copied: {digest} (its bytes hash to something else)");
+        }
+        anyhow::ensure!(
+            report.corrupt.is_empty(),
+            "{} blobs are corrupt in the source and were not copied; `berth check` will say \
+             what refers to them",
+            report.corrupt.len()
+        );
+        eprintln!(
+            "copied every blob into the storage of {}; serve with that [storage]",
+            file.display()
+        );
+        Ok(())
+    })
+}
+
+fn migrate_metadata(mut config: Config, to: &str) -> anyhow::Result<()> {
     if config.metadata_backend() != MetadataBackend::Sqlite {
         anyhow::bail!(
             "berth migrate copies from SQLite; this configuration already uses PostgreSQL"

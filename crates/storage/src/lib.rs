@@ -11,6 +11,7 @@ pub mod fs;
 mod paths;
 pub mod s3;
 pub mod testsuite;
+pub mod transfer;
 
 use std::io;
 use std::ops::Range;

@@ -400,3 +400,105 @@ async fn a_wrong_secret_stops_the_server_with_a_clear_error() {
     let r = s.get(&format!("/v2/team/app/manifests/{digest}")).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+fn migrate(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["migrate", "--data"])
+        .arg(data)
+        .args(args)
+        .env("BERTH_LOG_LEVEL", "warn")
+        .output()
+        .expect("run berth migrate")
+}
+
+/// `berth migrate --to postgres://… --blobs-to s3.toml` moves a filesystem + SQLite registry
+/// to S3 + PostgreSQL, where every image pulls back identical; a second run copies nothing;
+/// and `--blobs-to` a directory moves the blobs back out of the bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn berth_migrate_moves_blobs_to_s3_and_back() {
+    let mut s = Server::start().await;
+    let digest = s.push_image("team/app", "v1").await;
+    let large = random_bytes(7 * 1024 * 1024 + 3);
+    let large_digest = s.push_blob("team/app", &large).await;
+    s.terminate();
+
+    let moto = Moto::start();
+    moto.create_bucket("moved");
+    let cluster = Cluster::start();
+    let url = cluster.database("moved").await;
+    let target = s.data.join("s3.toml");
+    std::fs::write(
+        &target,
+        format!(
+            "[storage]\ndriver = \"s3\"\n[storage.s3]\nbucket = \"moved\"\n\
+             region_endpoint = \"{}\"\naccess_key = \"k\"\nsecret_key = \"s\"\n\
+             force_path_style = true\n",
+            moto.endpoint()
+        ),
+    )
+    .expect("target config");
+    let out = migrate(
+        &s.data,
+        &["--to", &url, "--blobs-to", target.to_str().expect("path")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("blobs\t3 copied"), "{summary}");
+    let again = migrate(&s.data, &["--blobs-to", target.to_str().expect("path")]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let again = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.contains("0 copied") && again.contains("3 already there"),
+        "{again}"
+    );
+
+    let env = [
+        ("BERTH_STORAGE_DRIVER", "s3"),
+        ("BERTH_STORAGE_S3_BUCKET", "moved"),
+        ("BERTH_STORAGE_S3_REGION_ENDPOINT", &moto.endpoint()),
+        ("BERTH_STORAGE_S3_ACCESS_KEY", "k"),
+        ("BERTH_STORAGE_S3_SECRET_KEY", "s"),
+        ("BERTH_STORAGE_S3_FORCE_PATH_STYLE", "true"),
+        ("BERTH_STORAGE_REDIRECT", "false"),
+        ("BERTH_METADATA_URL", &url),
+    ];
+    let moved = Server::start_with_env(&env).await;
+    let r = moved.get(&format!("/v2/team/app/manifests/{digest}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(blob_bytes(&moved, "team/app", &large_digest).await == large);
+    drop(moved);
+
+    let back = tempfile::tempdir().expect("tempdir");
+    let to_dir = s.data.join("fs.toml");
+    std::fs::write(
+        &to_dir,
+        format!("[storage]\nroot = \"{}\"\n", back.path().display()),
+    )
+    .expect("fs config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["migrate", "--data"])
+        .arg(&s.data)
+        .args(["--blobs-to", to_dir.to_str().expect("path")])
+        .envs(env.iter().copied())
+        .output()
+        .expect("migrate back");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hex = large_digest.trim_start_matches("sha256:");
+    let file = back.path().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    assert!(std::fs::read(file).expect("blob file back on disk") == large);
+}
