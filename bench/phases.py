@@ -151,10 +151,18 @@ class Measure:
         self.th = threading.Thread(target=sampler, daemon=True)
         self.th.start()
         self.own0 = own_cpu_s()
+        self.store0 = self.store_cpu()
         self.m0 = machine_cpu()
         self.t0 = time.perf_counter()
         log("-- %s: %s" % (self.b.reg.label, self.name))
         return self
+
+    def store_cpu(self):
+        """CPU seconds of the s3 variant's S3 server and database so far (0 otherwise)."""
+        backends = self.b.reg.backends if self.b.reg.auth == "s3" else None
+        if not backends:
+            return 0.0
+        return sum(proc_cpu_s(pid) or 0.0 for pid in backends.pids())
 
     def __exit__(self, et, ev, tb):
         wall = time.perf_counter() - self.t0
@@ -173,9 +181,12 @@ class Measure:
                "client_cores": round(client / wall, 2) if wall > 0 else None,
                "registry_peak_rss_MiB": round(max(hwm or 0, self.peak_kb) / 1024, 1),
                "registry_rss_end_MiB": round((proc_status_kb(pid, "VmRSS") or 0) / 1024, 1)}
+        store = self.store_cpu() - self.store0
+        if self.b.reg.auth == "s3":
+            res["store_cpu_s"] = round(store, 2)
         if reg_cpu is not None:
-            # machine busy time not spent by the registry or by us: other tenants
-            res["other_cpu_s"] = round(m1[0] - self.m0[0] - client - reg_cpu, 2)
+            # machine busy time not spent by the registry, its stores or us: other tenants
+            res["other_cpu_s"] = round(m1[0] - self.m0[0] - client - reg_cpu - store, 2)
         if self.b.reg.proc.poll() is not None:
             res["error"] = "registry exited (code %s) during the phase" % self.b.reg.proc.returncode
         if et is not None:

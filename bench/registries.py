@@ -1,5 +1,7 @@
-"""Start and stop the registries under test: Berth and Distribution, each without auth or
-with htpasswd, on a free 127.0.0.1 port with a fresh data directory.
+"""Start and stop the registries under test: Berth and Distribution, each without auth, with
+htpasswd, or without auth on S3 (the `s3` variant: a bucket of its own on the run's shared S3
+server, and for Berth PostgreSQL metadata; see backends.py), on a free 127.0.0.1 port with a
+fresh data directory.
 
 The process we start IS the registry (no shell or setsid wrapper in between), so its PID
 is what /proc measurements (CPU, VmRSS, VmHWM) must look at.
@@ -63,6 +65,42 @@ http:
     X-Content-Type-Options: [nosniff]
 """
 
+# Distribution's S3 driver as the research recipe runs it (docs/research/rust-stack.md §9),
+# redirects off like Berth's in this variant: both registries serve every byte themselves.
+DISTRIBUTION_S3 = """\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  s3:
+    region: us-east-1
+    bucket: {bucket}
+    regionendpoint: "{endpoint}"
+    accesskey: {access_key}
+    secretkey: {secret_key}
+    forcepathstyle: true
+    secure: false
+    v4auth: true
+    rootdirectory: /registry
+  delete:
+    enabled: true
+  redirect:
+    disable: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+  headers:
+    X-Content-Type-Options: [nosniff]
+"""
+
 DISTRIBUTION_AUTH = """\
 auth:
   htpasswd:
@@ -72,9 +110,10 @@ auth:
 
 
 class Registry:
-    """One running registry. kind: berth | distribution; auth: noauth | htpasswd."""
+    """One running registry. kind: berth | distribution; auth: noauth | htpasswd | s3 (no auth,
+    blobs in the bucket of `backends`)."""
 
-    def __init__(self, kind, auth, workdir, logdir, berth_bin=None):
+    def __init__(self, kind, auth, workdir, logdir, berth_bin=None, backends=None):
         self.kind, self.auth = kind, auth
         self.label = "%s-%s" % (kind, auth)
         self.workdir = workdir
@@ -84,6 +123,7 @@ class Registry:
         self.port = None
         self.proc = None
         self.start_s = None
+        self.backends = backends
 
     # the credentials clients use ------------------------------------------------------
     @property
@@ -120,19 +160,43 @@ class Registry:
             htpasswd = make_htpasswd(os.path.join(self.workdir, "htpasswd"))
         env = clean_env()
         self.port = free_port()
+        s3 = None
+        if self.auth == "s3":
+            if not self.backends:
+                raise RuntimeError("the s3 variant needs the run's S3 server and PostgreSQL")
+            s3 = self.backends.for_registry(self.label)
         if self.kind == "berth":
             env["BERTH_LOG_LEVEL"] = "warn"
             if htpasswd:
                 env["BERTH_AUTH_MODE"] = "htpasswd"
                 env["BERTH_AUTH_HTPASSWD_PATH"] = htpasswd
+            if s3:
+                # Distribution's variables, as a registry:2 Deployment moving to Berth has them.
+                env.update({
+                    "REGISTRY_STORAGE": "s3", "REGISTRY_STORAGE_S3_REGION": "us-east-1",
+                    "REGISTRY_STORAGE_S3_BUCKET": s3["bucket"],
+                    "REGISTRY_STORAGE_S3_REGIONENDPOINT": s3["endpoint"],
+                    "REGISTRY_STORAGE_S3_ACCESSKEY": s3["access_key"],
+                    "REGISTRY_STORAGE_S3_SECRETKEY": s3["secret_key"],
+                    "REGISTRY_STORAGE_S3_FORCEPATHSTYLE": "true",
+                    "REGISTRY_STORAGE_S3_ROOTDIRECTORY": "/registry",
+                    "REGISTRY_STORAGE_REDIRECT_DISABLE": "true",
+                    "BERTH_METADATA_URL": s3["metadata_url"],
+                })
             cmd = [self.berth_bin, "serve", "--addr", self.host, "--data", self.data]
         else:
             conf = os.path.join(self.workdir, "config.yml")
             with open(conf, "w") as f:
-                f.write(DISTRIBUTION_CONFIG.format(data=self.data, port=self.port))
+                if s3:
+                    f.write(DISTRIBUTION_S3.format(port=self.port, **s3))
+                else:
+                    f.write(DISTRIBUTION_CONFIG.format(data=self.data, port=self.port))
                 if htpasswd:
                     f.write(DISTRIBUTION_AUTH.format(htpasswd=htpasswd))
             cmd = ["docker-registry", "serve", conf]  # Distribution 2.x needs `serve`
+            # Its AWS SDK reads AWS_CA_BUNDLE even for a plain-HTTP endpoint and fails on it
+            # (rust-stack.md §9).
+            env.pop("AWS_CA_BUNDLE", None)
         log = open(self.logfile, "ab")
         t0 = time.perf_counter()
         # own session: a Ctrl-C of the benchmark does not hit the registry mid-phase; we stop it

@@ -210,6 +210,11 @@ def build(outdir):
                % (fmt(p.get("duration")), ", ".join(str(c) for c in p.get("conns", []))))
     out.append("- htpasswd variant: HTTP Basic with a bcrypt (cost 5) htpasswd file, credentials on every "
                "request")
+    if "s3" in auths:
+        out.append("- s3 variant: no auth; each registry's blobs in a bucket of its own on one moto "
+                   "server (Python; objects spooled to the scratch disk; on the big phases it limits "
+                   "both registries), redirects off so both registries serve every byte; Berth's "
+                   "metadata in PostgreSQL (fsync off), Distribution's in the bucket")
     if run.get("registry_data") == "kept to the end":
         out.append("- Registries run one after the other, each one's data kept until the end of the run "
                    "(deleting it in between slows the next one: bench/README.md, trap 16)")

@@ -33,6 +33,7 @@ sys.path.insert(0, HERE)
 import phases  # noqa: E402
 from mkoci import parse_size  # noqa: E402  (the sizes mkoci.py takes are the sizes we pass it)
 import report  # noqa: E402
+from backends import Backends  # noqa: E402
 from registries import Registry  # noqa: E402
 
 MiB = 1 << 20
@@ -165,7 +166,9 @@ def main():
     g.add_argument("--smoke", dest="mode", action="store_const", const="smoke")
     g.add_argument("--full", dest="mode", action="store_const", const="full")
     ap.add_argument("--registries", default="berth,distribution", help="comma list (default both)")
-    ap.add_argument("--auth", default="noauth,htpasswd", help="comma list of variants (default both)")
+    ap.add_argument("--auth", default="noauth,htpasswd,s3",
+                    help="comma list of variants: noauth, htpasswd, s3 (no auth, blobs on a shared S3 "
+                         "server, Berth's metadata in PostgreSQL); default all three")
     ap.add_argument("--phases", default=",".join(ALL_PHASES), help="comma list of " + ",".join(ALL_PHASES))
     ap.add_argument("--duration", type=float, help="seconds per load test (overrides the mode)")
     ap.add_argument("--conns", help="comma list of connection counts (overrides the mode)")
@@ -238,7 +241,11 @@ def main():
             "each one's after it (slows the next registry: bench/README.md, trap 16)"
             % (free / (1 << 30), need / (1 << 30)))
     finished = []
+    backends = None
     try:
+        if "s3" in auths:
+            log("== starting the s3 variant's S3 server (s3s-fs) and PostgreSQL")
+            backends = Backends(work, outdir)
         if p["wait_idle"] > 0:
             log("== waiting for a quiet machine (up to %d s)" % p["wait_idle"])
             meta["waited_for_idle_at_start"] = phases.wait_idle(p["wait_idle"])
@@ -266,7 +273,7 @@ def main():
                 reg_out = os.path.join(outdir, "%s-%s" % (kind, auth))
                 os.makedirs(reg_work)
                 os.makedirs(reg_out)
-                reg = Registry(kind, auth, reg_work, reg_out, berth_bin)
+                reg = Registry(kind, auth, reg_work, reg_out, berth_bin, backends)
                 res = {"label": reg.label, "kind": kind, "auth": auth, "phases": {}}
                 try:
                     log("== %s: starting" % reg.label)
@@ -288,6 +295,8 @@ def main():
                     else:
                         shutil.rmtree(reg_work, ignore_errors=True)
     finally:
+        if backends:
+            backends.stop()
         if not a.keep:
             for d in finished:
                 shutil.rmtree(d, ignore_errors=True)
