@@ -2,12 +2,16 @@
 Kubernetes schemas (offline, kubernetes-validate), and what the Deployments and the Containerfile
 promise — ports, probes, environment, mounts, user — is what the binary actually serves and
 reads."""
+import base64
+import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import urllib.request
 
 import kubernetes_validate
@@ -56,6 +60,8 @@ def helmrender():
     return out
 
 
+S3_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
 VALUE_SETS = {
     "htpasswd": {"auth": {"htpasswd": "user:$2y$10$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY\n"}},
     "token-tls-ingress": {
@@ -77,6 +83,36 @@ VALUE_SETS = {
         "persistence": {"accessMode": "ReadWriteMany", "storageClass": "nfs"},
         "metadata": {"postgres": {"url": "postgres://berth:secret@db.internal:5432/registry?sslmode=require",
                                   "caConfigMap": "db-ca"}},
+    },
+    # Blobs in a bucket (an in-cluster MinIO here), the index in PostgreSQL: no shared volume.
+    "replicas-s3": {
+        "auth": {"mode": "token", "token": {"bootstrapAdminPassword": "change-me-please",
+                                            "existingSigningKeySecret": "berth-token-key"}},
+        "replicaCount": 3,
+        "storage": {"s3": {"bucket": "berth-blobs", "region": "eu-central-1",
+                           "regionEndpoint": "http://minio.minio.svc:9000", "forcePathStyle": True,
+                           "rootDirectory": "/registry", "chunkSize": 16777216,
+                           "storageClass": "STANDARD_IA", "redirect": False,
+                           "accessKey": "AKIAIOSFODNN7EXAMPLE", "secretKey": S3_SECRET}},
+        "metadata": {"postgres": {"url": "postgres://berth:secret@db.internal:5432/registry?sslmode=require"}},
+    },
+    # AWS with IRSA: no keys anywhere, the ServiceAccount carries the role.
+    "replicas-s3-irsa": {
+        "auth": {"mode": "none"},
+        "replicaCount": 2,
+        "serviceAccount": {"create": True, "annotations": {
+            "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/berth"}},
+        "storage": {"s3": {"bucket": "berth-blobs", "region": "eu-west-1", "encrypt": True,
+                           "keyId": "arn:aws:kms:eu-west-1:111122223333:key/abcd"}},
+        "metadata": {"postgres": {"existingSecret": "berth-metadata"}},
+    },
+    # One pod: blobs in the bucket, SQLite still on its (small) volume.
+    "s3-sqlite": {
+        "auth": {"mode": "none"},
+        "persistence": {"size": "1Gi"},
+        "storage": {"s3": {"bucket": "berth-blobs", "existingSecret": "aws-keys",
+                           "existingSecretKeys": {"accessKey": "AWS_ACCESS_KEY_ID",
+                                                  "secretKey": "AWS_SECRET_ACCESS_KEY"}}},
     },
 }
 
@@ -126,15 +162,188 @@ def test_chart_runs_replicas_on_postgres_and_a_shared_volume(helmrender):
 
 
 def test_chart_refuses_replicas_it_cannot_run(helmrender):
+    postgres = {"postgres": {"url": "postgres://db/registry"}}
+    s3 = {"s3": {"bucket": "berth-blobs"}}
     for values, message in [
         ({"auth": {"mode": "none"}, "replicaCount": 2}, "metadata.postgres"),
-        ({"auth": {"mode": "none"}, "replicaCount": 2,
-          "metadata": {"postgres": {"url": "postgres://db/registry"}}}, "ReadWriteMany"),
+        ({"auth": {"mode": "none"}, "replicaCount": 2, "metadata": postgres}, "ReadWriteMany"),
+        # Each pod's own emptyDir would hold different blobs.
+        ({"auth": {"mode": "none"}, "replicaCount": 2, "metadata": postgres,
+          "persistence": {"enabled": False}}, "ReadWriteMany"),
+        # The bucket is shared, the SQLite file is not.
+        ({"auth": {"mode": "none"}, "replicaCount": 2, "storage": s3}, "metadata.postgres"),
+        # Each pod would sign tokens with a key of its own, which the others reject.
+        ({"auth": {"mode": "token"}, "replicaCount": 2, "storage": s3, "metadata": postgres},
+         "auth.token.signingKey"),
+        ({"auth": {"mode": "none"}, "storage": {"s3": {"bucket": "b", "accessKey": "AKIA"}}},
+         "storage.s3.secretKey"),
     ]:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(values, f)
         r = subprocess.run([str(helmrender), str(CHART), f.name], capture_output=True, text=True)
-        assert r.returncode != 0 and message in r.stderr, r.stderr
+        assert r.returncode != 0 and message in r.stderr, (values, r.stderr)
+
+
+def fill_env(container, rendered):
+    """The container's environment as Kubernetes fills it in: values, Secrets the chart made,
+    the pod's name; a variable from a Secret the chart does not make is left out."""
+    secrets = {d["metadata"]["name"]: d["data"] for d in rendered if d["kind"] == "Secret"}
+    filled = {}
+    for e in container["env"]:
+        source = e.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            if ref["name"] in secrets:
+                filled[e["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
+        elif "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "metadata.name"
+            filled[e["name"]] = "berth-7d9f8c6b5-x2k4q"
+        else:
+            filled[e["name"]] = e.get("value", "")
+    return filled
+
+
+def config_check(env):
+    """`berth config check` with exactly `env`: the effective configuration, secrets masked."""
+    result = subprocess.run([berth_binary(), "config", "check"], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], **env}, timeout=60)
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    return result.stdout, tomllib.loads(result.stdout)
+
+
+def test_chart_runs_replicas_on_s3_and_postgres(helmrender):
+    rendered = render(helmrender, VALUE_SETS["replicas-s3"])
+    deployment = next(d for d in rendered if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["spec"]["template"]["spec"]
+    container = container_of(deployment)
+    env = {e["name"]: e for e in container["env"]}
+
+    # The keys reach the pod from the chart's Secret, and nothing else holds the secret one.
+    secret = next(d for d in rendered if d["kind"] == "Secret" and "secretKey" in d.get("data", {}))
+    assert base64.b64decode(secret["data"]["secretKey"]).decode() == S3_SECRET
+    for name, key in [("BERTH_STORAGE_S3_ACCESS_KEY", "accessKey"),
+                      ("BERTH_STORAGE_S3_SECRET_KEY", "secretKey")]:
+        assert "value" not in env[name], f"{name} is not in the Deployment"
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": key}
+    encoded = base64.b64encode(S3_SECRET.encode()).decode()
+    for doc in rendered:
+        if doc is not secret:
+            text = yaml.safe_dump(doc)
+            assert S3_SECRET not in text and encoded not in text, f"{doc['kind']} holds the S3 secret"
+    assert not [d for d in rendered if d["kind"] == "ConfigMap" and S3_SECRET in yaml.safe_dump(d)]
+
+    # No claim: the blobs are in the bucket, the index in PostgreSQL, so no ReadWriteMany volume.
+    assert not [d for d in rendered if d["kind"] == "PersistentVolumeClaim"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes["data"] and "persistentVolumeClaim" not in volumes["data"]
+
+    # Every replica signs tokens with the one key from the Secret.
+    key_path = env["BERTH_AUTH_TOKEN_KEY_PATH"]["value"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == os.path.dirname(key_path))
+    assert mount["readOnly"] is True
+    assert volumes[mount["name"]]["secret"]["secretName"] == "berth-token-key"
+
+    # Drains take one replica at a time; the replicas spread over nodes.
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pdb = next(d for d in rendered if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    spread = pod["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+    assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+
+    # The binary understands every variable, as Kubernetes fills them in, and masks the secret.
+    shown, config = config_check(fill_env(container, rendered))
+    assert S3_SECRET not in shown
+    s3 = config["storage"]["s3"]
+    assert config["storage"]["driver"] == "s3" and config["storage"]["redirect"] is False
+    assert s3["secret_key"] == "********" and s3["access_key"] == "AKIAIOSFODNN7EXAMPLE"
+    assert (s3["bucket"], s3["region"], s3["region_endpoint"]) == (
+        "berth-blobs", "eu-central-1", "http://minio.minio.svc:9000")
+    assert s3["force_path_style"] is True and s3["root_directory"] == "/registry"
+    assert (s3["chunk_size"], s3["storage_class"]) == (16777216, "STANDARD_IA")
+    assert config["metadata"]["url"] == "postgres://berth:********@db.internal:5432/registry?sslmode=require"
+    assert config["auth"]["token_key_path"] == key_path
+    assert config["auth"]["bootstrap_admin_password"] == "********"
+
+
+def test_chart_uses_the_aws_chain_without_keys(helmrender):
+    """IRSA: the pod runs as the annotated ServiceAccount; no key is configured anywhere."""
+    rendered = render(helmrender, VALUE_SETS["replicas-s3-irsa"])
+    deployment = next(d for d in rendered if d["kind"] == "Deployment")
+    account = next(d for d in rendered if d["kind"] == "ServiceAccount")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/berth")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    container = container_of(deployment)
+    names = {e["name"] for e in container["env"]}
+    assert not names & {"BERTH_STORAGE_S3_ACCESS_KEY", "BERTH_STORAGE_S3_SECRET_KEY"}
+    assert not [d for d in rendered if d["kind"] == "Secret"]
+    assert not [d for d in rendered if d["kind"] == "PersistentVolumeClaim"]
+    env = fill_env(container, rendered)
+    env["BERTH_METADATA_URL"] = "postgres://berth:secret@db.internal:5432/registry"
+    _, config = config_check(env)
+    s3 = config["storage"]["s3"]
+    assert config["storage"]["driver"] == "s3" and config["storage"]["redirect"] is True
+    assert (s3["access_key"], s3["secret_key"]) == ("", "")
+    assert s3["encrypt"] is True and s3["key_id"].startswith("arn:aws:kms:")
+
+
+def test_chart_keeps_sqlite_on_a_volume_beside_s3(helmrender):
+    """One pod with blobs in the bucket still keeps its SQLite file on a claim, and replaces
+    itself (Recreate) rather than overlap on it; keys come from an existing Secret's keys."""
+    rendered = render(helmrender, VALUE_SETS["s3-sqlite"])
+    deployment = next(d for d in rendered if d["kind"] == "Deployment")
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    pvc = next(d for d in rendered if d["kind"] == "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert not [d for d in rendered if d["kind"] in ("PodDisruptionBudget", "Secret")]
+    env = {e["name"]: e for e in container_of(deployment)["env"]}
+    assert env["BERTH_STORAGE_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "aws-keys", "key": "AWS_SECRET_ACCESS_KEY"}
+    filled = fill_env(container_of(deployment), rendered)
+    filled.update(BERTH_STORAGE_S3_ACCESS_KEY="AKIA", BERTH_STORAGE_S3_SECRET_KEY=S3_SECRET)
+    shown, config = config_check(filled)
+    assert config["storage"]["driver"] == "s3" and config["metadata"]["url"] == ""
+    assert config["storage"]["root"] == "/var/lib/registry" and S3_SECRET not in shown
+
+
+def test_replicas_share_one_token_signing_key(helmrender, tmp_path):
+    """A key made as values.yaml says, given to the chart, lands in its Secret; two servers
+    reading it (as two replicas do) each accept the tokens the other issues."""
+    key = tmp_path / "token.key"
+    run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key)
+    values = {**VALUE_SETS["replicas-s3"]}
+    values["auth"] = {"mode": "token", "token": {"signingKey": key.read_text()}}
+    rendered = render(helmrender, values)
+    deployment = next(d for d in rendered if d["kind"] == "Deployment")
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "token-key")
+    secret = next(d for d in rendered if d["kind"] == "Secret"
+                  and d["metadata"]["name"] == volume["secret"]["secretName"])
+    mounted = tmp_path / "mounted.key"
+    mounted.write_bytes(base64.b64decode(secret["data"]["token.key"]))
+    mounted.chmod(0o440)  # the Secret volume's defaultMode
+    env = {"BERTH_AUTH_MODE": "token", "BERTH_AUTH_TOKEN_KEY_PATH": str(mounted),
+           "BERTH_AUTH_BOOTSTRAP_ADMIN_PASSWORD": "a-long-password"}
+    servers = [Berth(tmp_path / name, env=env) for name in ("a", "b")]
+    try:
+        scope = "service=berth-registry&scope=registry:catalog:*"
+        auth = base64.b64encode(b"admin:a-long-password").decode()
+        request = urllib.request.Request(f"http://{servers[0].host}/auth/token?{scope}",
+                                         headers={"Authorization": f"Basic {auth}"})
+        with urllib.request.urlopen(request) as r:
+            token = json.load(r)["token"]
+        for server in servers:
+            request = urllib.request.Request(f"http://{server.host}/v2/_catalog",
+                                             headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(request) as r:
+                assert r.status == 200
+    finally:
+        for server in servers:
+            server.stop()
+    assert not list(tmp_path.glob("*/berth/token.key")), "no replica made a key of its own"
 
 
 def test_chart_refuses_htpasswd_mode_without_users(helmrender):
@@ -233,8 +442,16 @@ def test_replicas_overlay_patches_what_the_binary_needs(tmp_path):
     extra = container_of(patch)["env"]
     names = {e["name"] for e in extra}
     container["env"] = [e for e in container.get("env", []) if e["name"] not in names] + extra
+    deployment["spec"]["template"]["spec"].update(
+        topologySpreadConstraints=patch["spec"]["template"]["spec"]["topologySpreadConstraints"])
     kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"][0]
+    assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+    assert "pdb.yaml" in yaml.safe_load((overlay / "kustomization.yaml").read_text())["resources"]
+    pdb = yaml.safe_load((overlay / "pdb.yaml").read_text())
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
     pvc = yaml.safe_load((KUBE / "base" / "pvc.yaml").read_text())
     pvc["spec"].update(yaml.safe_load((overlay / "pvc-shared.patch.yaml").read_text())["spec"])
@@ -248,3 +465,72 @@ def test_replicas_overlay_patches_what_the_binary_needs(tmp_path):
                             env={"PATH": os.environ["PATH"], **filled}, timeout=60)
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
     assert "metadata" in result.stdout and "db.internal" in result.stdout
+
+
+def merge_patch(base, patch):
+    """A strategic merge as kustomize does it for what the overlays patch: maps merge, null
+    deletes, lists of named items (containers, env, volumes) merge by name, other lists replace."""
+    for key, value in patch.items():
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_patch(base[key], value)
+        elif (isinstance(value, list) and isinstance(base.get(key), list)
+              and all(isinstance(i, dict) and "name" in i for i in value + base[key])):
+            by_name = {i["name"]: i for i in base[key]}
+            for item in value:
+                if item["name"] in by_name:
+                    merge_patch(by_name[item["name"]], item)
+                else:
+                    base[key].append(item)
+        else:
+            base[key] = value
+    return base
+
+
+def test_replicas_s3_overlay_patches_what_the_binary_needs():
+    """The S3 overlay, merged into the base as kustomize merges it: three replicas on the bucket
+    and PostgreSQL, keys from Secrets, no claim, a PodDisruptionBudget and a spread over nodes."""
+    overlay = KUBE / "overlays" / "replicas-s3"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    deployment = yaml.safe_load((KUBE / "base" / "deployment.yaml").read_text())
+    merge_patch(deployment, yaml.safe_load((overlay / "deployment-replicas.patch.yaml").read_text()))
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["spec"]["template"]["spec"]
+    container = container_of(deployment)
+    env = {e["name"]: e for e in container["env"]}
+    for name in ("BERTH_METADATA_URL", "BERTH_STORAGE_S3_ACCESS_KEY", "BERTH_STORAGE_S3_SECRET_KEY"):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"], name
+
+    # The base's claim is deleted and nothing mounts it: no ReadWriteMany volume is needed.
+    deleted = yaml.safe_load((overlay / "pvc-delete.patch.yaml").read_text())
+    base_pvc = yaml.safe_load((KUBE / "base" / "pvc.yaml").read_text())
+    assert deleted["$patch"] == "delete" and deleted["kind"] == base_pvc["kind"]
+    assert deleted["metadata"]["name"] == base_pvc["metadata"]["name"]
+    assert "pvc-delete.patch.yaml" in [p["path"] for p in kustomization["patches"]]
+    data = next(v for v in pod["volumes"] if v["name"] == "data")
+    assert "emptyDir" in data and "persistentVolumeClaim" not in data
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert "pdb.yaml" in kustomization["resources"]
+    pdb = yaml.safe_load((overlay / "pdb.yaml").read_text())
+    assert pdb["kind"] == "PodDisruptionBudget" and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    spread = pod["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+
+    filled = {e["name"]: e.get("value", "") for e in container["env"]}
+    filled["BERTH_METADATA_URL"] = "postgres://berth:secret@db.internal:5432/registry"
+    filled["BERTH_SERVER_INSTANCE"] = "berth-7d9f8c6b5-x2k4q"
+    filled["BERTH_STORAGE_S3_ACCESS_KEY"] = "AKIAIOSFODNN7EXAMPLE"
+    filled["BERTH_STORAGE_S3_SECRET_KEY"] = S3_SECRET
+    shown, config = config_check(filled)
+    assert config["storage"]["driver"] == "s3" and config["storage"]["s3"]["bucket"]
+    assert config["storage"]["s3"]["secret_key"] == "********" and S3_SECRET not in shown
+    assert config["storage"]["root"] == "/var/lib/registry"
+    assert "db.internal" in config["metadata"]["url"]
+

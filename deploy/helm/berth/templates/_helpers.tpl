@@ -41,3 +41,48 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-metadata" (include "berth.fullname" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "berth.hasS3" -}}
+{{- if .Values.storage.s3.bucket -}}true{{- end -}}
+{{- end -}}
+
+{{- define "berth.hasS3Credentials" -}}
+{{- if or .Values.storage.s3.existingSecret .Values.storage.s3.accessKey -}}true{{- end -}}
+{{- end -}}
+
+{{- define "berth.s3Secret" -}}
+{{- if .Values.storage.s3.existingSecret -}}
+{{- .Values.storage.s3.existingSecret -}}
+{{- else -}}
+{{- printf "%s-s3" (include "berth.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The data volume holds something that must last: filesystem blobs or the SQLite file. */}}
+{{- define "berth.needsVolume" -}}
+{{- if or (not (include "berth.hasS3" .)) (not (include "berth.hasPostgres" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "berth.usesClaim" -}}
+{{- if and .Values.persistence.enabled (include "berth.needsVolume" .) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "berth.hasSigningKey" -}}
+{{- if and (eq .Values.auth.mode "token") (or .Values.auth.token.signingKey .Values.auth.token.existingSigningKeySecret) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "berth.signingKeySecret" -}}
+{{- if .Values.auth.token.existingSigningKeySecret -}}
+{{- .Values.auth.token.existingSigningKeySecret -}}
+{{- else -}}
+{{- printf "%s-token-key" (include "berth.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "berth.serviceAccountName" -}}
+{{- if .Values.serviceAccount.name -}}
+{{- .Values.serviceAccount.name -}}
+{{- else -}}
+{{- include "berth.fullname" . -}}
+{{- end -}}
+{{- end -}}
