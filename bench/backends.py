@@ -79,6 +79,79 @@ class S3Server:
         self.log.close()
 
 
+def garage_binary():
+    path = os.environ.get("BENCH_GARAGE") or os.path.join(REPO, ".tools", "bin", "garage")
+    return path if os.access(path, os.X_OK) else shutil.which("garage")
+
+
+class GarageServer:
+    """A single-node Garage (a distributed S3 store in Rust; `cargo install garage`), for
+    `--s3-server garage`: set up with a one-node layout, then one bucket and key per
+    registry. Garage has no anonymous bucket creation, so `bucket()` goes through its CLI."""
+
+    REGION = "us-east-1"
+
+    def __init__(self, work, logdir):
+        self.binary = garage_binary()
+        if not self.binary:
+            raise RuntimeError("garage not found (cargo install garage --locked --root .tools "
+                               "--no-default-features --features bundled-libs,sqlite,lmdb)")
+        self.dir = os.path.join(work, "garage")
+        os.makedirs(os.path.join(self.dir, "meta"), exist_ok=True)
+        os.makedirs(os.path.join(self.dir, "data"), exist_ok=True)
+        self.port, rpc, admin = free_port(), free_port(), free_port()
+        self.config = os.path.join(self.dir, "garage.toml")
+        with open(self.config, "w") as f:
+            f.write('metadata_dir = "%s/meta"\ndata_dir = "%s/data"\ndb_engine = "sqlite"\n'
+                    'replication_factor = 1\nrpc_bind_addr = "127.0.0.1:%d"\n'
+                    'rpc_public_addr = "127.0.0.1:%d"\nrpc_secret = "%s"\n'
+                    '[s3_api]\ns3_region = "%s"\napi_bind_addr = "127.0.0.1:%d"\n'
+                    '[admin]\napi_bind_addr = "127.0.0.1:%d"\n'
+                    % (self.dir, self.dir, rpc, rpc, "0" * 64, self.REGION, self.port, admin))
+        self.log = open(os.path.join(logdir, "garage.log"), "ab")
+        self.proc = subprocess.Popen([self.binary, "-c", self.config, "server"], stdout=self.log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.time() + 30
+        while True:
+            try:
+                node = self.cli("node", "id", "-q").strip().split("@")[0]
+                break
+            except subprocess.CalledProcessError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("garage did not start")
+                time.sleep(0.2)
+        self.cli("layout", "assign", "-z", "dc1", "-c", "100G", node)
+        self.cli("layout", "apply", "--version", "1")
+        self.keys = {}
+
+    def cli(self, *args):
+        return subprocess.run([self.binary, "-c", self.config] + list(args), check=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60).stdout
+
+    @property
+    def endpoint(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def bucket(self, name):
+        self.cli("bucket", "create", name)
+        out = self.cli("key", "create", name + "-key")
+        key_id = next(l.split()[-1] for l in out.splitlines() if "Key ID" in l)
+        secret = next(l.split()[-1] for l in out.splitlines() if "Secret key" in l)
+        self.cli("bucket", "allow", "--read", "--write", "--owner", name, "--key", name + "-key")
+        self.keys[name] = (key_id, secret)
+        return name
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
 class Postgres:
     def __init__(self, logdir):
         bins = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/initdb"),
@@ -120,8 +193,9 @@ class Backends:
     """Both, for the `s3` variant; `for_registry(label)` gives one registry its bucket and
     database."""
 
-    def __init__(self, work, logdir):
-        self.s3 = S3Server(work, logdir)
+    def __init__(self, work, logdir, server="moto"):
+        self.s3 = GarageServer(work, logdir) if server == "garage" else S3Server(work, logdir)
+        self.server = server
         try:
             self.pg = Postgres(logdir)
         except Exception:
@@ -130,8 +204,10 @@ class Backends:
 
     def for_registry(self, label):
         name = label.replace("-", "_")
-        return {"endpoint": self.s3.endpoint, "bucket": self.s3.bucket(label), "access_key": ACCESS_KEY,
-                "secret_key": SECRET_KEY, "metadata_url": self.pg.database(name)}
+        bucket = self.s3.bucket(label)
+        access_key, secret_key = getattr(self.s3, "keys", {}).get(bucket, (ACCESS_KEY, SECRET_KEY))
+        return {"endpoint": self.s3.endpoint, "bucket": bucket, "access_key": access_key,
+                "secret_key": secret_key, "metadata_url": self.pg.database(name)}
 
     def pids(self):
         """The S3 server and every PostgreSQL process (the postmaster and its backends): their

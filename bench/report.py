@@ -211,10 +211,12 @@ def build(outdir):
     out.append("- htpasswd variant: HTTP Basic with a bcrypt (cost 5) htpasswd file, credentials on every "
                "request")
     if "s3" in auths:
-        out.append("- s3 variant: no auth; each registry's blobs in a bucket of its own on one moto "
-                   "server (Python; objects spooled to the scratch disk; on the big phases it limits "
-                   "both registries), redirects off so both registries serve every byte; Berth's "
-                   "metadata in PostgreSQL (fsync off), Distribution's in the bucket")
+        server = {"garage": "Garage (single node, a real distributed S3 store in Rust)"}.get(
+            run.get("s3_server"), "moto (Python; objects spooled to the scratch disk; on the big phases "
+                                  "it limits both registries)")
+        out.append("- s3 variant: no auth; each registry's blobs in a bucket of its own on one %s "
+                   "server, redirects off so both registries serve every byte; Berth's metadata in "
+                   "PostgreSQL (fsync off), Distribution's in the bucket" % server)
     if run.get("registry_data") == "kept to the end":
         out.append("- Registries run one after the other, each one's data kept until the end of the run "
                    "(deleting it in between slows the next one: bench/README.md, trap 16)")

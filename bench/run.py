@@ -170,6 +170,8 @@ def main():
                     help="comma list of variants: noauth, htpasswd, s3 (no auth, blobs on a shared S3 "
                          "server, Berth's metadata in PostgreSQL); default all three")
     ap.add_argument("--phases", default=",".join(ALL_PHASES), help="comma list of " + ",".join(ALL_PHASES))
+    ap.add_argument("--s3-server", default="moto", choices=["moto", "garage"],
+                    help="the s3 variant's S3 server: moto (default) or garage (.tools/bin/garage)")
     ap.add_argument("--duration", type=float, help="seconds per load test (overrides the mode)")
     ap.add_argument("--conns", help="comma list of connection counts (overrides the mode)")
     ap.add_argument("--httpload-procs", type=int, help="HEAD load generator processes (default 1)")
@@ -244,8 +246,9 @@ def main():
     backends = None
     try:
         if "s3" in auths:
-            log("== starting the s3 variant's S3 server (s3s-fs) and PostgreSQL")
-            backends = Backends(work, outdir)
+            log("== starting the s3 variant's S3 server (%s) and PostgreSQL" % a.s3_server)
+            backends = Backends(work, outdir, a.s3_server)
+            meta["s3_server"] = a.s3_server
         if p["wait_idle"] > 0:
             log("== waiting for a quiet machine (up to %d s)" % p["wait_idle"])
             meta["waited_for_idle_at_start"] = phases.wait_idle(p["wait_idle"])

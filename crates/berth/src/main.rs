@@ -122,8 +122,8 @@ enum Command {
     Migrate {
         #[command(flatten)]
         store: StoreArgs,
-        /// The PostgreSQL database to copy the metadata into
-        /// (postgres://user:password@host:port/db).
+        /// Where to copy the metadata: a PostgreSQL database (postgres://user:password@host:port/db),
+        /// or `sqlite` to copy the configured PostgreSQL database back into the SQLite file.
         #[arg(long)]
         to: Option<String>,
         /// A configuration file whose `[storage]` (e.g. `driver = "s3"` and `[storage.s3]`)

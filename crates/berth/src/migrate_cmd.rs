@@ -82,9 +82,13 @@ fn migrate_blobs(config: &Config, file: &Path) -> anyhow::Result<()> {
 }
 
 fn migrate_metadata(mut config: Config, to: &str) -> anyhow::Result<()> {
+    if to == "sqlite" {
+        return metadata_back_to_sqlite(&config);
+    }
     if config.metadata_backend() != MetadataBackend::Sqlite {
         anyhow::bail!(
-            "berth migrate copies from SQLite; this configuration already uses PostgreSQL"
+            "this configuration uses PostgreSQL already; `--to sqlite` copies it back into \
+             the SQLite file"
         );
     }
     config.metadata.url = to.to_owned();
@@ -125,6 +129,48 @@ fn migrate_metadata(mut config: Config, to: &str) -> anyhow::Result<()> {
         eprintln!(
             "copied the metadata of {} into PostgreSQL; serve with metadata.url (BERTH_METADATA_URL) set to it",
             source.display()
+        );
+        Ok(())
+    })
+}
+
+/// `--to sqlite`: the configured PostgreSQL database copied into the SQLite file this
+/// configuration would use without `metadata.url`.
+fn metadata_back_to_sqlite(config: &Config) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.metadata_backend() == MetadataBackend::Postgres,
+        "--to sqlite copies from PostgreSQL: set metadata.url (BERTH_METADATA_URL) to the source"
+    );
+    let target = config.sqlite_path();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let source = PostgresStore::open(&config.metadata.url, config.postgres_options())
+            .await
+            .context("opening the PostgreSQL database (metadata.url)")?;
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let terminal = std::io::stderr().is_terminal();
+        let report = berth_meta::transfer::postgres_to_sqlite(&source, &target, |p| {
+            if terminal {
+                eprint!("\r{:<18} {:>10} / {:<10}", p.table, p.done, p.total);
+                let _ = std::io::stderr().flush();
+            }
+        })
+        .await
+        .context("copying the metadata")?;
+        if terminal {
+            eprintln!();
+        }
+        for p in &report {
+            println!("{}\t{} rows\t{} new", p.table, p.total, p.inserted);
+        }
+        eprintln!(
+            "copied the metadata into {}; serve without metadata.url to use it",
+            target.display()
         );
         Ok(())
     })

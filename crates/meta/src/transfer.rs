@@ -1,6 +1,6 @@
-//! Copies a whole metadata database from SQLite into PostgreSQL, for `berth migrate`: table by
-//! table in the order their references need, in batches, each row inserted unless the target
-//! has it already — so an interrupted copy run again continues where it stopped, and a
+//! Copies a whole metadata database from SQLite into PostgreSQL and back, for `berth migrate`:
+//! table by table in the order their references need, in batches, each row inserted unless the
+//! target has it already — so an interrupted copy run again continues where it stopped, and a
 //! finished one changes nothing. Every manifest is verified against its digest on the way.
 //!
 //! Both databases share one schema (`migrations/`), so rows copy column for column. The
@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use berth_oci::Digest;
+use futures_util::TryStreamExt;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use tokio_postgres::types::{ToSql, Type};
@@ -111,6 +112,125 @@ pub async fn sqlite_to_postgres(
         )
         .await?;
     Ok(report)
+}
+
+/// Copies every table of `source` into the SQLite database at `target` (created and migrated
+/// by [`crate::SqliteStore::open`] first), calling `progress` after each batch; returns the
+/// last progress of each table.
+pub async fn postgres_to_sqlite(
+    source: &PostgresStore,
+    target: &Path,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Vec<Progress>> {
+    drop(crate::SqliteStore::open(target).await?);
+    let client = source.client().await?;
+    let mut report = Vec::new();
+    for &table in TABLES {
+        let total: i64 = client
+            .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
+            .await?
+            .get(0);
+        let mut state = Progress {
+            table,
+            done: 0,
+            total: total.max(0) as u64,
+            inserted: 0,
+        };
+        // One query streams the table; rows are written in batches as they arrive.
+        let rows = client
+            .query_raw(&format!("SELECT * FROM {table}"), std::iter::empty::<i64>())
+            .await?;
+        let mut rows = std::pin::pin!(rows);
+        let mut columns: Vec<String> = Vec::new();
+        let mut batch: Rows = Vec::new();
+        loop {
+            let row = rows.try_next().await?;
+            if let Some(row) = &row {
+                if columns.is_empty() {
+                    columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
+                }
+                batch.push((0, cells_of(row)?));
+            }
+            let flush = batch.len() as i64 >= BATCH || (row.is_none() && !batch.is_empty());
+            if flush {
+                if table == "manifests" {
+                    verify_manifests(&columns, &batch)?;
+                }
+                let (target, table_columns, rows) = (
+                    target.to_owned(),
+                    columns.clone(),
+                    std::mem::take(&mut batch),
+                );
+                state.done += rows.len() as u64;
+                state.inserted +=
+                    blocking(move || write_sqlite_batch(&target, table, &table_columns, &rows))
+                        .await?;
+                progress(&state);
+            }
+            if row.is_none() {
+                break;
+            }
+        }
+        report.push(state);
+    }
+    let target = target.to_owned();
+    blocking(move || {
+        let conn = Connection::open(&target)?;
+        conn.execute(
+            "UPDATE access_state SET generation = generation + 1 WHERE id = 1",
+            [],
+        )?;
+        Ok(())
+    })
+    .await?;
+    Ok(report)
+}
+
+/// A PostgreSQL row as cells (the schema's columns are BIGINT, TEXT and BYTEA).
+fn cells_of(row: &tokio_postgres::Row) -> Result<Vec<Cell>> {
+    let mut cells = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let cell = match *column.type_() {
+            Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(Cell::Integer),
+            Type::INT4 => row
+                .try_get::<_, Option<i32>>(i)?
+                .map(|n| Cell::Integer(n.into())),
+            Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.map(Cell::Blob),
+            _ => row.try_get::<_, Option<String>>(i)?.map(Cell::Text),
+        };
+        cells.push(cell.unwrap_or(Cell::Null));
+    }
+    Ok(cells)
+}
+
+/// Inserts `rows` into `table` of the SQLite file unless present, in one transaction; returns
+/// how many were new.
+fn write_sqlite_batch(path: &Path, table: &str, columns: &[String], rows: &Rows) -> Result<u64> {
+    let mut conn = Connection::open(path)?;
+    let tx = conn.transaction()?;
+    let mut inserted = 0u64;
+    {
+        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+        let mut statement = tx.prepare(&format!(
+            "INSERT OR IGNORE INTO {table} ({}) VALUES ({})",
+            columns.join(", "),
+            placeholders.join(", ")
+        ))?;
+        for (_, cells) in rows {
+            let values: Vec<rusqlite::types::Value> = cells
+                .iter()
+                .map(|cell| match cell {
+                    Cell::Null => rusqlite::types::Value::Null,
+                    Cell::Integer(n) => rusqlite::types::Value::Integer(*n),
+                    Cell::Text(t) => rusqlite::types::Value::Text(t.clone()),
+                    Cell::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+                })
+                .collect();
+            inserted += statement.execute(rusqlite::params_from_iter(values))? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok(inserted)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -115,3 +115,36 @@ async fn signatures_are_checked_and_a_wrong_secret_says_so() {
         "{message}"
     );
 }
+
+/// An append whose hash state covers other bytes than the upload holds (two replicas raced on
+/// one upload, the other won) is refused, so the record's hash state always covers exactly its
+/// bytes, and a commit is checked against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_hashed_over_other_bytes_is_refused() {
+    let moto = Moto::start();
+    moto.create_bucket("races");
+    let store = S3BlobStore::new(&config(&moto, "races")).expect("store");
+    let one = |bytes: &'static [u8]| -> berth_storage::ByteStream {
+        Box::pin(futures_util::stream::iter([Ok(Bytes::from_static(bytes))]))
+    };
+    store.create_upload("race").await.expect("create");
+    let mine = store
+        .append_upload("race", 0, one(b"aaa"), Algorithm::Sha256.hasher())
+        .await
+        .expect("first append");
+    let mut theirs = Algorithm::Sha256.hasher();
+    theirs.update(b"bbb");
+    let refused = store.append_upload("race", 3, one(b"ccc"), theirs).await;
+    assert!(
+        matches!(refused, Err(berth_storage::StorageError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let wrong = berth_oci::Digest::sha256_of(b"bbbccc");
+    assert!(
+        store.commit_upload("race", &wrong).await.is_err(),
+        "digest checked"
+    );
+    let right = mine.hasher.finish();
+    store.commit_upload("race", &right).await.expect("commit");
+    assert_eq!(store.blob_size(&right).await.expect("size"), Some(3));
+}

@@ -254,6 +254,11 @@ pub(crate) async fn alternate_chunks(a: &Server, b: &Server) {
 async fn a_push_continues_on_the_other_replica_when_one_dies() {
     let cluster = Cluster::start();
     let (mut a, b) = replicas(&cluster, "failover").await;
+    push_through_a_dying_replica(&mut a, &b).await;
+}
+
+/// Starts a push on `a`, kills `a` after the first chunk, and finishes the push on `b`.
+pub(crate) async fn push_through_a_dying_replica(a: &mut Server, b: &Server) {
     let data = random_bytes(6 * 1024 * 1024 + 11);
     let digest = sha256(&data);
     let half = 4 * 1024 * 1024 + 5;
@@ -286,7 +291,7 @@ async fn a_push_continues_on_the_other_replica_when_one_dies() {
         "{}",
         r.text().await.unwrap_or_default()
     );
-    assert!(blob_bytes(&b, "team/app", &digest).await == data);
+    assert!(blob_bytes(b, "team/app", &digest).await == data);
 }
 
 fn gc_runs(metrics: &str) -> f64 {

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::*;
 use crate::pg::Cluster;
-use crate::postgres::{alternate_chunks, blob_bytes, poll};
+use crate::postgres::{alternate_chunks, blob_bytes, poll, push_through_a_dying_replica};
 use crate::s3support::Moto;
 
 /// Distribution's variables for a bucket at `endpoint`, as a Deployment would set them.
@@ -346,7 +346,8 @@ async fn store_faults_are_answered_503_and_lose_nothing() {
 
 /// Two replicas sharing nothing but PostgreSQL and the bucket (each has its own data
 /// directory): an upload alternates chunks between them, large chunks crossing over through
-/// the saved hash state alone, since S3 cannot read an unfinished upload back.
+/// the saved hash state alone, since S3 cannot read an unfinished upload back; and a push
+/// whose replica is killed after its first chunk finishes on the other.
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_on_s3_and_postgres_share_uploads() {
     let moto = Moto::start();
@@ -355,12 +356,13 @@ async fn replicas_on_s3_and_postgres_share_uploads() {
     let url = cluster.database("s3replicas").await;
     let env = registry_env(&moto.endpoint(), "replicas");
     let env = with(&env, &[("BERTH_METADATA_URL", url.as_str())]);
-    let a = Server::start_with_env(&env).await;
+    let mut a = Server::start_with_env(&env).await;
     let b = Server::start_with_env(&env).await;
     alternate_chunks(&a, &b).await;
     let digest = a.push_image("team/app", "v1").await;
     let r = b.get("/v2/team/app/manifests/v1").await;
     assert_eq!(header(&r, "docker-content-digest"), digest);
+    push_through_a_dying_replica(&mut a, &b).await;
 }
 
 /// A wrong secret is the operator's mistake: `berth serve` stops at startup and says which
@@ -413,7 +415,7 @@ fn migrate(data: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 /// `berth migrate --to postgres://… --blobs-to s3.toml` moves a filesystem + SQLite registry
 /// to S3 + PostgreSQL, where every image pulls back identical; a second run copies nothing;
-/// and `--blobs-to` a directory moves the blobs back out of the bucket.
+/// and `--blobs-to` a directory with `--to sqlite` moves it back, where it serves again.
 #[tokio::test(flavor = "multi_thread")]
 async fn berth_migrate_moves_blobs_to_s3_and_back() {
     let mut s = Server::start().await;
@@ -501,4 +503,60 @@ async fn berth_migrate_moves_blobs_to_s3_and_back() {
         &hex[..2]
     ));
     assert!(std::fs::read(file).expect("blob file back on disk") == large);
+}
+
+/// Garbage collection by reachability works on the bucket: after its manifest is deleted,
+/// `berth gc` removes the image's blobs from S3 and keeps a blob another image still uses.
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_collection_removes_unreferenced_blobs_from_the_bucket() {
+    let moto = Moto::start();
+    moto.create_bucket("collected");
+    let env = registry_env(&moto.endpoint(), "collected");
+    let s = Server::start_with_env(&with(&env, &[])).await;
+    let kept = s.push_image("team/kept", "v1").await;
+    let doomed = s.push_image("team/doomed", "v1").await;
+    let manifest: serde_json::Value = s
+        .req(Method::GET, &format!("/v2/team/doomed/manifests/{doomed}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("manifest")
+        .json()
+        .await
+        .expect("json");
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_owned();
+    let key = |digest: &str| {
+        let hex = digest.trim_start_matches("sha256:");
+        format!(
+            "collected/registry/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        )
+    };
+    assert_eq!(moto.get(&key(&layer)).0, 200);
+    let r = s
+        .delete(&format!("/v2/team/doomed/manifests/{doomed}"))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // Collection counts whole seconds: let the pushes be at least one second old.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["gc", "--grace-seconds", "0", "--data"])
+        .arg(&s.data)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("berth gc");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed = String::from_utf8_lossy(&out.stdout);
+    assert!(removed.contains(&layer), "{removed}");
+    assert_eq!(moto.get(&key(&layer)).0, 404, "gone from the bucket");
+    let r = s.get(&format!("/v2/team/kept/manifests/{kept}")).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -112,15 +112,20 @@ impl Server {
 
     /// Starts another server on `other`'s data directory, as a replica sharing its volume.
     pub async fn start_beside(other: &Server, env: &[(&str, &str)]) -> Server {
+        Server::start_on(&other.data, env).await
+    }
+
+    /// Starts a server on a data directory the caller owns.
+    pub async fn start_on(data: &Path, env: &[(&str, &str)]) -> Server {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, base) = spawn(&other.data, &env);
+        let (child, base) = spawn(data, &env);
         Server {
             child: Some(child),
             base,
-            data: other.data.clone(),
+            data: data.to_owned(),
             _tmp: None,
             env,
             client: Client::builder()

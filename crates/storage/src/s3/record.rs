@@ -30,6 +30,12 @@ pub struct Header {
     pub parts: Vec<String>,
     /// Bytes in those parts.
     pub parts_bytes: u64,
+    /// The hash state over every byte of the upload (hex of `Hasher::state`), written in the
+    /// same PUT as the bytes it covers: a commit checks the digest against it, so the blob's
+    /// bytes hash to its name even if two replicas raced on one upload on a server that
+    /// ignores conditional writes.
+    #[serde(default)]
+    pub hash_state: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -116,6 +122,7 @@ mod tests {
                 multipart: Some("mp-1".into()),
                 parts: vec!["\"e1\"".into(), "\"e2\"".into()],
                 parts_bytes: 20 << 20,
+                hash_state: Some("00ff".into()),
             },
             tail: Bytes::from_static(b"tail bytes\nwith a newline"),
         };
