@@ -39,8 +39,10 @@ fi
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
-# s3s-fs 0.14 (0.17 needs rustc 1.96): about 3 minutes to build.
-[ -x .tools/bin/s3s-fs ] || cargo install --locked s3s-fs@0.14.1 --features binary --root .tools
+# s3s-fs 0.14 (0.17 needs rustc 1.96).
+# A debug build: the tests use it as a small signature-checking server, and it builds in
+# less time than a release build.
+[ -x .tools/bin/s3s-fs ] || cargo install --debug --locked s3s-fs@0.14.1 --features binary --root .tools
 
 # The container image test needs Rust's musl target; rustup fetches it from static.rust-lang.org.
 # Where that is unreachable the test says so and skips, and everything else still runs.
