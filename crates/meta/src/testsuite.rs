@@ -19,6 +19,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     blobs_are_scoped_to_repositories(&*store).await;
     manifests_tags_and_references(&*store).await;
     two_pushes_of_one_tag(store.clone()).await;
+    many_commits_of_one_shared_blob(store.clone()).await;
     listings_page_without_sqlite_only_sql(&*store).await;
     sparse_manifests_when_allowed(&*store).await;
     uploads_and_their_limits(store.clone()).await;
@@ -166,6 +167,56 @@ async fn two_pushes_of_one_tag(store: Arc<dyn Store>) {
         .unwrap()
         .expect("the tag points somewhere");
     assert!(digests.contains(&got.digest));
+}
+
+/// Many pushes at once of a blob every image shares (a common config or base layer): each
+/// reserves and adds the same blob row, and every one succeeds. (On PostgreSQL, serializable
+/// transactions failed all but one such writer per round, and some gave up.)
+async fn many_commits_of_one_shared_blob(store: Arc<dyn Store>) {
+    warm_up(&store, 16).await;
+    let digest = Digest::sha256_of(b"the config every image shares");
+    let commits: Vec<_> = (0..48)
+        .map(|i| {
+            let (store, digest) = (store.clone(), digest.clone());
+            tokio::spawn(async move {
+                let r = repo(&format!("suite-shared/app-{i}"));
+                // As an HTTP push does it: a session of one user, then the commit ending it.
+                let session = UploadSession {
+                    id: format!("suite-shared-{i}"),
+                    repository: r.clone(),
+                    algorithm: Algorithm::Sha256,
+                    created_at: crate::now(),
+                    owner: "pusher".into(),
+                    hash_state: None,
+                };
+                let limits = UploadLimits {
+                    per_owner: Some(1000),
+                    per_repository: Some(1000),
+                };
+                store.create_upload(&session, limits).await?;
+                let reserved = store.reserve_blob(&digest, 29, crate::now() + 600).await?;
+                assert_eq!(reserved, BlobReservation::Reserved);
+                store.add_blob(&r, &digest, 29, Some(&session.id)).await?;
+                let body = format!("{{\"image\":{i}}}").into_bytes();
+                let image = Digest::sha256_of(&body);
+                let layers = [Referenced {
+                    digest: digest.clone(),
+                    size: 29,
+                }];
+                store
+                    .put_manifest(manifest(&r, &image, &body, &layers, &[tag("v1")]))
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    for c in commits {
+        c.await.expect("task").expect("a shared blob's commit");
+    }
+    for i in [0, 47] {
+        let r = repo(&format!("suite-shared/app-{i}"));
+        assert_eq!(store.repository_blob(&r, &digest).await.unwrap(), Some(29));
+    }
 }
 
 /// Unbounded and bounded pages (no `LIMIT -1` on any backend).

@@ -48,7 +48,15 @@ const MIGRATION_LOCK: i64 = 0x6265_7274_685f_6d67; // "berth_mg"
 /// because the block borrows the caller's arguments across `.await`s, which async closures
 /// cannot yet do inside the `Send` futures the store traits return.
 macro_rules! write_tx {
-    ($store:expr, $op:literal, |$tx:ident| $body:block) => {{
+    ($store:expr, $op:literal, |$tx:ident| $body:block) => {
+        $crate::postgres::write_tx!(
+            $store,
+            $op,
+            tokio_postgres::IsolationLevel::Serializable,
+            |$tx| $body
+        )
+    };
+    ($store:expr, $op:literal, $isolation:expr, |$tx:ident| $body:block) => {{
         let store: &$crate::postgres::PostgresStore = $store;
         store
             .observed($op, async {
@@ -57,7 +65,7 @@ macro_rules! write_tx {
                 loop {
                     attempt += 1;
                     let outcome = $crate::postgres::attempt(async {
-                        let transaction = store.begin(&mut client).await?;
+                        let transaction = store.begin(&mut client, $isolation).await?;
                         let value = $crate::postgres::attempt(async {
                             let $tx = &transaction;
                             $body
@@ -207,10 +215,14 @@ impl PostgresStore {
     }
 
     /// Opens a serializable transaction on `client`.
-    pub(crate) async fn begin<'c>(&self, client: &'c mut Client) -> TxResult<Transaction<'c>> {
+    pub(crate) async fn begin<'c>(
+        &self,
+        client: &'c mut Client,
+        isolation: IsolationLevel,
+    ) -> TxResult<Transaction<'c>> {
         Ok(client
             .build_transaction()
-            .isolation_level(IsolationLevel::Serializable)
+            .isolation_level(isolation)
             .start()
             .await?)
     }

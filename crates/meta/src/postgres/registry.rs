@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use tokio_postgres::IsolationLevel;
 
 use async_trait::async_trait;
 use berth_oci::{Digest, Reference, RepositoryName, Tag};
@@ -90,16 +91,6 @@ async fn link_blob(c: &impl GenericClient, repo: &str, digest: &str) -> PgResult
     )
     .await?;
     Ok(())
-}
-
-async fn blob_deleting(c: &impl GenericClient, digest: &str) -> PgResult<bool> {
-    let row = query_opt(
-        c,
-        "SELECT deleting FROM blobs WHERE digest = $1",
-        &[&digest],
-    )
-    .await?;
-    Ok(row.is_some_and(|r| r.get::<_, i64>(0) == 1))
 }
 
 fn parse_digest(s: &str) -> Result<Digest> {
@@ -226,6 +217,13 @@ impl MetadataStore for PostgresStore {
         .await
     }
 
+    // add_blob and reserve_blob run at READ COMMITTED: every push of a layer many images
+    // share (a common config or base layer) writes the same `blobs` row, and SERIALIZABLE
+    // failed all but one of such concurrent writers, round after round, until some gave up.
+    // Each is safe without it: the "not being deleted" check is the upsert's own WHERE,
+    // evaluated on the latest row version under its row lock, and garbage collection's
+    // serializable mark of a row either commits first (the upsert then sees `deleting`) or
+    // fails on the row these wrote and is retried, seeing the lease or the link.
     async fn add_blob(
         &self,
         repo: &RepositoryName,
@@ -234,20 +232,22 @@ impl MetadataStore for PostgresStore {
         upload_id: Option<&str>,
     ) -> Result<()> {
         let (repo, digest) = (repo.as_str(), digest.as_str());
-        write_tx!(self, "add_blob", |tx| {
+        write_tx!(self, "add_blob", IsolationLevel::ReadCommitted, |tx| {
             ensure_repository(tx, repo).await?;
-            if blob_deleting(tx, digest).await? {
+            let written = query_opt(
+                tx,
+                "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (digest) DO UPDATE SET lease_until = 0
+                 WHERE blobs.deleting = 0
+                 RETURNING 1",
+                &[&digest, &size_of(size), &now()],
+            )
+            .await?;
+            if written.is_none() {
                 return Err(
                     MetaError::Conflict(format!("{digest} is being garbage collected")).into(),
                 );
             }
-            execute(
-                tx,
-                "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (digest) DO UPDATE SET lease_until = 0",
-                &[&digest, &size_of(size), &now()],
-            )
-            .await?;
             link_blob(tx, repo, digest).await?;
             if let Some(id) = upload_id {
                 execute(tx, "DELETE FROM uploads WHERE id = $1", &[&id]).await?;
@@ -263,18 +263,21 @@ impl MetadataStore for PostgresStore {
         lease_until: i64,
     ) -> Result<BlobReservation> {
         let digest = digest.as_str();
-        write_tx!(self, "reserve_blob", |tx| {
-            if blob_deleting(tx, digest).await? {
-                return Ok(BlobReservation::BeingDeleted);
-            }
-            execute(
+        write_tx!(self, "reserve_blob", IsolationLevel::ReadCommitted, |tx| {
+            let written = query_opt(
                 tx,
                 "INSERT INTO blobs (digest, size, created_at, lease_until) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (digest) DO UPDATE SET lease_until = excluded.lease_until",
+                 ON CONFLICT (digest) DO UPDATE SET lease_until = excluded.lease_until
+                 WHERE blobs.deleting = 0
+                 RETURNING 1",
                 &[&digest, &size_of(size), &now(), &lease_until],
             )
             .await?;
-            Ok(BlobReservation::Reserved)
+            Ok(if written.is_some() {
+                BlobReservation::Reserved
+            } else {
+                BlobReservation::BeingDeleted
+            })
         })
     }
 
