@@ -464,8 +464,23 @@ impl MetadataStore for PostgresStore {
     }
 
     async fn create_upload(&self, s: &UploadSession, limits: UploadLimits) -> Result<()> {
-        write_tx!(self, "create_upload", |tx| {
-            // Serializable: two creations that both counted below a limit cannot both commit.
+        // READ COMMITTED, serialized per repository and per owner by transaction-scoped
+        // advisory locks (always taken in that order): two creations cannot both count below
+        // a limit, and 32 clients of one user starting uploads at once wait for each other
+        // instead of failing serialization round after round (SERIALIZABLE's predicate locks
+        // on the counts made some give up).
+        write_tx!(self, "create_upload", IsolationLevel::ReadCommitted, |tx| {
+            for key in [
+                format!("berth upload repository {}", s.repository.as_str()),
+                format!("berth upload owner {}", s.owner),
+            ] {
+                execute(
+                    tx,
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    &[&key],
+                )
+                .await?;
+            }
             let checks = [
                 ("repository", s.repository.as_str(), limits.per_repository),
                 ("owner", s.owner.as_str(), limits.per_owner),
