@@ -11,6 +11,7 @@ bottleneck both registries share, which the report says. PostgreSQL comes from D
 binaries, run as `postgres` when we are root (initdb refuses root), with fsync off like the
 tests' clusters.
 """
+import collections
 import os
 import pathlib
 import shutil
@@ -31,12 +32,51 @@ def free_port():
         return s.getsockname()[1]
 
 
+class ServerProcess:
+    """A store's process: its log goes to the scratch directory (moto and Garage log every
+    request: hundreds of megabytes in a full run) and only its last lines are kept with the
+    results when it stops."""
+
+    TAIL_LINES = 200
+
+    def __init__(self, name, cmd, work, logdir, env=None):
+        self.name, self.logdir = name, logdir
+        self.logfile = os.path.join(work, name + ".log")
+        self.log = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_for_port(self, port):
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("%s did not start" % self.name)
+                time.sleep(0.05)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        with open(self.logfile, errors="replace") as f:
+            tail = collections.deque(f, maxlen=self.TAIL_LINES)
+        with open(os.path.join(self.logdir, self.name + ".log"), "w") as f:
+            f.writelines(tail)
+
+
 def moto_binary():
     path = os.environ.get("BENCH_MOTO_SERVER") or os.path.join(REPO, ".venv", "bin", "moto_server")
     return path if os.access(path, os.X_OK) else shutil.which("moto_server")
 
 
-class S3Server:
+class MotoServer:
     def __init__(self, work, logdir):
         binary = moto_binary()
         if not binary:
@@ -44,20 +84,11 @@ class S3Server:
         self.spool = os.path.join(work, "s3")
         os.makedirs(self.spool, exist_ok=True)
         self.port = free_port()
-        self.log = open(os.path.join(logdir, "moto.log"), "ab")
         env = dict(os.environ, TMPDIR=self.spool)
-        self.proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(self.port)], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("moto_server did not start")
-                time.sleep(0.05)
+        self.process = ServerProcess("moto", [binary, "-H", "127.0.0.1", "-p", str(self.port)],
+                                     work, logdir, env)
+        self.proc = self.process.proc
+        self.process.wait_for_port(self.port)
 
     @property
     def endpoint(self):
@@ -70,13 +101,7 @@ class S3Server:
         return name
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        self.process.stop()
 
 
 def garage_binary():
@@ -108,10 +133,9 @@ class GarageServer:
                     '[s3_api]\ns3_region = "%s"\napi_bind_addr = "127.0.0.1:%d"\n'
                     '[admin]\napi_bind_addr = "127.0.0.1:%d"\n'
                     % (self.dir, self.dir, rpc, rpc, "0" * 64, self.REGION, self.port, admin))
-        self.log = open(os.path.join(logdir, "garage.log"), "ab")
-        self.proc = subprocess.Popen([self.binary, "-c", self.config, "server"], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.process = ServerProcess("garage", [self.binary, "-c", self.config, "server"], work,
+                                     logdir, dict(os.environ, RUST_LOG="warn"))
+        self.proc = self.process.proc
         deadline = time.time() + 30
         while True:
             try:
@@ -143,17 +167,11 @@ class GarageServer:
         return name
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        self.process.stop()
 
 
 class Postgres:
-    def __init__(self, logdir):
+    def __init__(self):
         bins = sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/initdb"),
                       key=lambda p: int(p.parent.parent.name))
         if not bins:
@@ -169,7 +187,6 @@ class Postgres:
         self._pg("pg_ctl", "-D", self.dir / "data", "-l", self.dir / "server.log", "-w", "-t", "30", "-o",
                  "-c listen_addresses=127.0.0.1 -p %d -k %s -c fsync=off -c max_connections=200"
                  % (self.port, self.dir), "start")
-        self.logdir = logdir
 
     def _pg(self, program, *args):
         cmd = [str(self.bin / program)] + [str(a) for a in args]
@@ -194,10 +211,10 @@ class Backends:
     database."""
 
     def __init__(self, work, logdir, server="moto"):
-        self.s3 = GarageServer(work, logdir) if server == "garage" else S3Server(work, logdir)
+        self.s3 = GarageServer(work, logdir) if server == "garage" else MotoServer(work, logdir)
         self.server = server
         try:
-            self.pg = Postgres(logdir)
+            self.pg = Postgres()
         except Exception:
             self.s3.stop()
             raise
