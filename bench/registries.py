@@ -52,9 +52,7 @@ log:
 storage:
   cache:
     blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: {data}
-  delete:
+{driver}  delete:
     enabled: true
   maintenance:
     uploadpurging:
@@ -65,19 +63,14 @@ http:
     X-Content-Type-Options: [nosniff]
 """
 
+DISTRIBUTION_FILESYSTEM = """\
+  filesystem:
+    rootdirectory: {data}
+"""
+
 # Distribution's S3 driver as the research recipe runs it (docs/research/rust-stack.md §9),
 # redirects off like Berth's in this variant: both registries serve every byte themselves.
 DISTRIBUTION_S3 = """\
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-  fields:
-    service: registry
-storage:
-  cache:
-    blobdescriptor: inmemory
   s3:
     region: us-east-1
     bucket: {bucket}
@@ -88,17 +81,8 @@ storage:
     secure: false
     v4auth: true
     rootdirectory: /registry
-  delete:
-    enabled: true
   redirect:
     disable: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:{port}
-  headers:
-    X-Content-Type-Options: [nosniff]
 """
 
 DISTRIBUTION_AUTH = """\
@@ -187,10 +171,9 @@ class Registry:
         else:
             conf = os.path.join(self.workdir, "config.yml")
             with open(conf, "w") as f:
-                if s3:
-                    f.write(DISTRIBUTION_S3.format(port=self.port, **s3))
-                else:
-                    f.write(DISTRIBUTION_CONFIG.format(data=self.data, port=self.port))
+                driver = (DISTRIBUTION_S3.format(**s3) if s3
+                          else DISTRIBUTION_FILESYSTEM.format(data=self.data))
+                f.write(DISTRIBUTION_CONFIG.format(driver=driver, port=self.port))
                 if htpasswd:
                     f.write(DISTRIBUTION_AUTH.format(htpasswd=htpasswd))
             cmd = ["docker-registry", "serve", conf]  # Distribution 2.x needs `serve`

@@ -38,25 +38,19 @@ fn migrate_blobs(config: &Config, file: &Path) -> anyhow::Result<()> {
         "{} configures the storage the registry already uses",
         file.display()
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         let source = stores::open_blobs(config, None).await?;
         let destination = stores::open_blobs(&target, None).await?;
-        let terminal = std::io::stderr().is_terminal();
+        let progress = Progress::on_terminal();
         let report = berth_storage::transfer::copy_all(&*source, &*destination, |p| {
-            if terminal {
-                eprint!("\rblobs {:>8}   {:>12} bytes copied", p.blobs, p.bytes);
-                let _ = std::io::stderr().flush();
-            }
+            progress.show(format_args!(
+                "blobs {:>8}   {:>12} bytes copied",
+                p.blobs, p.bytes
+            ))
         })
         .await
         .context("copying the blobs")?;
-        if terminal {
-            eprintln!();
-        }
+        progress.done();
         println!(
             "blobs\t{} copied ({} bytes)\t{} already there\t{} corrupt",
             report.copied.blobs,
@@ -69,8 +63,7 @@ fn migrate_blobs(config: &Config, file: &Path) -> anyhow::Result<()> {
         }
         anyhow::ensure!(
             report.corrupt.is_empty(),
-            "{} blobs are corrupt in the source and were not copied; `berth check` will say \
-             what refers to them",
+            "{} blobs are corrupt in the source and were not copied",
             report.corrupt.len()
         );
         eprintln!(
@@ -95,11 +88,7 @@ fn migrate_metadata(mut config: Config, to: &str) -> anyhow::Result<()> {
     config
         .validate()
         .context("the target (--to) must be a postgres:// URL")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         let source = config.sqlite_path();
         anyhow::ensure!(source.exists(), "no SQLite metadata at {}", source.display());
         // Brings the source to this version's schema, which the copy expects.
@@ -111,21 +100,14 @@ fn migrate_metadata(mut config: Config, to: &str) -> anyhow::Result<()> {
         let target = PostgresStore::open(to, config.postgres_options())
             .await
             .context("opening the PostgreSQL database (--to)")?;
-        let terminal = std::io::stderr().is_terminal();
+        let progress = Progress::on_terminal();
         let report = berth_meta::transfer::sqlite_to_postgres(&source, &target, |p| {
-            if terminal {
-                eprint!("\r{:<18} {:>10} / {:<10}", p.table, p.done, p.total);
-                let _ = std::io::stderr().flush();
-            }
+            progress.show(format_args!("{:<18} {:>10} / {:<10}", p.table, p.done, p.total))
         })
         .await
         .context("copying the metadata")?;
-        if terminal {
-            eprintln!();
-        }
-        for p in &report {
-            println!("{}\t{} rows\t{} new", p.table, p.total, p.inserted);
-        }
+        progress.done();
+        print_tables(&report);
         eprintln!(
             "copied the metadata of {} into PostgreSQL; serve with metadata.url (BERTH_METADATA_URL) set to it",
             source.display()
@@ -142,36 +124,69 @@ fn metadata_back_to_sqlite(config: &Config) -> anyhow::Result<()> {
         "--to sqlite copies from PostgreSQL: set metadata.url (BERTH_METADATA_URL) to the source"
     );
     let target = config.sqlite_path();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         let source = PostgresStore::open(&config.metadata.url, config.postgres_options())
             .await
             .context("opening the PostgreSQL database (metadata.url)")?;
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let terminal = std::io::stderr().is_terminal();
+        let progress = Progress::on_terminal();
         let report = berth_meta::transfer::postgres_to_sqlite(&source, &target, |p| {
-            if terminal {
-                eprint!("\r{:<18} {:>10} / {:<10}", p.table, p.done, p.total);
-                let _ = std::io::stderr().flush();
-            }
+            progress.show(format_args!(
+                "{:<18} {:>10} / {:<10}",
+                p.table, p.done, p.total
+            ))
         })
         .await
         .context("copying the metadata")?;
-        if terminal {
-            eprintln!();
-        }
-        for p in &report {
-            println!("{}\t{} rows\t{} new", p.table, p.total, p.inserted);
-        }
+        progress.done();
+        print_tables(&report);
         eprintln!(
             "copied the metadata into {}; serve without metadata.url to use it",
             target.display()
         );
         Ok(())
     })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// One line of progress, rewritten in place on a terminal, and nothing elsewhere (a log or a
+/// pipe gets the summary only).
+struct Progress {
+    terminal: bool,
+}
+
+impl Progress {
+    fn on_terminal() -> Progress {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&self, line: std::fmt::Arguments) {
+        if self.terminal {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn done(&self) {
+        if self.terminal {
+            eprintln!();
+        }
+    }
+}
+
+/// The summary of a metadata copy: one line per table.
+fn print_tables(report: &[berth_meta::transfer::Progress]) {
+    for p in report {
+        println!("{}\t{} rows\t{} new", p.table, p.total, p.inserted);
+    }
 }

@@ -100,12 +100,7 @@ impl FsBlobStore {
         op: &'static str,
         work: impl std::future::Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
-        let started = std::time::Instant::now();
-        let result = work.await;
-        if let Some(observer) = &self.observer {
-            observer.operation(op, started.elapsed(), result.is_err());
-        }
-        result
+        crate::observed(self.observer.as_ref(), op, work).await
     }
 
     /// Whether large appends may bypass the page cache (`direct.rs`); on by default, and a

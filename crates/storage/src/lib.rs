@@ -96,6 +96,21 @@ pub trait Observer: Send + Sync + 'static {
     fn operation(&self, name: &'static str, elapsed: std::time::Duration, failed: bool);
 }
 
+/// Runs `work`, then tells `observer` (if any) how long it took and whether it failed: how each
+/// backend times its own operations.
+pub(crate) async fn observed<T>(
+    observer: Option<&std::sync::Arc<dyn Observer>>,
+    op: &'static str,
+    work: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    let started = std::time::Instant::now();
+    let result = work.await;
+    if let Some(observer) = observer {
+        observer.operation(op, started.elapsed(), result.is_err());
+    }
+    result
+}
+
 /// What an append left behind: the upload's new size and the hash state over all its bytes.
 #[derive(Debug)]
 pub struct Appended {

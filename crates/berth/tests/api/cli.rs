@@ -50,3 +50,38 @@ fn version() {
         "the git revision is part of the version: {text}"
     );
 }
+
+/// `berth migrate` refuses what it cannot do with a message that says why, and creates
+/// nothing: no arguments, a blob target that is the registry's own storage, a target file
+/// with a bad key, `--to sqlite` without a PostgreSQL source.
+#[test]
+fn migrate_refuses_bad_targets_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let refused = |args: &[&str], needle: &str| {
+        let out = berth(&[&["migrate", "--data", data][..], args].concat(), &[]);
+        assert!(!out.status.success(), "{args:?} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    refused(&[], "say what to move");
+    let same = dir.path().join("same.toml");
+    std::fs::write(&same, format!("[storage]\nroot = \"{data}\"\n")).unwrap();
+    refused(
+        &["--blobs-to", same.to_str().unwrap()],
+        "the storage the registry already uses",
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[storage]\ndriver = \"s3\"\n").unwrap();
+    refused(&["--blobs-to", bad.to_str().unwrap()], "storage.s3.bucket");
+    refused(&["--to", "sqlite"], "copies from PostgreSQL");
+    refused(&["--to", "mysql://x"], "postgres://");
+    assert!(
+        !std::path::Path::new(data).join("docker").exists()
+            && !std::path::Path::new(data)
+                .join("berth/metadata.sqlite")
+                .exists(),
+        "nothing written"
+    );
+}

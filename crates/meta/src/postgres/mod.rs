@@ -1,11 +1,14 @@
 //! The scale-out backend: PostgreSQL, through a pool of `tokio-postgres` connections.
 //!
-//! Every write runs in one `SERIALIZABLE` transaction, retried from the start when PostgreSQL
-//! reports a serialization failure or a deadlock. That gives each write what SQLite's single
-//! writer gives it — the reference check of a manifest push, the count before an upload
-//! insert, and the re-check of garbage collection's mark all see a state no concurrent write
-//! changes under them — so the rules are written once, as for SQLite, and replicas may write
-//! at the same time. Reads run as single statements outside a transaction, except the access
+//! Every write runs in one transaction, retried from the start when PostgreSQL reports a
+//! serialization failure or a deadlock. Most are `SERIALIZABLE`, which gives each write what
+//! SQLite's single writer gives it — the reference check of a manifest push and the re-check of
+//! garbage collection's mark see a state no concurrent write changes under them — so the rules
+//! are written once, as for SQLite, and replicas may write at the same time. The writes every
+//! push of a shared layer or of one busy user repeats on the same rows (`reserve_blob`,
+//! `add_blob`, `create_upload`) run at `READ COMMITTED` with the check inside the upsert or
+//! behind an advisory lock instead (see `registry.rs`): serializable, they failed round after
+//! round under 32 parallel pushes. Reads run as single statements outside a transaction, except the access
 //! snapshot, which reads in one repeatable-read transaction so it matches its generation.
 //!
 //! Migrations are the shared ones (`migrations/`), applied at startup under an advisory lock,
@@ -41,7 +44,8 @@ const MAX_ATTEMPTS: u32 = 12;
 const MIGRATION_LOCK: i64 = 0x6265_7274_685f_6d67; // "berth_mg"
 
 /// Runs `$body` (a block using `$tx`, a `&Transaction`, and evaluating to a [`TxResult`]) as
-/// write `$op` of `$store`: in a serializable transaction that commits when the block
+/// write `$op` of `$store`: in a transaction (serializable, unless an isolation level is
+/// given) that commits when the block
 /// succeeds, run again from the start while PostgreSQL reports it lost a race with another
 /// transaction (serialization failure, deadlock). An error from the block, or an early
 /// `return`, rolls back everything it did. A macro rather than a function taking a closure,
@@ -214,7 +218,7 @@ impl PostgresStore {
         result
     }
 
-    /// Opens a serializable transaction on `client`.
+    /// Opens a transaction on `client` at `isolation`.
     pub(crate) async fn begin<'c>(
         &self,
         client: &'c mut Client,

@@ -60,6 +60,8 @@ impl S3BlobStore {
         multipart: &str,
         size: u64,
     ) -> Result<Vec<PartId>, StorageError> {
+        // Parts no larger than the copy limit, which only the suite lowers below COPY_PART
+        // (to copy 20 MB part by part); more than COPY_PART when 10,000 would not hold it.
         let part = COPY_PART
             .min(self.copy_limit.max(super::MIN_PART_SIZE))
             .max(size.div_ceil(MAX_PARTS as u64));

@@ -270,12 +270,7 @@ impl S3BlobStore {
         op: &'static str,
         work: impl std::future::Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
-        let started = std::time::Instant::now();
-        let result = work.await;
-        if let Some(observer) = &self.observer {
-            observer.operation(op, started.elapsed(), result.is_err());
-        }
-        result
+        crate::observed(self.observer.as_ref(), op, work).await
     }
 
     fn attributes(&self) -> Attributes {
