@@ -38,14 +38,14 @@ class Berth:
     `base_env` replaces the inherited environment and the default log level, for a test that
     configures berth with nothing but the variables it names."""
 
-    def __init__(self, data, env=None, addr="127.0.0.1:0", prefix=(), base_env=None):
+    def __init__(self, data, env=None, addr="127.0.0.1:0", prefix=(), base_env=None, stderr=None):
         self.data = data
         base = {**os.environ, "BERTH_LOG_LEVEL": "warn"} if base_env is None else base_env
         self.env = {**base, **(env or {})}
         self.addr = addr
         self.prefix = list(prefix)
         self.proc = None
-        self.start()
+        self.start(stderr)
 
     def start(self, stderr=None):
         """Starts the process; `stderr` (a file) receives its log."""
@@ -176,3 +176,50 @@ class Moto:
     def stop(self):
         self.proc.kill()
         self.proc.wait()
+
+
+class Distribution:
+    """The reference registry (Debian's `docker-registry`, CNCF Distribution 2.8) on a free
+    127.0.0.1 port, storing in `data` (a directory) or, with `s3` (a Moto), in its bucket
+    under `rootdirectory`, as a registry:2 Deployment would. Deletes are enabled."""
+
+    def __init__(self, workdir, data=None, s3=None, rootdirectory="/"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.host = f"127.0.0.1:{port}"
+        if s3:
+            storage = (f"  s3:\n    region: us-east-1\n    bucket: {s3.bucket}\n"
+                       f"    regionendpoint: \"{s3.endpoint}\"\n    accesskey: berth\n"
+                       f"    secretkey: berth-secret\n    forcepathstyle: true\n    secure: false\n"
+                       f"    v4auth: true\n    rootdirectory: {rootdirectory}\n")
+        else:
+            storage = f"  filesystem:\n    rootdirectory: {data}\n"
+        config = pathlib.Path(workdir) / "distribution.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n" + storage
+            + "  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n"
+            + f"http:\n  addr: {self.host}\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
+        self.log = pathlib.Path(workdir) / "distribution.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log,
+                                         stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError):
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError("docker-registry did not start:\n" + self.log.read_text())
+                time.sleep(0.1)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

@@ -41,6 +41,11 @@ pub fn router() -> Router<Arc<Api>> {
         .route("/api/v1/robots", get(list_robots).post(create_robot))
         .route("/api/v1/robots/{name}", delete(remove_robot))
         .route("/api/v1/audit", get(audit))
+        .route(
+            "/api/v1/system/read-only",
+            get(read_only).put(switch_read_only),
+        )
+        .route("/api/v1/repositories/{*name}", delete(remove_repository))
 }
 
 /// An authenticated caller of the admin API.
@@ -158,6 +163,13 @@ struct NewRobot {
     name: String,
     actions: String,
     expires_in_days: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct ReadOnlySwitch {
+    enabled: bool,
+    #[serde(default)]
+    reason: String,
 }
 
 #[derive(Deserialize)]
@@ -356,4 +368,52 @@ async fn audit(c: Caller, Query(q): Query<AuditParams>) -> Reply {
         })
         .await?;
     ok(json!({ "events": events }))
+}
+
+/// Whether writes are refused, and why: `configured` when `storage.read_only` holds it on
+/// (the switch cannot lift that).
+async fn read_only(c: Caller) -> Reply {
+    c.require(Permission::OperateRegistry)?;
+    c.api.registry.refresh_read_only().await?;
+    let reason = c.api.registry.read_only();
+    ok(json!({
+        "enabled": reason.is_some(),
+        "reason": reason,
+        "configured": c.api.registry.config.read_only,
+    }))
+}
+
+async fn switch_read_only(c: Caller, Json(s): Json<ReadOnlySwitch>) -> Reply {
+    c.require(Permission::OperateRegistry)?;
+    let reason = s.enabled.then_some(s.reason.as_str());
+    c.api.registry.switch_read_only(reason).await?;
+    let a = &c.access;
+    let action = if s.enabled {
+        "read_only.on"
+    } else {
+        "read_only.off"
+    };
+    c.api.audit.record(
+        &a.principal.name(),
+        action,
+        "registry",
+        "ok",
+        &a.client,
+        &s.reason,
+    );
+    read_only(c).await
+}
+
+/// Deletes a whole repository (tags, manifests, blob links); its bytes go with the next
+/// garbage collection. Project admins may delete their project's repositories.
+async fn remove_repository(c: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let repository: berth_oci::RepositoryName = name.parse()?;
+    let project = repository.as_str().split('/').next().unwrap_or_default();
+    c.require(Permission::AdministerProject(project))?;
+    let actor = berth_registry::Actor::new(c.access.principal.name(), c.access.client.clone());
+    c.api
+        .registry
+        .delete_repository(&actor, &repository)
+        .await?;
+    Ok(StatusCode::ACCEPTED)
 }

@@ -282,6 +282,16 @@ impl berth_registry::Subscriber for AuditLog {
             Change::BlobDeleted { repository, digest } => {
                 ("delete", format!("{repository}@{digest}"))
             }
+            Change::Imported {
+                repositories,
+                manifests,
+                tags,
+            } => (
+                "import",
+                format!(
+                    "registry:2 ({repositories} repositories, {manifests} manifests, {tags} tags)"
+                ),
+            ),
             Change::Pulled {
                 repository,
                 reference,

@@ -177,6 +177,7 @@ fn registry_wire(e: &RegistryError) -> (StatusCode, Option<ErrorCode>, String) {
         RegistryError::RangeInvalid(_) => oci(ErrorCode::RangeInvalid),
         // Handlers turn this into a 405 with the endpoint's `Allow`.
         RegistryError::DeletesDisabled => oci(ErrorCode::Unsupported),
+        RegistryError::ReadOnly(_) => oci(ErrorCode::Unsupported),
         // Transient: limits and collisions clear up; retrying later succeeds.
         RegistryError::TooManyUploads(_) | RegistryError::Conflict(_) => {
             oci(ErrorCode::TooManyRequests)

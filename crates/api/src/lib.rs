@@ -65,6 +65,8 @@ pub struct Api {
     pub traces: Option<otlp::TraceExporter>,
     /// The background workers, for `/metrics`.
     pub workers: Arc<workers::Workers>,
+    /// Work that keeps `/readyz` false while it runs (the first start's import).
+    pub readiness: observe::Readiness,
     failed_logins: berth_auth::FailedLogins,
 }
 
@@ -93,6 +95,7 @@ impl Api {
             metrics,
             traces: None,
             workers: Arc::default(),
+            readiness: observe::Readiness::default(),
             failed_logins,
         }
     }

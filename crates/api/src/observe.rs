@@ -477,7 +477,31 @@ pub async fn healthz() -> &'static str {
 }
 
 /// Ready: both stores answer.
+/// What the server is busy with before it may take traffic, shown by `/readyz` until done.
+#[derive(Default)]
+pub struct Readiness {
+    busy: std::sync::Mutex<Option<String>>,
+}
+
+impl Readiness {
+    /// `/readyz` answers 503 with `why` until [`ready`](Self::ready).
+    pub fn hold(&self, why: impl Into<String>) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.into());
+    }
+
+    pub fn ready(&self) {
+        *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn busy(&self) -> Option<String> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 pub async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    if let Some(why) = api.readiness.busy() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+    }
     let meta = api.registry.meta.check().await;
     let blobs = api.registry.blobs.check().await;
     match (meta, blobs) {

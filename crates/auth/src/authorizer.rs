@@ -62,6 +62,8 @@ pub enum Permission<'a> {
     /// Change this user's password.
     ChangePassword(&'a str),
     ReadAudit,
+    /// Operate the registry as a whole: switch read-only mode.
+    OperateRegistry,
 }
 
 impl Permission<'_> {
@@ -159,7 +161,8 @@ impl Authorizer<'_> {
                     Permission::ChangePassword(name) => admin || (user && principal.name() == name),
                     Permission::ManageProjects
                     | Permission::ManageUsers
-                    | Permission::ReadAudit => admin,
+                    | Permission::ReadAudit
+                    | Permission::OperateRegistry => admin,
                 }
             }
         }
@@ -357,6 +360,9 @@ mod tests {
             (&dev, C::Token(&pull_priv), P::ChangePassword("dev"), false),
             (&admin, C::Password, P::ReadAudit, true),
             (&boss, C::Password, P::ReadAudit, false),
+            (&admin, C::Password, P::OperateRegistry, true),
+            (&admin, C::Token(&pull_priv), P::OperateRegistry, false),
+            (&boss, C::Password, P::OperateRegistry, false),
             (&anon, C::None, P::Login, false),
             (&anon, C::Token(&none), P::Login, true),
             (&dev, C::Password, P::Login, true),

@@ -8,6 +8,7 @@ use berth_auth::admin;
 use berth_meta::{AuditEvent, AuditQuery, Store};
 use clap::Subcommand;
 
+use crate::command::runtime;
 use crate::htpasswd::read_password;
 use crate::StoreArgs;
 
@@ -138,7 +139,7 @@ async fn open(store: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
     crate::stores::open_metadata(&config, None).await
 }
 
-async fn audit_cli(
+pub(crate) async fn audit_cli(
     store: &dyn Store,
     action: &str,
     resource: &str,
@@ -158,12 +159,6 @@ async fn audit_cli(
     };
     store.record_audit(&[event]).await?;
     Ok(())
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }
 
 pub fn user(command: UserCommand) -> anyhow::Result<()> {

@@ -42,6 +42,20 @@ fn integer(name: &str, raw: &str) -> Result<toml::Value, ConfigError> {
         .map_err(|_| invalid(name, format!("{raw:?} is not an integer")))
 }
 
+/// `{"enabled": true}`, `{enabled: true}` or `enabled: true`, as registry:2 takes
+/// `REGISTRY_STORAGE_MAINTENANCE_READONLY`.
+fn read_only_map(name: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+    let inner = raw.trim().trim_start_matches('{').trim_end_matches('}');
+    let (key, flag) = inner.split_once(':').unwrap_or(("", ""));
+    if key.trim().trim_matches('"') != "enabled" {
+        return Err(invalid(
+            name,
+            format!("{raw:?}: expected {{\"enabled\": true}} or {{\"enabled\": false}}"),
+        ));
+    }
+    boolean(name, flag.trim())
+}
+
 fn string(s: &str) -> toml::Value {
     toml::Value::String(s.to_owned())
 }
@@ -110,6 +124,14 @@ pub fn apply_registry_env(
                 let class = if raw == "NONE" { "" } else { raw.as_str() };
                 set_s3(value, "storage_class", string(class))
             }
+            // registry:2 spells the map `{"enabled": true}` (or YAML `enabled: true`) when
+            // set as one variable, and `..._READONLY_ENABLED=true` key by key.
+            "REGISTRY_STORAGE_MAINTENANCE_READONLY" => {
+                set(value, "storage", "read_only", read_only_map(name, raw)?)
+            }
+            "REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED" => {
+                set(value, "storage", "read_only", boolean(name, raw)?)
+            }
             "REGISTRY_STORAGE_REDIRECT_DISABLE" => {
                 let disabled = parse_bool(raw)
                     .ok_or_else(|| invalid(name, format!("{raw:?} is not a boolean")))?;
@@ -160,4 +182,26 @@ pub fn apply_registry_env(
         }
     }
     Ok(notices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_map_takes_registry2_spellings() {
+        for (raw, want) in [
+            (r#"{"enabled": true}"#, true),
+            ("{enabled: false}", false),
+            ("enabled: true", true),
+        ] {
+            assert_eq!(
+                read_only_map("V", raw).unwrap(),
+                toml::Value::Boolean(want),
+                "{raw}"
+            );
+        }
+        assert!(read_only_map("V", "true").is_err());
+        assert!(read_only_map("V", r#"{"enabled": "maybe"}"#).is_err());
+    }
 }

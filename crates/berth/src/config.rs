@@ -159,6 +159,10 @@ pub struct StorageConfig {
     /// (Distribution's default), so the bytes bypass Berth. Turn off when clients cannot reach
     /// the object store (an in-cluster MinIO that nodes cannot resolve, for one).
     pub redirect: bool,
+    /// Serve pulls only: every write is refused with 405 `UNSUPPORTED`, garbage collection
+    /// and the upload purge pause (registry:2's `maintenance.readonly`). The admin API and
+    /// `berth read-only` switch it at run time as well; this setting keeps it on regardless.
+    pub read_only: bool,
     pub s3: S3Settings,
 }
 
@@ -389,6 +393,7 @@ impl Default for StorageConfig {
             delete_enabled: true,
             upload_purge_hours: 168,
             redirect: true,
+            read_only: false,
             s3: S3Settings::default(),
         }
     }
@@ -578,6 +583,7 @@ impl Config {
         let limit = |n: u64| (n > 0).then_some(n);
         berth_registry::RegistryConfig {
             delete_enabled: self.storage.delete_enabled,
+            read_only: self.storage.read_only,
             max_manifest_bytes: usize::try_from(self.limits.max_manifest_bytes)
                 .unwrap_or(usize::MAX),
             upload_limits: berth_meta::UploadLimits {

@@ -4,21 +4,18 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use berth_registry::{Events, Registry};
 
+use crate::command::runtime;
 use crate::config::Config;
 use crate::stores;
 
 pub fn run(config: Config, dry_run: bool, grace: Option<u64>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         let blobs = stores::open_blobs(&config, None).await?;
         let meta = stores::open_metadata(&config, None).await?;
         let registry = Registry::new(blobs, meta, config.registry_config(), Events::default());
+        registry.refresh_read_only().await?;
         let grace = Duration::from_secs(grace.unwrap_or(config.gc.grace_seconds));
         let report = if dry_run {
             registry.garbage_dry_run(grace).await?

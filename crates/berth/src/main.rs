@@ -2,11 +2,14 @@
 //! configuration, wires the stores into the HTTP API and runs it.
 
 mod access_cmd;
+mod command;
 mod compat;
 mod config;
 mod gc_cmd;
 mod htpasswd;
+mod import_cmd;
 mod migrate_cmd;
+mod registry_cmd;
 mod serve;
 mod server;
 mod stores;
@@ -131,6 +134,31 @@ enum Command {
         #[arg(long)]
         blobs_to: Option<std::path::PathBuf>,
     },
+    /// Import a registry:2 (Distribution) registry: its repositories, manifests, tags and
+    /// layer links become Berth's metadata. Without --from, or when --from is the data
+    /// directory, it imports in place and copies nothing (the blob layout is the same);
+    /// otherwise it copies each blob, verified. Prints what was skipped and why. Idempotent:
+    /// run again to resume. `berth serve` does it by itself on first start when it finds
+    /// Distribution's repositories and no metadata.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Distribution's data directory (e.g. /var/lib/registry), or a configuration file
+        /// whose [storage] names it (an S3 bucket).
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
+    /// Switch read-only mode for every server sharing the stores: writes get 405
+    /// UNSUPPORTED with the reason, pulls keep working, garbage collection waits.
+    ReadOnly {
+        #[command(subcommand)]
+        command: registry_cmd::ReadOnlyCommand,
+    },
+    /// Repositories: `rm NAME` deletes one whole (tags, manifests, blob links).
+    Repository {
+        #[command(subcommand)]
+        command: RepositoryCommand,
+    },
     /// Make a CA and a server certificate, and print how to trust them.
     Tls {
         #[command(subcommand)]
@@ -140,6 +168,17 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepositoryCommand {
+    /// Delete a repository: its tags, manifests and blob links. Its bytes go with the next
+    /// garbage collection, where nothing else references them.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -204,6 +243,18 @@ fn main() -> ExitCode {
         } => store
             .load()
             .and_then(|(config, _)| migrate_cmd::run(config, to.as_deref(), blobs_to.as_deref())),
+        Command::ReadOnly { command } => command
+            .store()
+            .load()
+            .and_then(|(config, _)| registry_cmd::read_only(config, command)),
+        Command::Repository {
+            command: RepositoryCommand::Rm { name, store },
+        } => store
+            .load()
+            .and_then(|(config, _)| registry_cmd::remove_repository(config, &name)),
+        Command::Import { store, from } => store
+            .load()
+            .and_then(|(config, _)| import_cmd::run(config, from.as_deref())),
         Command::Tls {
             command:
                 TlsCommand::Init {

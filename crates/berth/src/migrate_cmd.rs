@@ -3,12 +3,12 @@
 //! (`berth_meta::transfer`); `--blobs-to FILE` copies every blob into the storage that FILE's
 //! `[storage]` configures (S3, or a directory: `berth_storage::transfer`), verifying each.
 
-use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::Context;
 use berth_meta::{PostgresStore, SqliteStore};
 
+use crate::command::{runtime, Progress};
 use crate::config::{Config, MetadataBackend};
 use crate::stores;
 
@@ -148,40 +148,6 @@ fn metadata_back_to_sqlite(config: &Config) -> anyhow::Result<()> {
         );
         Ok(())
     })
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-/// One line of progress, rewritten in place on a terminal, and nothing elsewhere (a log or a
-/// pipe gets the summary only).
-struct Progress {
-    terminal: bool,
-}
-
-impl Progress {
-    fn on_terminal() -> Progress {
-        Progress {
-            terminal: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn show(&self, line: std::fmt::Arguments) {
-        if self.terminal {
-            eprint!("\r{line}");
-            let _ = std::io::stderr().flush();
-        }
-    }
-
-    fn done(&self) {
-        if self.terminal {
-            eprintln!();
-        }
-    }
 }
 
 /// The summary of a metadata copy: one line per table.

@@ -113,6 +113,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     Err(e) if e.is_storage_full() => {}
                     Err(e) => return Err(format!("garbage collection lease: {e}")),
                 }
+                if collector.read_only().is_some() {
+                    return Ok("read-only mode: garbage collection waits".into());
+                }
                 match collector.collect_garbage(grace).await {
                     Ok(r) if r.blobs_deleted > 0 => Ok(format!(
                         "garbage collection freed {} blobs, {} bytes",
@@ -136,6 +139,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 Err(e) if e.is_storage_full() => {}
                 Err(e) => return Err(format!("upload purge lease: {e}")),
             }
+            if purger.read_only().is_some() {
+                return Ok("read-only mode: the upload purge waits".into());
+            }
             match purger.purge_uploads(max_age).await {
                 Ok(0) => Ok(String::new()),
                 Ok(n) => Ok(format!("discarded {n} abandoned uploads")),
@@ -143,6 +149,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     });
+    follow_read_only(&api, &workers).await;
+    import_on_first_start(&api, &workers).await;
     let app = berth_api::router(api.clone());
     if !config.server.metrics_addr.is_empty() {
         let metrics = axum::Router::new()
@@ -231,6 +239,90 @@ fn watch<T: Send + Sync + 'static, E: std::fmt::Display>(
             }
         }
     });
+}
+
+/// Reads the run-time read-only switch now and every [`FILE_POLL`] after, so a switch made
+/// through another replica's admin API or `berth read-only` holds here within two seconds.
+async fn follow_read_only(api: &Arc<Api>, workers: &Workers) {
+    if let Err(e) = api.registry.refresh_read_only().await {
+        tracing::warn!("could not read the read-only switch: {e}");
+    }
+    if let Some(reason) = api.registry.read_only() {
+        tracing::warn!("read-only mode: writes are refused ({reason})");
+    }
+    let registry = api.registry.clone();
+    workers.spawn(
+        "read_only_refresh",
+        FILE_POLL,
+        FirstRun::AfterPeriod,
+        move || {
+            let registry = registry.clone();
+            async move {
+                let before = registry.read_only();
+                registry
+                    .refresh_read_only()
+                    .await
+                    .map_err(|e| format!("reading the read-only switch: {e}"))?;
+                Ok(match (before, registry.read_only()) {
+                    (None, Some(reason)) => format!("read-only mode on: {reason}"),
+                    (Some(_), None) => "read-only mode off: writes are accepted".into(),
+                    _ => String::new(),
+                })
+            }
+        },
+    );
+}
+
+/// The seed's migration: a `registry:2` data directory (or bucket) served by Berth for the
+/// first time is imported in the background, `/readyz` false until it is done, so every old
+/// image pulls after the switch with no manual step. One replica imports (the lease); a
+/// failed import is retried hourly.
+async fn import_on_first_start(api: &Arc<Api>, workers: &Workers) {
+    match api.registry.distribution_import_due().await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!("could not tell whether registry:2 data needs importing: {e}");
+            return;
+        }
+    }
+    tracing::info!("found registry:2 repositories and no metadata: importing them");
+    api.readiness.hold("importing registry:2's repositories");
+    let api = api.clone();
+    workers.spawn("distribution_import", HOURLY, FirstRun::Now, move || {
+        let api = api.clone();
+        async move {
+            let outcome = import_if_due(&api.registry).await;
+            api.readiness.ready();
+            outcome
+        }
+    });
+}
+
+async fn import_if_due(registry: &berth_registry::Registry) -> Result<String, String> {
+    match registry.distribution_import_due().await {
+        Ok(true) => {}
+        Ok(false) => return Ok(String::new()),
+        Err(e) => return Err(format!("registry:2 import: {e}")),
+    }
+    match registry.lead("distribution_import", HOURLY).await {
+        Ok(true) => {}
+        Ok(false) => return Ok("another replica imports registry:2's repositories".into()),
+        Err(e) => return Err(format!("registry:2 import lease: {e}")),
+    }
+    let actor = berth_registry::Actor::new("berth", "startup");
+    match registry.import_distribution(&actor, None, |_| {}).await {
+        Ok(report) => {
+            for skipped in &report.skipped {
+                tracing::warn!(item = %skipped.item, "registry:2 import skipped it: {}", skipped.reason);
+            }
+            Ok(format!(
+                "imported registry:2's repositories: {}",
+                berth_registry::import::summary(&report)
+            ))
+        }
+        Err(e) => Err(format!("importing registry:2's repositories failed: {e}")),
+    }
 }
 
 /// How often the hourly workers (upload purge, audit pruning) run; the first run is at startup.

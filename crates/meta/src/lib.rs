@@ -297,6 +297,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// without a write, which matters when the disk is full.
     async fn claim_lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
 
+    /// A registry-wide setting (read-only mode, the import's record), as last put by any
+    /// process sharing this backend; `None` when never put.
+    async fn setting(&self, name: &str) -> Result<Option<String>>;
+
+    /// Sets a registry-wide setting.
+    async fn put_setting(&self, name: &str, value: &str) -> Result<()>;
+
     /// Announcements of changes to repositories' manifests and tags made through any process
     /// sharing this backend (this one included), for caches to drop what they hold; `None`
     /// when the backend cannot tell, and caches must bound their staleness by time alone.

@@ -8,6 +8,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_reachability.sql")),
     (5, include_str!("../migrations/0005_upload_hash_state.sql")),
     (6, include_str!("../migrations/0006_leases.sql")),
+    (7, include_str!("../migrations/0007_settings.sql")),
 ];
 
 pub const CREATE_VERSION_TABLE: &str =

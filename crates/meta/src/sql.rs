@@ -32,3 +32,9 @@ pub(crate) const LEASE: &str = "SELECT holder, until FROM leases WHERE name = $1
 pub(crate) const CLAIM_LEASE: &str = "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
      ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
      WHERE leases.until < $4 OR leases.holder = excluded.holder";
+
+pub(crate) const SETTING: &str = "SELECT value FROM settings WHERE name = $1";
+
+pub(crate) const PUT_SETTING: &str =
+    "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3)
+     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";

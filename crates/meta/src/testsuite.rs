@@ -26,8 +26,20 @@ pub async fn run_all(store: Arc<dyn Store>) {
     collection_rules(&*store).await;
     collections_race_pushes(store.clone()).await;
     leases_have_one_holder(store.clone()).await;
+    settings_are_kept(&*store).await;
     access_data_moves_the_generation(&*store).await;
     audit_is_recorded_queried_and_pruned(&*store).await;
+}
+
+async fn settings_are_kept(store: &dyn Store) {
+    assert_eq!(store.setting("suite.setting").await.unwrap(), None);
+    store.put_setting("suite.setting", "one").await.unwrap();
+    store.put_setting("suite.setting", "two").await.unwrap();
+    assert_eq!(
+        store.setting("suite.setting").await.unwrap().as_deref(),
+        Some("two")
+    );
+    assert_eq!(store.setting("suite.other").await.unwrap(), None);
 }
 
 /// Runs `n` probes at once, so a backend with a connection pool has `n` connections open.

@@ -32,6 +32,7 @@ pub const TABLES: &[&str] = &[
     "project_members",
     "robots",
     "audit_events",
+    "settings",
 ];
 
 /// Rows read and written at a time.

@@ -53,6 +53,7 @@ impl Registry {
         repository: &RepositoryName,
         digest: &Digest,
     ) -> Result<()> {
+        self.require_writable()?;
         self.require_deletes()?;
         if !self.meta.unlink_blob(repository, digest).await? {
             return Err(RegistryError::BlobUnknown(format!(

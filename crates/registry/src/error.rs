@@ -31,6 +31,9 @@ pub enum RegistryError {
     RangeInvalid(String),
     #[error("deletes are disabled on this registry")]
     DeletesDisabled,
+    /// Writes are refused: the registry is in read-only mode, for this reason.
+    #[error("{0}; pulls still work")]
+    ReadOnly(String),
     #[error("{0}; finish or cancel some before starting more")]
     TooManyUploads(String),
     /// Another change holds what this one needs; retrying later succeeds.

@@ -68,6 +68,12 @@ pub enum Change {
         repository: RepositoryName,
         digest: Digest,
     },
+    /// `registry:2`'s repositories were imported (`Registry::import_distribution`).
+    Imported {
+        repositories: u64,
+        manifests: u64,
+        tags: u64,
+    },
     /// A manifest was read by a client (GET, not HEAD).
     Pulled {
         repository: RepositoryName,

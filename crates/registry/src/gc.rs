@@ -53,6 +53,7 @@ pub struct GcReport {
 impl Registry {
     /// Deletes blobs nothing has reached for at least `grace`.
     pub async fn collect_garbage(&self, grace: Duration) -> Result<GcReport> {
+        self.require_writable()?;
         self.garbage(grace, false).await
     }
 

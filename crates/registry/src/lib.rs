@@ -15,6 +15,7 @@ mod blobs;
 pub mod error;
 pub mod events;
 pub mod gc;
+pub mod import;
 mod listing;
 mod manifest_cache;
 mod manifests;
@@ -32,6 +33,7 @@ pub use blobs::BlobLookup;
 pub use error::{RegistryError, Result};
 pub use events::{Actor, Change, Event, Events, Subscriber};
 pub use gc::{GcReport, GcStats};
+pub use import::{ImportProgress, ImportReport, Skipped};
 pub use listing::{Listed, Referrer};
 pub use manifests::Pushed;
 pub use uploads::{ChunkRange, SAVE_HASH_FROM};
@@ -49,6 +51,8 @@ pub struct RegistryConfig {
     pub allow_sparse_manifests: bool,
     /// This replica's name among those sharing the stores: the holder of its leases.
     pub instance: String,
+    /// Refuse every write, whatever the run-time switch says (`storage.read_only`).
+    pub read_only: bool,
     /// Answer blob downloads with a redirect to the blob store's own URL for the blob
     /// (a presigned S3 URL) where the store has one.
     pub redirect_downloads: bool,
@@ -64,11 +68,15 @@ impl Default for RegistryConfig {
                 per_repository: Some(256),
             },
             allow_sparse_manifests: false,
+            read_only: false,
             instance: host_name(),
             redirect_downloads: false,
         }
     }
 }
+
+/// The setting holding the run-time read-only switch: the reason while on, empty while off.
+pub const READ_ONLY_SETTING: &str = "read_only";
 
 /// This machine's (or pod's) name, the default name of a replica.
 pub fn host_name() -> String {
@@ -92,6 +100,9 @@ pub struct Registry {
     uploads: upload_state::Uploads,
     /// Set while writes fail because the storage is full: the episode is logged once.
     storage_full: AtomicBool,
+    /// The run-time read-only switch and its reason, as last read from the
+    /// [`READ_ONLY_SETTING`] shared by replicas.
+    read_only: std::sync::RwLock<Option<String>>,
     pub gc_stats: GcStats,
 }
 
@@ -112,6 +123,7 @@ impl Registry {
             events,
             uploads: upload_state::Uploads::default(),
             storage_full: AtomicBool::new(false),
+            read_only: std::sync::RwLock::new(None),
             gc_stats: GcStats::default(),
         }
     }
@@ -157,6 +169,52 @@ impl Registry {
         self.events.publish(actor, change);
     }
 
+    /// Why writes are refused now, if they are: the configuration's read-only mode, or the
+    /// run-time switch.
+    pub fn read_only(&self) -> Option<String> {
+        if self.config.read_only {
+            return Some("the registry is in read-only mode (storage.read_only)".into());
+        }
+        self.read_only
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Switches read-only mode at run time for every replica (the [`READ_ONLY_SETTING`]);
+    /// `Some(reason)` turns it on. Takes effect here at once, elsewhere within a refresh.
+    pub async fn switch_read_only(&self, reason: Option<&str>) -> Result<()> {
+        let reason = reason.map(|r| {
+            let r = r.trim();
+            if r.is_empty() {
+                "the registry is in read-only mode".to_owned()
+            } else {
+                r.to_owned()
+            }
+        });
+        self.meta
+            .put_setting(READ_ONLY_SETTING, reason.as_deref().unwrap_or(""))
+            .await?;
+        *self.read_only.write().unwrap_or_else(|p| p.into_inner()) = reason;
+        Ok(())
+    }
+
+    /// Reads the run-time read-only switch from the metadata store (other replicas, or the
+    /// CLI, may have moved it).
+    pub async fn refresh_read_only(&self) -> Result<()> {
+        let setting = self.meta.setting(READ_ONLY_SETTING).await?;
+        let reason = setting.filter(|r| !r.is_empty());
+        *self.read_only.write().unwrap_or_else(|p| p.into_inner()) = reason;
+        Ok(())
+    }
+
+    fn require_writable(&self) -> Result<()> {
+        match self.read_only() {
+            Some(reason) => Err(RegistryError::ReadOnly(reason)),
+            None => Ok(()),
+        }
+    }
+
     fn require_deletes(&self) -> Result<()> {
         if self.config.delete_enabled {
             Ok(())
@@ -168,6 +226,7 @@ impl Registry {
     /// Discards upload sessions (and their bytes) started more than `max_age` ago: abandoned
     /// uploads must not fill the disk. Returns how many were removed.
     pub async fn purge_uploads(&self, max_age: Duration) -> Result<usize> {
+        self.require_writable()?;
         let before = berth_meta::now() - max_age.as_secs() as i64;
         let mut purged = 0;
         loop {

@@ -58,6 +58,7 @@ impl Registry {
         bytes: &[u8],
         extra_tags: &[&str],
     ) -> Result<Pushed> {
+        self.require_writable()?;
         let manifest = Manifest::parse(bytes, content_type)?;
         let (digest, mut tags) = match reference {
             Reference::Digest(claimed) => {
@@ -78,29 +79,8 @@ impl Registry {
         let media_type = content_type
             .filter(|ct| MANIFEST_MEDIA_TYPES.contains(ct))
             .unwrap_or(&manifest.media_type);
-        let annotations_json = manifest
-            .annotations
-            .as_ref()
-            .and_then(|a| serde_json::to_string(a).ok());
-        let stored = self
-            .meta
-            .put_manifest(NewManifest {
-                repository,
-                digest: &digest,
-                media_type,
-                content: bytes,
-                blobs: &manifest.blobs,
-                children: &manifest.children,
-                allow_missing: self.config.allow_sparse_manifests,
-                subject: manifest.subject.as_ref(),
-                artifact_type: manifest.artifact_type.as_deref(),
-                annotations_json,
-                tags: &tags,
-            })
-            .await
-            .map_err(RegistryError::from);
-        self.manifests.invalidate(repository);
-        self.note_write(stored, true)?;
+        self.record_manifest(repository, &digest, media_type, bytes, &manifest, &tags)
+            .await?;
         self.publish(
             actor,
             Change::ManifestPushed {
@@ -116,6 +96,42 @@ impl Registry {
         })
     }
 
+    /// Stores a parsed, validated manifest with its references and `tags` in one transaction
+    /// (references checked by the store), and drops the repository's cached manifests.
+    pub(crate) async fn record_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &[u8],
+        manifest: &Manifest,
+        tags: &[Tag],
+    ) -> Result<()> {
+        let annotations_json = manifest
+            .annotations
+            .as_ref()
+            .and_then(|a| serde_json::to_string(a).ok());
+        let stored = self
+            .meta
+            .put_manifest(NewManifest {
+                repository,
+                digest,
+                media_type,
+                content: bytes,
+                blobs: &manifest.blobs,
+                children: &manifest.children,
+                allow_missing: self.config.allow_sparse_manifests,
+                subject: manifest.subject.as_ref(),
+                artifact_type: manifest.artifact_type.as_deref(),
+                annotations_json,
+                tags,
+            })
+            .await
+            .map_err(RegistryError::from);
+        self.manifests.invalidate(repository);
+        self.note_write(stored, true)
+    }
+
     /// Deletes a manifest and its tags (by digest), or removes a tag only (by tag).
     pub async fn delete_manifest(
         &self,
@@ -123,6 +139,7 @@ impl Registry {
         repository: &RepositoryName,
         reference: &Reference,
     ) -> Result<()> {
+        self.require_writable()?;
         self.require_deletes()?;
         let (deleted, change) = match reference {
             Reference::Digest(d) => (
@@ -159,6 +176,7 @@ impl Registry {
         actor: &Actor,
         repository: &RepositoryName,
     ) -> Result<()> {
+        self.require_writable()?;
         self.require_deletes()?;
         let deleted = self.meta.delete_repository(repository).await;
         self.manifests.invalidate(repository);

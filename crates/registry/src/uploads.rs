@@ -43,6 +43,7 @@ impl Registry {
         to: &RepositoryName,
         digest: &Digest,
     ) -> Result<bool> {
+        self.require_writable()?;
         let mounted = self.meta.mount_blob(from, to, digest).await?.is_some();
         if mounted {
             self.publish(
@@ -66,6 +67,7 @@ impl Registry {
         digest: &Digest,
         body: ByteStream,
     ) -> Result<()> {
+        self.require_writable()?;
         let id = new_upload_id();
         let outcome = async {
             self.blobs.create_upload(&id).await?;
@@ -100,6 +102,7 @@ impl Registry {
         repository: &RepositoryName,
         algorithm: Algorithm,
     ) -> Result<String> {
+        self.require_writable()?;
         let id = new_upload_id();
         let session = UploadSession {
             id: id.clone(),
@@ -175,6 +178,7 @@ impl Registry {
         length: Option<u64>,
         body: ByteStream,
     ) -> Result<u64> {
+        self.require_writable()?;
         let session = self.session(repository, id).await?;
         let slot = self.uploads.slot(id);
         let mut state = slot.lock().await;
@@ -216,6 +220,7 @@ impl Registry {
         length: Option<u64>,
         last_chunk: Option<ByteStream>,
     ) -> Result<()> {
+        self.require_writable()?;
         let session = self.session(repository, id).await?;
         let slot = self.uploads.slot(id);
         let mut state = slot.lock().await;
@@ -329,6 +334,7 @@ impl Registry {
 
     /// Discards an upload and its session.
     pub async fn cancel_upload(&self, repository: &RepositoryName, id: &str) -> Result<()> {
+        self.require_writable()?;
         self.session(repository, id).await?;
         let slot = self.uploads.slot(id);
         let _guard = slot.lock().await;

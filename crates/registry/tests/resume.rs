@@ -68,6 +68,15 @@ impl BlobStore for CountingReads {
     async fn list_uploads(&self) -> Result<Vec<String>, StorageError> {
         self.inner.list_uploads().await
     }
+    async fn list_distribution_index(&self) -> Result<Vec<String>, StorageError> {
+        self.inner.list_distribution_index().await
+    }
+    async fn read_distribution_index(
+        &self,
+        path: &str,
+    ) -> Result<Option<bytes::Bytes>, StorageError> {
+        self.inner.read_distribution_index(path).await
+    }
 }
 
 fn body(bytes: &[u8]) -> ByteStream {

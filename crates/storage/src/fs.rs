@@ -89,6 +89,16 @@ impl FsBlobStore {
         })
     }
 
+    /// A store over a directory as it is, creating nothing: for reading another registry's
+    /// blobs (`berth import --from`), which may be mounted read-only.
+    pub fn existing(root: impl Into<PathBuf>) -> Self {
+        FsBlobStore {
+            root: root.into(),
+            direct_io: true,
+            observer: None,
+        }
+    }
+
     /// Reports every operation, with its time from call to answer, to `observer`.
     pub fn observed_by(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
@@ -547,6 +557,22 @@ impl BlobStore for FsBlobStore {
             .await
         })
         .await
+    }
+
+    async fn list_distribution_index(&self) -> Result<Vec<String>, StorageError> {
+        let root = self.root.clone();
+        blocking(move || Ok(paths::index_files(&root)?)).await
+    }
+
+    async fn read_distribution_index(&self, path: &str) -> Result<Option<Bytes>, StorageError> {
+        if !crate::is_index_path(path) {
+            return Ok(None);
+        }
+        match tokio::fs::read(paths::distribution_index(&self.root).join(path)).await {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn capacity(&self) -> Result<Option<Capacity>, StorageError> {

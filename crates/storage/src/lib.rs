@@ -194,6 +194,16 @@ pub trait BlobStore: Send + Sync + 'static {
     /// The ids of every upload in progress.
     async fn list_uploads(&self) -> Result<Vec<String>, StorageError>;
 
+    /// Every file of Distribution's repository index (`docker/registry/v2/repositories/`
+    /// under the root) as `registry:2` left it, as paths relative to that directory, skipping
+    /// its `_uploads`: what `berth import` reads. Berth itself never writes there.
+    async fn list_distribution_index(&self) -> Result<Vec<String>, StorageError>;
+
+    /// One file of that index (a link: a digest as text); `None` when it is absent. `path` is
+    /// one [`list_distribution_index`](Self::list_distribution_index) gave; a path that could
+    /// leave the index (empty, absolute, `.` or `..` segments) is not found.
+    async fn read_distribution_index(&self, path: &str) -> Result<Option<Bytes>, StorageError>;
+
     /// A URL a client may fetch the blob from directly (a presigned object-store URL), for a
     /// redirect instead of streaming through the registry; `None` when the backend has none.
     async fn blob_url(&self, _digest: &Digest) -> Result<Option<String>, StorageError> {
@@ -205,6 +215,15 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn capacity(&self) -> Result<Option<Capacity>, StorageError> {
         Ok(None)
     }
+}
+
+/// Whether `path` stays inside Distribution's repository index: relative, with no empty,
+/// `.` or `..` segment.
+pub fn is_index_path(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
 /// Size and free space of the filesystem (or volume) holding the blobs, in bytes.

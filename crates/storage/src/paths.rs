@@ -61,6 +61,37 @@ pub fn all_blobs(root: &Path) -> std::io::Result<Vec<Digest>> {
     Ok(found)
 }
 
+/// Distribution's repository index: links from repositories to their manifests, tags and
+/// layers. Berth reads it (`berth import`) and never writes it.
+pub fn distribution_index(root: &Path) -> PathBuf {
+    root.join("docker/registry/v2/repositories")
+}
+
+/// Every file under Distribution's repository index, relative to it, in no set order; the
+/// `_uploads` directories (registry:2's uploads in progress) are not entered.
+pub fn index_files(root: &Path) -> std::io::Result<Vec<String>> {
+    let base = distribution_index(root);
+    let mut found = Vec::new();
+    let mut pending = vec![base.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in read_dir_or_empty(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                if entry.file_name() != "_uploads" {
+                    pending.push(path);
+                }
+            } else if kind.is_file() {
+                if let Some(relative) = path.strip_prefix(&base).ok().and_then(Path::to_str) {
+                    found.push(relative.to_owned());
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
 fn read_dir_or_empty(
     dir: &Path,
 ) -> std::io::Result<Box<dyn Iterator<Item = std::io::Result<std::fs::DirEntry>>>> {

@@ -1,5 +1,6 @@
-//! Copying every blob from one store into another (`berth migrate --blobs-to`): filesystem to
-//! S3 and back, or between two buckets.
+//! Copying blobs from one store into another: every blob (`berth migrate --blobs-to`:
+//! filesystem to S3 and back, or between two buckets), or the ones named (`berth import` from a
+//! `registry:2` directory elsewhere).
 //!
 //! Each blob streams through an upload in the target, hashed on the way, and is committed only
 //! if its bytes hash to its name: a corrupt source blob is reported, never copied. A blob the
@@ -35,10 +36,17 @@ pub struct Report {
     pub corrupt: Vec<Digest>,
 }
 
-enum Outcome {
-    Copied(u64),
+/// What [`copy_blob`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copied {
+    /// Copied, this many bytes.
+    Bytes(u64),
+    /// The target holds the blob already, at the source's size.
     Present,
-    Corrupt(Digest),
+    /// The source does not hold it.
+    Missing,
+    /// The source's bytes do not hash to the digest; nothing was copied.
+    Corrupt,
 }
 
 /// Copies every blob of `source` that `target` lacks; `progress` is told after each blob.
@@ -55,12 +63,15 @@ pub async fn copy_all(
         let Some(last) = page.last().cloned() else {
             break;
         };
-        let outcomes: Vec<Outcome> = futures_util::stream::iter(page)
-            .map(|digest| async move { copy_one(source, target, digest).await })
+        let outcomes: Vec<(Digest, Copied)> = futures_util::stream::iter(page)
+            .map(|digest| async move {
+                let outcome = copy_blob(source, target, &digest).await;
+                outcome.map(|copied| (digest, copied))
+            })
             .buffer_unordered(IN_FLIGHT)
-            .inspect_ok(|outcome| {
-                let size = match outcome {
-                    Outcome::Copied(size) => *size,
+            .inspect_ok(|(_, copied)| {
+                let size = match copied {
+                    Copied::Bytes(size) => *size,
                     _ => 0,
                 };
                 progress(Progress {
@@ -70,14 +81,15 @@ pub async fn copy_all(
             })
             .try_collect()
             .await?;
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Copied(size) => {
+        for (digest, copied) in outcomes {
+            match copied {
+                Copied::Bytes(size) => {
                     report.copied.blobs += 1;
                     report.copied.bytes += size;
                 }
-                Outcome::Present => report.skipped += 1,
-                Outcome::Corrupt(digest) => report.corrupt.push(digest),
+                // Missing: deleted since it was listed.
+                Copied::Present | Copied::Missing => report.skipped += 1,
+                Copied::Corrupt => report.corrupt.push(digest),
             }
         }
         after = Some(last);
@@ -85,21 +97,24 @@ pub async fn copy_all(
     Ok(report)
 }
 
-async fn copy_one(
+/// Copies one blob from `source` into `target` through an upload hashed on the way,
+/// committed only if the bytes hash to `digest`; a blob the target holds at the same size is
+/// left as it is.
+pub async fn copy_blob(
     source: &dyn BlobStore,
     target: &dyn BlobStore,
-    digest: Digest,
-) -> Result<Outcome, StorageError> {
-    let Some(size) = source.blob_size(&digest).await? else {
-        return Ok(Outcome::Present); // deleted since it was listed
+    digest: &Digest,
+) -> Result<Copied, StorageError> {
+    let Some(size) = source.blob_size(digest).await? else {
+        return Ok(Copied::Missing);
     };
-    if target.blob_size(&digest).await? == Some(size) {
-        return Ok(Outcome::Present);
+    if target.blob_size(digest).await? == Some(size) {
+        return Ok(Copied::Present);
     }
     let id = format!("migrate-{}", &digest.hex()[..32.min(digest.hex().len())]);
     target.delete_upload(&id).await?; // a copy interrupted before
     target.create_upload(&id).await?;
-    let bytes = source.read_blob(&digest, 0..size).await?;
+    let bytes = source.read_blob(digest, 0..size).await?;
     let appended = target
         .append_upload(&id, 0, bytes, digest.algorithm().hasher())
         .await;
@@ -110,12 +125,12 @@ async fn copy_one(
             return Err(e);
         }
     };
-    if appended.size != size || appended.hasher.finish() != digest {
+    if appended.size != size || &appended.hasher.finish() != digest {
         target.delete_upload(&id).await?;
-        return Ok(Outcome::Corrupt(digest));
+        return Ok(Copied::Corrupt);
     }
-    target.commit_upload(&id, &digest).await?;
-    Ok(Outcome::Copied(size))
+    target.commit_upload(&id, digest).await?;
+    Ok(Copied::Bytes(size))
 }
 
 #[cfg(test)]

@@ -129,6 +129,17 @@ pub async fn handle(api: &Api, endpoint: Endpoint, request: Request) -> Result<R
                 &Method::DELETE,
                 "deletes are disabled on this registry",
             ),
+            ApiError::Registry(RegistryError::ReadOnly(reason)) => {
+                let reads: Vec<&str> = allowed
+                    .iter()
+                    .filter(|m| matches!(**m, Method::GET | Method::HEAD))
+                    .map(Method::as_str)
+                    .collect();
+                ApiError::MethodNotAllowed {
+                    allow: reads.join(", "),
+                    detail: format!("{reason}; pulls still work"),
+                }
+            }
             other => other,
         });
     if result.is_err() {

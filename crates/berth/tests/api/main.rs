@@ -15,6 +15,8 @@ mod blobs;
 mod cli;
 mod connections;
 mod gc;
+mod import;
+mod lifecycle;
 mod listing;
 mod manifests;
 mod ops;

@@ -638,6 +638,23 @@ impl MetadataStore for PostgresStore {
         })
     }
 
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        self.observed("setting", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let row = query_opt(c, sql::SETTING, &[&name]).await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
+        write_tx!(self, "put_setting", IsolationLevel::ReadCommitted, |tx| {
+            execute(tx, sql::PUT_SETTING, &[&name, &value, &now()]).await?;
+            Ok(())
+        })
+    }
+
     fn watch_changes(&self) -> Option<tokio::sync::broadcast::Receiver<crate::Changed>> {
         Some(self.changes())
     }

@@ -603,6 +603,27 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        let name = name.to_owned();
+        self.read("setting", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::SETTING)?
+                .query_row([&name], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn put_setting(&self, name: &str, value: &str) -> Result<()> {
+        let (name, value) = (name.to_owned(), value.to_owned());
+        self.write("put_setting", move |conn| {
+            conn.prepare_cached(sql::PUT_SETTING)?
+                .execute((&name, &value, now()))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn expired_uploads(&self, before: i64, limit: u32) -> Result<Vec<String>> {
         self.read("expired_uploads", move |conn| {
             Ok(conn

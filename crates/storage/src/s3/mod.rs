@@ -55,6 +55,8 @@ const MAX_PARTS: usize = 10_000;
 /// Part sizes grow by one `part_size` every this many parts (see [`S3BlobStore::part_size`]).
 const PARTS_PER_STEP: usize = 1_000;
 /// How long a presigned blob URL stays valid (Distribution's S3 driver uses 20 minutes).
+/// Distribution's repository index under the root, which `berth import` reads.
+const INDEX: &str = "docker/registry/v2/repositories";
 const PRESIGN_FOR: Duration = Duration::from_secs(20 * 60);
 
 /// Where and how to reach the bucket; the fields of Distribution's `s3` storage driver.
@@ -749,6 +751,34 @@ impl BlobStore for S3BlobStore {
                 .collect())
         })
         .await
+    }
+
+    async fn list_distribution_index(&self) -> Result<Vec<String>, StorageError> {
+        let prefix = self.key(INDEX);
+        let mut listing = std::pin::pin!(self.client.list(Some(&prefix)));
+        let mut found = Vec::new();
+        while let Some(object) = listing.next().await {
+            let object = object.map_err(classify)?;
+            let relative = object
+                .location
+                .prefix_match(&prefix)
+                .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>());
+            if let Some(parts) = relative.filter(|p| !p.iter().any(|s| s == "_uploads")) {
+                found.push(parts.join("/"));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn read_distribution_index(&self, path: &str) -> Result<Option<Bytes>, StorageError> {
+        if !crate::is_index_path(path) {
+            return Ok(None);
+        }
+        match self.client.get(&self.key(&format!("{INDEX}/{path}"))).await {
+            Ok(found) => Ok(Some(found.bytes().await.map_err(classify)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(classify(e)),
+        }
     }
 
     async fn blob_url(&self, digest: &Digest) -> Result<Option<String>, StorageError> {

@@ -1,0 +1,343 @@
+//! Keeping a registry tidy while it serves: read-only mode (registry:2's variable, the admin
+//! API and the CLI, shared through the metadata store) and whole-repository deletion followed by
+//! garbage collection.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::common::*;
+use reqwest::Response;
+
+const ADMIN: (&str, &str) = ("admin", "admin-pass-1");
+
+fn berth(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .output()
+        .expect("run berth");
+    assert!(
+        out.status.success(),
+        "berth {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn token_server(data: &std::path::Path) -> Server {
+    Server::start_on(
+        data,
+        &[
+            ("BERTH_AUTH_MODE", "token"),
+            ("BERTH_AUTH_BOOTSTRAP_ADMIN_PASSWORD", ADMIN.1),
+        ],
+    )
+    .await
+}
+
+fn as_user(s: &Server, who: (&str, &str), method: Method, path: &str) -> reqwest::RequestBuilder {
+    s.req(method, path).basic_auth(who.0, Some(who.1))
+}
+
+/// Pushes a one-layer image as `who`; returns the manifest's and the layer's digests.
+async fn push_as(s: &Server, who: (&str, &str), repo: &str, tag: &str) -> (String, String) {
+    let config = serde_json::to_vec(&json!({"os": "linux", "n": rand::random::<u64>()})).unwrap();
+    let layer = random_bytes(2048);
+    let mut digests = Vec::new();
+    for blob in [&config, &layer] {
+        let d = sha256(blob);
+        let r = as_user(
+            s,
+            who,
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        )
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{repo}");
+        digests.push(d);
+    }
+    let m = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digests[0], "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digests[1], "size": layer.len()}]}))
+    .unwrap();
+    let r = as_user(s, who, Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(m.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    (sha256(&m), digests.remove(1))
+}
+
+/// The status of a blob upload started as `who`, within `within`, once it is `want`.
+async fn upload_status_becomes(s: &Server, who: (&str, &str), want: StatusCode) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = as_user(s, who, Method::POST, "/v2/proj/app/blobs/uploads/")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == want || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn registry2_read_only_variable_refuses_writes_and_serves_pulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_on(dir.path(), &[]).await;
+    let digest = s.push_image("app/x", "v1").await;
+    s.terminate();
+    let s = Server::start_on(
+        dir.path(),
+        &[(
+            "REGISTRY_STORAGE_MAINTENANCE_READONLY",
+            r#"{"enabled": true}"#,
+        )],
+    )
+    .await;
+    let r = s.get("/v2/app/x/manifests/v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+
+    let layer = sha256(b"never uploaded");
+    let body = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": layer, "size": 14},
+        "layers": []}))
+    .unwrap();
+    let r = s.put_manifest("app/x", "v2", OCI_MANIFEST, &body).await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(header(&r, "allow"), "GET, HEAD");
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("UNSUPPORTED") && text.contains("read-only"),
+        "{text}"
+    );
+    let r = s
+        .req(Method::POST, "/v2/app/x/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 405, "UNSUPPORTED").await;
+    let r = s.delete(&format!("/v2/app/x/manifests/{digest}")).await;
+    assert_error(r, 405, "UNSUPPORTED").await;
+    assert_eq!(
+        s.get("/v2/app/x/manifests/v1").await.status(),
+        200,
+        "nothing was deleted"
+    );
+}
+
+#[tokio::test]
+async fn read_only_switch_from_the_admin_api_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let s = token_server(dir.path()).await;
+    let r = as_user(&s, ADMIN, Method::POST, "/api/v1/users")
+        .json(&json!({"name": "dev", "password": "dev-pass-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = as_user(
+        &s,
+        ("dev", "dev-pass-1"),
+        Method::PUT,
+        "/api/v1/system/read-only",
+    )
+    .json(&json!({"enabled": true}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "only registry admins switch it"
+    );
+
+    let r = as_user(&s, ADMIN, Method::PUT, "/api/v1/system/read-only")
+        .json(&json!({"enabled": true, "reason": "backup until 10:00"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let state: Value = r.json().await.unwrap();
+    assert_eq!(state["enabled"], true);
+    let r = upload_status_becomes(&s, ADMIN, StatusCode::METHOD_NOT_ALLOWED).await;
+    let text = r.text().await.unwrap();
+    assert!(text.contains("backup until 10:00"), "{text}");
+    assert!(berth(&["read-only", "status", "--data", data]).contains("backup until 10:00"));
+
+    // The CLI writes the shared setting; the server follows within its two-second refresh.
+    berth(&["read-only", "off", "--data", data]);
+    let r = upload_status_becomes(&s, ADMIN, StatusCode::ACCEPTED).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    berth(&[
+        "read-only",
+        "on",
+        "--reason",
+        "moving disks",
+        "--data",
+        data,
+    ]);
+    let r = upload_status_becomes(&s, ADMIN, StatusCode::METHOD_NOT_ALLOWED).await;
+    assert!(r.text().await.unwrap().contains("moving disks"));
+    let r = as_user(&s, ADMIN, Method::GET, "/api/v1/system/read-only")
+        .send()
+        .await
+        .unwrap();
+    let state: Value = r.json().await.unwrap();
+    assert_eq!(state["reason"], "moving disks");
+
+    let r = as_user(&s, ADMIN, Method::PUT, "/api/v1/system/read-only")
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = upload_status_becomes(&s, ADMIN, StatusCode::ACCEPTED).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "at once on the server that switched"
+    );
+    let audit = berth(&["audit", "--action", "read_only.on", "--data", data]);
+    assert!(audit.contains("moving disks"), "{audit}");
+}
+
+#[tokio::test]
+async fn deleting_a_repository_then_gc_frees_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let s = token_server(dir.path()).await;
+    for (method, path, body) in [
+        (Method::POST, "/api/v1/projects", json!({"name": "proj"})),
+        (
+            Method::POST,
+            "/api/v1/users",
+            json!({"name": "dev", "password": "dev-pass-1"}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/projects/proj/members/dev",
+            json!({"role": "developer"}),
+        ),
+    ] {
+        let r = as_user(&s, ADMIN, method, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    let (_, layer) = push_as(&s, ADMIN, "proj/app", "v1").await;
+    let (kept, kept_layer) = push_as(&s, ADMIN, "proj/other", "v1").await;
+    let hex = &layer["sha256:".len()..];
+    let layer_file = dir.path().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    assert!(layer_file.exists());
+
+    let r = as_user(
+        &s,
+        ("dev", "dev-pass-1"),
+        Method::DELETE,
+        "/api/v1/repositories/proj/app",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "developers may not delete repositories"
+    );
+    let r = as_user(&s, ADMIN, Method::DELETE, "/api/v1/repositories/proj/app")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = as_user(&s, ADMIN, Method::GET, "/v2/proj/app/manifests/v1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = as_user(&s, ADMIN, Method::DELETE, "/api/v1/repositories/proj/app")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "gone already");
+    let catalog: Value = as_user(&s, ADMIN, Method::GET, "/v2/_catalog")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(catalog["repositories"], json!(["proj/other"]));
+
+    // Collectable once a second has passed since the layer was stored (times are seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let freed = berth(&["gc", "--grace-seconds", "0", "--data", data]);
+    assert!(freed.contains(&layer), "{freed}");
+    assert!(
+        !layer_file.exists(),
+        "the deleted repository's layer is gone"
+    );
+    let r = as_user(
+        &s,
+        ADMIN,
+        Method::GET,
+        &format!("/v2/proj/other/manifests/{kept}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = as_user(
+        &s,
+        ADMIN,
+        Method::GET,
+        &format!("/v2/proj/other/blobs/{kept_layer}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the other repository keeps its bytes"
+    );
+
+    // The CLI deletes too, and says what it did in the audit log.
+    berth(&["repository", "rm", "proj/other", "--data", data]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = as_user(&s, ADMIN, Method::GET, "/v2/proj/other/manifests/v1")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still serves proj/other"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let audit = berth(&["audit", "--action", "repository.delete", "--data", data]);
+    assert!(
+        audit.contains("proj/app") && audit.contains("proj/other"),
+        "{audit}"
+    );
+}
