@@ -190,6 +190,24 @@ impl Metrics {
                 "Duration of the last collection.",
                 gc.last_duration_ms.load(Ordering::Relaxed),
             ),
+            (
+                "berth_gc_running",
+                "gauge",
+                "1 while a garbage collection runs in this process.",
+                gc.running.load(Ordering::Relaxed),
+            ),
+            (
+                "berth_gc_run_blobs_deleted",
+                "gauge",
+                "Blobs deleted so far by the running (else the last) collection.",
+                gc.run_blobs_deleted.load(Ordering::Relaxed),
+            ),
+            (
+                "berth_gc_run_bytes_freed",
+                "gauge",
+                "Bytes freed so far by the running (else the last) collection.",
+                gc.run_bytes_freed.load(Ordering::Relaxed),
+            ),
         ];
         for (name, kind, help, v) in gc {
             let _ = writeln!(
@@ -461,6 +479,23 @@ async fn storage_gauges(api: &Api) -> String {
              # HELP berth_storage_total_bytes Size of the filesystem where blobs are stored.\n\
              # TYPE berth_storage_total_bytes gauge\nberth_storage_total_bytes {}\n",
             c.free, c.total
+        ));
+    }
+    // The history is shared by replicas: the last collection anywhere, for alerts on a
+    // collector that stopped running or failing.
+    if let Ok(Some(last)) = api
+        .registry
+        .gc_history(1)
+        .await
+        .map(|r| r.into_iter().next())
+    {
+        out.push_str(&format!(
+            "# HELP berth_gc_last_run_timestamp_seconds When the last garbage collection of any replica finished.\n\
+             # TYPE berth_gc_last_run_timestamp_seconds gauge\nberth_gc_last_run_timestamp_seconds {}\n\
+             # HELP berth_gc_last_run_failed 1 when the last garbage collection of any replica failed.\n\
+             # TYPE berth_gc_last_run_failed gauge\nberth_gc_last_run_failed {}\n",
+            last.finished_at,
+            u8::from(!last.error.is_empty())
         ));
     }
     out.push_str(&format!(

@@ -12,9 +12,7 @@ use crate::stores;
 
 pub fn run(config: Config, dry_run: bool, grace: Option<u64>) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let blobs = stores::open_blobs(&config, None).await?;
-        let meta = stores::open_metadata(&config, None).await?;
-        let registry = Registry::new(blobs, meta, config.registry_config(), Events::default());
+        let registry = open(&config).await?;
         registry.refresh_read_only().await?;
         let grace = Duration::from_secs(grace.unwrap_or(config.gc.grace_seconds));
         let report = if dry_run {
@@ -32,6 +30,43 @@ pub fn run(config: Config, dry_run: bool, grace: Option<u64>) -> anyhow::Result<
             report.bytes_freed,
             grace.as_secs()
         );
+        Ok(())
+    })
+}
+
+async fn open(config: &Config) -> anyhow::Result<Registry> {
+    let blobs = stores::open_blobs(config, None).await?;
+    let meta = stores::open_metadata(config, None).await?;
+    let mut registry_config = config.registry_config();
+    registry_config.instance = format!("cli@{}", registry_config.instance);
+    Ok(Registry::new(
+        blobs,
+        meta,
+        registry_config,
+        Events::default(),
+    ))
+}
+
+/// `berth gc --history`: the latest collections of every replica and the CLI, newest first.
+pub fn history(config: Config, limit: u32) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let registry = open(&config).await?;
+        println!("started	seconds	instance	blobs	bytes	outcome");
+        for run in registry.gc_history(limit).await? {
+            let outcome = if run.error.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("failed: {}", run.error)
+            };
+            println!(
+                "{}	{}	{}	{}	{}	{outcome}",
+                run.started_at,
+                run.finished_at - run.started_at,
+                run.instance,
+                run.blobs_deleted,
+                run.bytes_freed
+            );
+        }
         Ok(())
     })
 }

@@ -116,6 +116,13 @@ enum Command {
         /// Override gc.grace_seconds for this run.
         #[arg(long)]
         grace_seconds: Option<u64>,
+        /// Print the latest collections of every replica (start, seconds, where, blobs and
+        /// bytes freed, outcome) instead of collecting.
+        #[arg(long)]
+        history: bool,
+        /// How many collections --history prints.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// Move the registry to other backends: the metadata (repositories, tags, manifests,
     /// users, projects, robots, the audit log) from its SQLite file into PostgreSQL with
@@ -231,8 +238,17 @@ fn main() -> ExitCode {
         Command::Audit(args) => access_cmd::audit(args),
         Command::Gc {
             store,
+            history: true,
+            limit,
+            ..
+        } => store
+            .load()
+            .and_then(|(config, _)| gc_cmd::history(config, limit)),
+        Command::Gc {
+            store,
             dry_run,
             grace_seconds,
+            ..
         } => store
             .load()
             .and_then(|(config, _)| gc_cmd::run(config, dry_run, grace_seconds)),

@@ -304,12 +304,36 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Sets a registry-wide setting.
     async fn put_setting(&self, name: &str, value: &str) -> Result<()>;
 
+    /// Records a garbage collection that ran, keeping the newest [`GC_RUNS_KEPT`].
+    async fn record_gc_run(&self, run: &GcRun) -> Result<()>;
+
+    /// The latest `limit` garbage collections, newest first.
+    async fn gc_runs(&self, limit: u32) -> Result<Vec<GcRun>>;
+
     /// Announcements of changes to repositories' manifests and tags made through any process
     /// sharing this backend (this one included), for caches to drop what they hold; `None`
     /// when the backend cannot tell, and caches must bound their staleness by time alone.
     fn watch_changes(&self) -> Option<tokio::sync::broadcast::Receiver<Changed>> {
         None
     }
+}
+
+/// How many garbage collections the history keeps.
+pub const GC_RUNS_KEPT: u32 = 1000;
+
+/// One garbage collection, as its history keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GcRun {
+    pub id: String,
+    /// Seconds since the epoch.
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// The replica (or `cli`) that ran it.
+    pub instance: String,
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+    /// Empty when it completed, else what stopped it.
+    pub error: String,
 }
 
 /// What [`MetadataStore::watch_changes`] announces.

@@ -9,6 +9,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_upload_hash_state.sql")),
     (6, include_str!("../migrations/0006_leases.sql")),
     (7, include_str!("../migrations/0007_settings.sql")),
+    (8, include_str!("../migrations/0008_gc_runs.sql")),
 ];
 
 pub const CREATE_VERSION_TABLE: &str =

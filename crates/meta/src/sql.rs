@@ -38,3 +38,14 @@ pub(crate) const SETTING: &str = "SELECT value FROM settings WHERE name = $1";
 pub(crate) const PUT_SETTING: &str =
     "INSERT INTO settings (name, value, updated_at) VALUES ($1, $2, $3)
      ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";
+
+pub(crate) const RECORD_GC_RUN: &str = "INSERT INTO gc_runs
+     (id, started_at, finished_at, instance, blobs_deleted, bytes_freed, error)
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING";
+
+/// Keeps the newest [`crate::GC_RUNS_KEPT`] runs.
+pub(crate) const PRUNE_GC_RUNS: &str = "DELETE FROM gc_runs WHERE id NOT IN
+     (SELECT id FROM gc_runs ORDER BY started_at DESC, id DESC LIMIT 1000)";
+
+pub(crate) const GC_RUNS: &str = "SELECT id, started_at, finished_at, instance, blobs_deleted,
+     bytes_freed, error FROM gc_runs ORDER BY started_at DESC, id DESC LIMIT $1";

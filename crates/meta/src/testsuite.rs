@@ -27,8 +27,41 @@ pub async fn run_all(store: Arc<dyn Store>) {
     collections_race_pushes(store.clone()).await;
     leases_have_one_holder(store.clone()).await;
     settings_are_kept(&*store).await;
+    gc_history_is_kept_newest_first(&*store).await;
     access_data_moves_the_generation(&*store).await;
     audit_is_recorded_queried_and_pruned(&*store).await;
+}
+
+async fn gc_history_is_kept_newest_first(store: &dyn Store) {
+    let run = |n: i64| crate::GcRun {
+        id: format!("suite-{n:05}"),
+        started_at: 1_000_000 + n,
+        finished_at: 1_000_000 + n + 1,
+        instance: "suite".into(),
+        blobs_deleted: n as u64,
+        bytes_freed: 10 * n as u64,
+        error: if n == 2 {
+            "stopped".into()
+        } else {
+            String::new()
+        },
+    };
+    for n in 1..=3 {
+        store.record_gc_run(&run(n)).await.unwrap();
+    }
+    store.record_gc_run(&run(3)).await.unwrap(); // recorded once
+    let runs = store.gc_runs(2).await.unwrap();
+    assert_eq!(runs, vec![run(3), run(2)]);
+    for n in 4..=(i64::from(crate::GC_RUNS_KEPT) + 5) {
+        store.record_gc_run(&run(n)).await.unwrap();
+    }
+    let kept = store.gc_runs(crate::GC_RUNS_KEPT + 100).await.unwrap();
+    assert_eq!(
+        kept.len(),
+        crate::GC_RUNS_KEPT as usize,
+        "the oldest are pruned"
+    );
+    assert_eq!(kept.last().map(|r| r.started_at), Some(1_000_000 + 6));
 }
 
 async fn settings_are_kept(store: &dyn Store) {

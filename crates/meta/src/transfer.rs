@@ -33,6 +33,7 @@ pub const TABLES: &[&str] = &[
     "robots",
     "audit_events",
     "settings",
+    "gc_runs",
 ];
 
 /// Rows read and written at a time.

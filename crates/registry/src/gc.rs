@@ -18,7 +18,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_meta::BlobReservation;
+use berth_meta::{BlobReservation, GcRun};
 use berth_oci::Digest;
 
 use crate::error::{RegistryError, Result};
@@ -39,6 +39,11 @@ pub struct GcStats {
     pub blobs_deleted: AtomicU64,
     pub bytes_freed: AtomicU64,
     pub last_duration_ms: AtomicU64,
+    /// 1 while a collection runs in this process.
+    pub running: AtomicU64,
+    /// What the running (or else the last) collection has deleted so far.
+    pub run_blobs_deleted: AtomicU64,
+    pub run_bytes_freed: AtomicU64,
 }
 
 /// What one collection did (or, dry, would do).
@@ -52,9 +57,39 @@ pub struct GcReport {
 
 impl Registry {
     /// Deletes blobs nothing has reached for at least `grace`.
+    /// Each run, completed or stopped by an error, is recorded in the GC history
+    /// ([`MetadataStore::gc_runs`](berth_meta::MetadataStore::gc_runs)).
     pub async fn collect_garbage(&self, grace: Duration) -> Result<GcReport> {
         self.require_writable()?;
-        self.garbage(grace, false).await
+        let stats = &self.gc_stats;
+        let started_at = berth_meta::now();
+        stats.run_blobs_deleted.store(0, Ordering::Relaxed);
+        stats.run_bytes_freed.store(0, Ordering::Relaxed);
+        stats.running.store(1, Ordering::Relaxed);
+        let outcome = self.garbage(grace, false).await;
+        stats.running.store(0, Ordering::Relaxed);
+        let run = GcRun {
+            id: crate::uploads::new_upload_id(),
+            started_at,
+            finished_at: berth_meta::now(),
+            instance: self.config.instance.clone(),
+            blobs_deleted: stats.run_blobs_deleted.load(Ordering::Relaxed),
+            bytes_freed: stats.run_bytes_freed.load(Ordering::Relaxed),
+            error: outcome
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        };
+        if let Err(e) = self.meta.record_gc_run(&run).await {
+            tracing::warn!("could not record the garbage collection in its history: {e}");
+        }
+        outcome
+    }
+
+    /// The latest `limit` collections of any replica or the CLI, newest first.
+    pub async fn gc_history(&self, limit: u32) -> Result<Vec<GcRun>> {
+        Ok(self.meta.gc_runs(limit).await?)
     }
 
     /// What [`collect_garbage`](Self::collect_garbage) would delete now, deleting nothing.
@@ -92,6 +127,12 @@ impl Registry {
                 }
                 self.blobs.delete_blob(&digest).await?;
                 self.meta.forget_blob(&digest).await?;
+                self.gc_stats
+                    .run_blobs_deleted
+                    .fetch_add(1, Ordering::Relaxed);
+                self.gc_stats
+                    .run_bytes_freed
+                    .fetch_add(size, Ordering::Relaxed);
                 report.removed.push((text, size));
             }
         }

@@ -26,7 +26,7 @@ pub struct ChunkRange {
 pub const SAVE_HASH_FROM: u64 = berth_storage::READ_BACK_LIMIT;
 
 /// 128 random bits: session ids are capabilities and must not be guessable.
-fn new_upload_id() -> String {
+pub(crate) fn new_upload_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     hex::encode(bytes)

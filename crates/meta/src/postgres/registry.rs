@@ -14,8 +14,8 @@ use super::write_tx;
 use super::{PostgresStore, TxResult, CHANGES_CHANNEL};
 use crate::sql;
 use crate::{
-    now, renewal_due, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer,
-    Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
+    now, renewal_due, BlobReservation, GcRun, MetaError, MetadataStore, NewManifest, Page,
+    Referrer, Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
 };
 
 pub(super) type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -636,6 +636,49 @@ impl MetadataStore for PostgresStore {
             let n = execute(tx, sql::CLAIM_LEASE, &[&name, &holder, &until, &now]).await?;
             Ok(n > 0)
         })
+    }
+
+    async fn record_gc_run(&self, run: &GcRun) -> Result<()> {
+        write_tx!(self, "record_gc_run", IsolationLevel::ReadCommitted, |tx| {
+            let (blobs, bytes) = (run.blobs_deleted as i64, run.bytes_freed as i64);
+            execute(
+                tx,
+                sql::RECORD_GC_RUN,
+                &[
+                    &run.id,
+                    &run.started_at,
+                    &run.finished_at,
+                    &run.instance,
+                    &blobs,
+                    &bytes,
+                    &run.error,
+                ],
+            )
+            .await?;
+            execute(tx, sql::PRUNE_GC_RUNS, &[]).await?;
+            Ok(())
+        })
+    }
+
+    async fn gc_runs(&self, limit: u32) -> Result<Vec<GcRun>> {
+        self.observed("gc_runs", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(c, sql::GC_RUNS, &[&i64::from(limit)]).await?;
+            Ok(rows
+                .iter()
+                .map(|r| GcRun {
+                    id: r.get(0),
+                    started_at: r.get(1),
+                    finished_at: r.get(2),
+                    instance: r.get(3),
+                    blobs_deleted: r.get::<_, i64>(4) as u64,
+                    bytes_freed: r.get::<_, i64>(5) as u64,
+                    error: r.get(6),
+                })
+                .collect())
+        })
+        .await
     }
 
     async fn setting(&self, name: &str) -> Result<Option<String>> {

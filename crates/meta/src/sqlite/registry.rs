@@ -10,8 +10,8 @@ use rusqlite::{Connection, OptionalExtension};
 use super::SqliteStore;
 use crate::sql;
 use crate::{
-    now, renewal_due, BlobReservation, MetaError, MetadataStore, NewManifest, Page, Referrer,
-    Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
+    now, renewal_due, BlobReservation, GcRun, MetaError, MetadataStore, NewManifest, Page,
+    Referrer, Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
 };
 
 fn ensure_repository(conn: &Connection, repo: &str) -> Result<()> {
@@ -599,6 +599,44 @@ impl MetadataStore for SqliteStore {
                 .prepare_cached(sql::CLAIM_LEASE)?
                 .execute((&name, &holder, until, now))?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn record_gc_run(&self, run: &GcRun) -> Result<()> {
+        let run = run.clone();
+        self.write("record_gc_run", move |conn| {
+            conn.prepare_cached(sql::RECORD_GC_RUN)?.execute((
+                &run.id,
+                run.started_at,
+                run.finished_at,
+                &run.instance,
+                run.blobs_deleted as i64,
+                run.bytes_freed as i64,
+                &run.error,
+            ))?;
+            conn.prepare_cached(sql::PRUNE_GC_RUNS)?.execute([])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn gc_runs(&self, limit: u32) -> Result<Vec<GcRun>> {
+        self.read("gc_runs", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::GC_RUNS)?
+                .query_map([i64::from(limit)], |r| {
+                    Ok(GcRun {
+                        id: r.get(0)?,
+                        started_at: r.get(1)?,
+                        finished_at: r.get(2)?,
+                        instance: r.get(3)?,
+                        blobs_deleted: r.get::<_, i64>(4)? as u64,
+                        bytes_freed: r.get::<_, i64>(5)? as u64,
+                        error: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
