@@ -45,7 +45,10 @@ class Berth:
         self.addr = addr
         self.prefix = list(prefix)
         self.proc = None
-        self.start(stderr)
+        if stderr is None:
+            self.start()  # subclasses may take no argument (tests/faults)
+        else:
+            self.start(stderr)
 
     def start(self, stderr=None):
         """Starts the process; `stderr` (a file) receives its log."""

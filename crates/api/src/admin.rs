@@ -46,6 +46,14 @@ pub fn router() -> Router<Arc<Api>> {
             get(read_only).put(switch_read_only),
         )
         .route("/api/v1/repositories/{*name}", delete(remove_repository))
+        .route(
+            "/api/v1/projects/{name}/policy",
+            get(show_policy).put(set_policy).delete(remove_policy),
+        )
+        .route(
+            "/api/v1/projects/{name}/retention",
+            axum::routing::post(run_retention),
+        )
 }
 
 /// An authenticated caller of the admin API.
@@ -170,6 +178,12 @@ struct ReadOnlySwitch {
     enabled: bool,
     #[serde(default)]
     reason: String,
+}
+
+#[derive(Deserialize)]
+struct RetentionParams {
+    #[serde(default)]
+    dry_run: bool,
 }
 
 #[derive(Deserialize)]
@@ -416,4 +430,78 @@ async fn remove_repository(c: Caller, Path(name): Path<String>) -> Result<Status
         .delete_repository(&actor, &repository)
         .await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// A project's lifecycle policy (immutable tags, retention rules); `{}` when it has none.
+async fn show_policy(c: Caller, Path(project): Path<String>) -> Reply {
+    c.require(Permission::AdministerProject(&project))?;
+    let policy = c.api.registry.project_policy(&project).await?;
+    ok(serde_json::to_value(policy).unwrap_or_default())
+}
+
+/// Replaces a project's policy; lifting an immutability rule is putting the policy without
+/// it.
+async fn set_policy(c: Caller, Path(project): Path<String>, body: String) -> Reply {
+    c.require(Permission::AdministerProject(&project))?;
+    let policy = berth_registry::policy::Policy::parse(&body)
+        .map_err(|e| ApiError::InvalidRequest(format!("not a valid policy: {e}")))?;
+    c.api
+        .registry
+        .set_project_policy(&project, Some(&policy))
+        .await?;
+    let a = &c.access;
+    c.api.audit.record(
+        &a.principal.name(),
+        "policy.set",
+        &project,
+        "ok",
+        &a.client,
+        &serde_json::to_string(&policy).unwrap_or_default(),
+    );
+    ok(serde_json::to_value(policy).unwrap_or_default())
+}
+
+async fn remove_policy(c: Caller, Path(project): Path<String>) -> Reply {
+    c.require(Permission::AdministerProject(&project))?;
+    c.api.registry.set_project_policy(&project, None).await?;
+    let a = &c.access;
+    c.api.audit.record(
+        &a.principal.name(),
+        "policy.rm",
+        &project,
+        "ok",
+        &a.client,
+        "",
+    );
+    ok(json!({}))
+}
+
+/// Applies the project's retention now (`?dry_run=true`: only says what would go).
+async fn run_retention(
+    c: Caller,
+    Path(project): Path<String>,
+    Query(q): Query<RetentionParams>,
+) -> Reply {
+    c.require(Permission::AdministerProject(&project))?;
+    let actor = berth_registry::Actor::new(c.access.principal.name(), c.access.client.clone());
+    let report = c
+        .api
+        .registry
+        .run_retention(&actor, &project, q.dry_run)
+        .await?;
+    let deletions: Vec<Value> = report
+        .plan
+        .deletions
+        .iter()
+        .map(|d| {
+            json!({"repository": d.repository, "digest": d.digest, "tags": d.tags, "reason": d.reason})
+        })
+        .collect();
+    ok(json!({
+        "dry_run": q.dry_run,
+        "deletions": deletions,
+        "deleted": report.deleted.len(),
+        "kept_by_push": report.kept_by_push,
+        "bytes_freed": report.plan.bytes_freed,
+    }))
 }

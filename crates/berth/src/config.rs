@@ -21,6 +21,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub tracing: TracingConfig,
     pub gc: GcConfig,
+    pub retention: RetentionConfig,
     pub manifests: ManifestsConfig,
 }
 
@@ -83,6 +84,23 @@ pub struct GcConfig {
     pub interval_seconds: u64,
     /// Only collect blobs created at least this long ago (seconds).
     pub grace_seconds: u64,
+}
+
+/// Scheduled tag retention (each project's rules: `berth policy`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Apply every project's retention rules this often (seconds); 0 = only by hand
+    /// (`berth retention run`).
+    pub interval_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            interval_seconds: 86_400,
+        }
+    }
 }
 
 impl Default for GcConfig {

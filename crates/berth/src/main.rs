@@ -9,6 +9,7 @@ mod gc_cmd;
 mod htpasswd;
 mod import_cmd;
 mod migrate_cmd;
+mod policy_cmd;
 mod registry_cmd;
 mod serve;
 mod server;
@@ -161,6 +162,16 @@ enum Command {
         #[command(subcommand)]
         command: registry_cmd::ReadOnlyCommand,
     },
+    /// A project's lifecycle policy: immutable tags and retention rules (show, set, rm).
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
+    },
+    /// Apply a project's retention rules now.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
     /// Repositories: `rm NAME` deletes one whole (tags, manifests, blob links).
     Repository {
         #[command(subcommand)]
@@ -175,6 +186,19 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Delete what the project's retention rules do not keep, printing each manifest and
+    /// the bytes the next garbage collection frees; with --dry-run, only print it.
+    Run {
+        project: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -263,6 +287,20 @@ fn main() -> ExitCode {
             .store()
             .load()
             .and_then(|(config, _)| registry_cmd::read_only(config, command)),
+        Command::Policy { command } => command
+            .store()
+            .load()
+            .and_then(|(config, _)| policy_cmd::policy(config, command)),
+        Command::Retention {
+            command:
+                RetentionCommand::Run {
+                    project,
+                    dry_run,
+                    store,
+                },
+        } => store
+            .load()
+            .and_then(|(config, _)| policy_cmd::retention(config, &project, dry_run)),
         Command::Repository {
             command: RepositoryCommand::Rm { name, store },
         } => store

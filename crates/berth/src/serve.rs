@@ -127,6 +127,46 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    if config.retention.interval_seconds > 0 {
+        let keeper = api.registry.clone();
+        let every = std::time::Duration::from_secs(config.retention.interval_seconds);
+        workers.spawn("retention", every, FirstRun::AfterPeriod, move || {
+            let keeper = keeper.clone();
+            async move {
+                if keeper.read_only().is_some() {
+                    return Ok("read-only mode: retention waits".into());
+                }
+                match keeper.lead("retention", every * LEASE_PERIODS).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok("another replica applies retention".into()),
+                    Err(e) => return Err(format!("retention lease: {e}")),
+                }
+                let actor = berth_registry::Actor::new("retention", "schedule");
+                match keeper.run_all_retention(&actor).await {
+                    Ok(reports) => {
+                        let deleted: usize = reports.iter().map(|r| r.deleted.len()).sum();
+                        Ok(if deleted == 0 {
+                            String::new()
+                        } else {
+                            format!("retention deleted {deleted} manifests")
+                        })
+                    }
+                    Err(e) => Err(format!("retention failed: {e}")),
+                }
+            }
+        });
+    }
+    let recorder = api.registry.clone();
+    workers.spawn("pull_times", PULL_FLUSH, FirstRun::AfterPeriod, move || {
+        let recorder = recorder.clone();
+        async move {
+            recorder
+                .flush_pulls()
+                .await
+                .map(|_| String::new())
+                .map_err(|e| format!("recording pull times: {e}"))
+        }
+    });
     let purger = api.registry.clone();
     let max_age = std::time::Duration::from_secs(config.storage.upload_purge_hours * 3600);
     workers.spawn("upload_purge", HOURLY, FirstRun::Now, move || {
@@ -330,6 +370,9 @@ const HOURLY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// A replica that runs shared background work holds its lease for this many of the task's
 /// periods: it renews it every run, and another replica takes over this long after the last.
 const LEASE_PERIODS: u32 = 3;
+
+/// How often noted pulls are written to the metadata store (retention's pull times).
+const PULL_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How often watched files (htpasswd, TLS certificate) are checked for changes: a rotated
 /// Kubernetes Secret takes effect within this time, without a restart.

@@ -53,6 +53,9 @@ pub enum MetaError {
         count: u64,
         limit: u64,
     },
+    /// The push would move a tag that may not be moved.
+    #[error("tag {0} exists and is immutable")]
+    TagImmutable(String),
     /// The backend could not take the change for lack of space (disk, quota).
     #[error("the metadata store is full: {0}")]
     Full(String),
@@ -108,6 +111,50 @@ pub struct NewManifest<'a> {
     /// The manifest's annotations as a JSON object, for the referrers API.
     pub annotations_json: Option<String>,
     pub tags: &'a [Tag],
+    /// Of `tags`, those that may not be moved once they exist: the push fails with
+    /// [`MetaError::TagImmutable`] when one points at another manifest.
+    pub immutable_tags: &'a [Tag],
+}
+
+/// A repository as retention sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub manifests: Vec<InventoryManifest>,
+    pub tags: Vec<InventoryTag>,
+}
+
+#[derive(Clone, Debug)]
+pub struct InventoryManifest {
+    pub digest: String,
+    pub media_type: String,
+    /// The manifest's own size.
+    pub size: u64,
+    pub created_at: i64,
+    /// 0 when never pulled (or not since pull times were recorded).
+    pub pulled_at: i64,
+    pub subject: Option<String>,
+    /// Child manifests (of an index).
+    pub children: Vec<String>,
+    /// Config and layers, with their sizes.
+    pub blobs: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct InventoryTag {
+    pub name: String,
+    pub manifest: String,
+    /// When the tag was last pointed (pushed).
+    pub pushed_at: i64,
+    pub pulled_at: i64,
+}
+
+/// A pull, for [`MetadataStore::record_pulls`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pull {
+    pub repository: String,
+    /// A tag, or a manifest digest.
+    pub reference: String,
+    pub at: i64,
 }
 
 /// A manifest that names another as its subject.
@@ -239,6 +286,37 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// go with the next collection if nothing else reaches them). `false` when it did not
     /// exist.
     async fn delete_repository(&self, repo: &RepositoryName) -> Result<bool>;
+
+    /// Deletes a manifest and its tags unless a tag was pointed at it at or after
+    /// `tagged_before` (seconds since the epoch), in one atomic step: retention deletes what
+    /// it planned, and a push racing it keeps its tag. `false` when it kept or lacked it.
+    async fn delete_manifest_untagged_since(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        tagged_before: i64,
+    ) -> Result<bool>;
+
+    /// A repository's manifests (with references, push and pull times) and tags, for
+    /// retention and usage.
+    async fn repository_inventory(&self, repo: &RepositoryName) -> Result<Inventory>;
+
+    /// Every manifest, of any repository, that references the blob, as (repository, digest).
+    async fn blob_users(&self, digest: &Digest) -> Result<Vec<(String, String)>>;
+
+    /// Records when tags and manifests were pulled (a reference is a tag or a digest; a tag's
+    /// pull counts for its manifest too). Times only move forward; unknown references are
+    /// ignored. Callers batch pulls: this is not one write per request.
+    async fn record_pulls(&self, pulls: &[Pull]) -> Result<()>;
+
+    /// A project's lifecycle policy document, as last put.
+    async fn project_policy(&self, project: &str) -> Result<Option<String>>;
+
+    /// Sets (or with `None` removes) a project's lifecycle policy document.
+    async fn put_project_policy(&self, project: &str, policy: Option<&str>) -> Result<()>;
+
+    /// The projects that have a policy, in lexical order.
+    async fn projects_with_policies(&self) -> Result<Vec<String>>;
 
     /// Removes a tag only; `false` when it did not exist.
     async fn delete_tag(&self, repo: &RepositoryName, tag: &Tag) -> Result<bool>;

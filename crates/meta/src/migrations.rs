@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_leases.sql")),
     (7, include_str!("../migrations/0007_settings.sql")),
     (8, include_str!("../migrations/0008_gc_runs.sql")),
+    (9, include_str!("../migrations/0009_lifecycle.sql")),
 ];
 
 pub const CREATE_VERSION_TABLE: &str =

@@ -49,3 +49,73 @@ pub(crate) const PRUNE_GC_RUNS: &str = "DELETE FROM gc_runs WHERE id NOT IN
 
 pub(crate) const GC_RUNS: &str = "SELECT id, started_at, finished_at, instance, blobs_deleted,
      bytes_freed, error FROM gc_runs ORDER BY started_at DESC, id DESC LIMIT $1";
+
+/// The manifest tag `$2` of repository `$1` names.
+pub(crate) const TAG_TARGET: &str = "SELECT manifest FROM tags WHERE repository = $1 AND name = $2";
+
+/// Deletes manifest `$2` of `$1` (its tags and references cascade) unless a tag was pointed
+/// at it at or after `$3`: retention's delete, which a push racing it wins.
+pub(crate) const DELETE_MANIFEST_UNTAGGED_SINCE: &str = "DELETE FROM manifests
+     WHERE repository = $1 AND digest = $2 AND NOT EXISTS
+       (SELECT 1 FROM tags WHERE repository = $1 AND manifest = $2 AND updated_at >= $3)";
+
+pub(crate) const INVENTORY_MANIFESTS: &str = "SELECT digest, media_type, length(content),
+     created_at, pulled_at, subject FROM manifests WHERE repository = $1";
+pub(crate) const INVENTORY_CHILDREN: &str =
+    "SELECT manifest, child FROM manifest_children WHERE repository = $1";
+pub(crate) const INVENTORY_BLOBS: &str = "SELECT mb.manifest, mb.blob, b.size
+     FROM manifest_blobs mb JOIN blobs b ON b.digest = mb.blob WHERE mb.repository = $1";
+pub(crate) const INVENTORY_TAGS: &str =
+    "SELECT name, manifest, updated_at, pulled_at FROM tags WHERE repository = $1";
+
+/// Every manifest of any repository that references blob `$1`, as (repository, digest).
+pub(crate) const BLOB_USERS: &str =
+    "SELECT repository, manifest FROM manifest_blobs WHERE blob = $1";
+
+/// Pull times only move forward: `$1` the time, `$2` the repository, `$3` the tag or digest
+/// (the time first, as it is used first).
+pub(crate) const PULLED_TAG: &str = "UPDATE tags SET pulled_at = $1
+     WHERE repository = $2 AND name = $3 AND pulled_at < $1";
+pub(crate) const PULLED_TAGGED_MANIFEST: &str = "UPDATE manifests SET pulled_at = $1
+     WHERE repository = $2 AND pulled_at < $1
+       AND digest = (SELECT manifest FROM tags WHERE repository = $2 AND name = $3)";
+pub(crate) const PULLED_MANIFEST: &str = "UPDATE manifests SET pulled_at = $1
+     WHERE repository = $2 AND digest = $3 AND pulled_at < $1";
+
+pub(crate) const PROJECT_POLICY: &str = "SELECT policy FROM project_policies WHERE project = $1";
+pub(crate) const PUT_PROJECT_POLICY: &str = "INSERT INTO project_policies (project, policy, updated_at)
+     VALUES ($1, $2, $3)
+     ON CONFLICT (project) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at";
+pub(crate) const DELETE_PROJECT_POLICY: &str = "DELETE FROM project_policies WHERE project = $1";
+pub(crate) const PROJECTS_WITH_POLICIES: &str =
+    "SELECT project FROM project_policies ORDER BY project";
+
+#[cfg(test)]
+mod tests {
+    /// Every statement here numbers its parameters in order of first appearance (see the
+    /// module docs): a `$3` before a `$1` binds differently in SQLite and PostgreSQL.
+    #[test]
+    fn parameters_appear_in_numeric_order() {
+        let source = include_str!("sql.rs");
+        let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+        for statement in source.split("pub(crate) const ").skip(1) {
+            let mut seen: Vec<u32> = Vec::new();
+            for part in statement.split('$').skip(1) {
+                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+                if let Ok(n) = digits.parse::<u32>() {
+                    if !seen.contains(&n) {
+                        seen.push(n);
+                    }
+                }
+            }
+            let mut sorted = seen.clone();
+            sorted.sort_unstable();
+            assert_eq!(
+                seen,
+                sorted,
+                "in {}",
+                statement.lines().next().unwrap_or("")
+            );
+        }
+    }
+}

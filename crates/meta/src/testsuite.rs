@@ -11,7 +11,9 @@ use std::sync::Arc;
 use berth_oci::{Algorithm, Digest, Reference, Referenced, RepositoryName, Tag};
 
 use crate::access::{AuditEvent, AuditQuery, Member, Project, Robot, User};
-use crate::{BlobReservation, MetaError, NewManifest, Page, UploadLimits, UploadSession};
+use crate::{
+    now, BlobReservation, MetaError, NewManifest, Page, Pull, UploadLimits, UploadSession,
+};
 
 pub use crate::Store;
 
@@ -28,8 +30,140 @@ pub async fn run_all(store: Arc<dyn Store>) {
     leases_have_one_holder(store.clone()).await;
     settings_are_kept(&*store).await;
     gc_history_is_kept_newest_first(&*store).await;
+    lifecycle_reads_and_guarded_writes(&*store).await;
     access_data_moves_the_generation(&*store).await;
     audit_is_recorded_queried_and_pruned(&*store).await;
+}
+
+/// What tag immutability and retention stand on: immutable tags refused atomically, the
+/// inventory, pull times, the delete a later push wins, and policy documents.
+async fn lifecycle_reads_and_guarded_writes(store: &dyn Store) {
+    let r = repo("suite-life/app");
+    let layer = Digest::sha256_of(b"suite life layer");
+    store.add_blob(&r, &layer, 7, None).await.unwrap();
+    let refs = [Referenced {
+        digest: layer.clone(),
+        size: 7,
+    }];
+    let (one, two) = (b"{\"life\":1}".as_slice(), b"{\"life\":2}".as_slice());
+    let (d1, d2) = (Digest::sha256_of(one), Digest::sha256_of(two));
+    let fixed = [tag("v1")];
+    store
+        .put_manifest(NewManifest {
+            immutable_tags: &fixed,
+            ..manifest(&r, &d1, one, &refs, &fixed)
+        })
+        .await
+        .expect("a new immutable tag is pushed");
+    store
+        .put_manifest(NewManifest {
+            immutable_tags: &fixed,
+            ..manifest(&r, &d1, one, &refs, &fixed)
+        })
+        .await
+        .expect("pushing the same manifest again is no move");
+    let moved = store
+        .put_manifest(NewManifest {
+            immutable_tags: &fixed,
+            ..manifest(&r, &d2, two, &refs, &[tag("v1"), tag("latest")])
+        })
+        .await;
+    assert!(
+        matches!(moved, Err(MetaError::TagImmutable(ref t)) if t == "v1"),
+        "{moved:?}"
+    );
+    assert!(
+        store
+            .get_manifest(&r, &Reference::Tag(tag("latest")))
+            .await
+            .unwrap()
+            .is_none(),
+        "the refused push stored nothing"
+    );
+    store
+        .put_manifest(manifest(&r, &d2, two, &refs, &[tag("latest")]))
+        .await
+        .unwrap();
+
+    let at = now() + 100;
+    store
+        .record_pulls(&[
+            Pull {
+                repository: r.to_string(),
+                reference: "latest".into(),
+                at,
+            },
+            Pull {
+                repository: r.to_string(),
+                reference: d1.to_string(),
+                at: at - 5,
+            },
+            Pull {
+                repository: r.to_string(),
+                reference: "no-such-tag".into(),
+                at,
+            },
+        ])
+        .await
+        .unwrap();
+    let inventory = store.repository_inventory(&r).await.unwrap();
+    assert_eq!(inventory.manifests.len(), 2);
+    let of = |d: &Digest| {
+        inventory
+            .manifests
+            .iter()
+            .find(|m| m.digest == d.as_str())
+            .cloned()
+            .expect("manifest in the inventory")
+    };
+    assert_eq!(
+        of(&d2).pulled_at,
+        at,
+        "a tag's pull counts for its manifest"
+    );
+    assert_eq!(of(&d1).pulled_at, at - 5);
+    assert_eq!(of(&d1).size, one.len() as u64);
+    assert_eq!(of(&d1).blobs, vec![(layer.to_string(), 7)]);
+    let latest = inventory.tags.iter().find(|t| t.name == "latest").unwrap();
+    assert_eq!(
+        (latest.manifest.as_str(), latest.pulled_at),
+        (d2.as_str(), at)
+    );
+    let users = store.blob_users(&layer).await.unwrap();
+    assert_eq!(users.len(), 2, "{users:?}");
+
+    // Retention's delete loses against a tag pushed since it planned.
+    let planned = latest.pushed_at;
+    assert!(!store
+        .delete_manifest_untagged_since(&r, &d2, planned)
+        .await
+        .unwrap());
+    assert!(store
+        .delete_manifest_untagged_since(&r, &d2, planned + 1)
+        .await
+        .unwrap());
+    assert!(store
+        .get_manifest(&r, &Reference::Tag(tag("latest")))
+        .await
+        .unwrap()
+        .is_none());
+
+    assert_eq!(store.project_policy("suite-life").await.unwrap(), None);
+    store
+        .put_project_policy("suite-life", Some("{\"immutable\":[]}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.project_policy("suite-life").await.unwrap().as_deref(),
+        Some("{\"immutable\":[]}")
+    );
+    assert!(store
+        .projects_with_policies()
+        .await
+        .unwrap()
+        .contains(&"suite-life".to_owned()));
+    store.put_project_policy("suite-life", None).await.unwrap();
+    assert_eq!(store.project_policy("suite-life").await.unwrap(), None);
 }
 
 async fn gc_history_is_kept_newest_first(store: &dyn Store) {
@@ -115,6 +249,7 @@ fn manifest<'a>(
         artifact_type: None,
         annotations_json: None,
         tags,
+        immutable_tags: &[],
     }
 }
 

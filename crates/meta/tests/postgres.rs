@@ -134,6 +134,7 @@ async fn changes_are_announced_to_other_processes() {
             artifact_type: None,
             annotations_json: None,
             tags: &["v1".parse::<Tag>().unwrap()],
+            immutable_tags: &[],
         })
         .await
         .unwrap();
@@ -248,6 +249,7 @@ async fn a_copy_refuses_a_corrupt_manifest() {
             artifact_type: None,
             annotations_json: None,
             tags: &["v1".parse::<Tag>().unwrap()],
+            immutable_tags: &[],
         })
         .await
         .unwrap();

@@ -41,6 +41,7 @@ fn manifest<'a>(
         artifact_type: Some("application/x-test"),
         annotations_json: None,
         tags,
+        immutable_tags: &[],
     }
 }
 

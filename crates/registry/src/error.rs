@@ -31,6 +31,13 @@ pub enum RegistryError {
     RangeInvalid(String),
     #[error("deletes are disabled on this registry")]
     DeletesDisabled,
+    /// A tag an immutability rule protects would be moved or deleted; the message names the
+    /// rule.
+    #[error("{0}")]
+    Immutable(String),
+    /// The store refused to move this immutable tag (the registry then names the rule).
+    #[error("tag {0} is immutable")]
+    TagImmutable(String),
     /// Writes are refused: the registry is in read-only mode, for this reason.
     #[error("{0}; pulls still work")]
     ReadOnly(String),
@@ -86,6 +93,7 @@ impl From<MetaError> for RegistryError {
             MetaError::WrongSizes(wrong) => RegistryError::WrongSizes(wrong),
             MetaError::Conflict(detail) => RegistryError::Conflict(detail),
             MetaError::TooManyUploads { .. } => RegistryError::TooManyUploads(e.to_string()),
+            MetaError::TagImmutable(tag) => RegistryError::TagImmutable(tag),
             other => RegistryError::Meta(other),
         }
     }

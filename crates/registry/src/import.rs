@@ -241,6 +241,7 @@ impl Registry {
                         &revision.bytes,
                         &revision.manifest,
                         &tags,
+                        &[],
                     )
                     .await;
                 match outcome {

@@ -19,6 +19,9 @@ pub mod import;
 mod listing;
 mod manifest_cache;
 mod manifests;
+pub mod policy;
+mod pulls;
+pub mod retention;
 mod upload_state;
 mod uploads;
 
@@ -103,6 +106,8 @@ pub struct Registry {
     /// The run-time read-only switch and its reason, as last read from the
     /// [`READ_ONLY_SETTING`] shared by replicas.
     read_only: std::sync::RwLock<Option<String>>,
+    /// Pulls noted since the last [`flush_pulls`](Registry::flush_pulls).
+    pulls: pulls::PullTimes,
     pub gc_stats: GcStats,
 }
 
@@ -124,6 +129,7 @@ impl Registry {
             uploads: upload_state::Uploads::default(),
             storage_full: AtomicBool::new(false),
             read_only: std::sync::RwLock::new(None),
+            pulls: pulls::PullTimes::default(),
             gc_stats: GcStats::default(),
         }
     }

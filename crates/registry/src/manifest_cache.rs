@@ -266,6 +266,7 @@ mod tests {
                 artifact_type: None,
                 annotations_json: None,
                 tags: &[tag.parse::<Tag>().unwrap()],
+                immutable_tags: &[],
             })
             .await
             .unwrap();

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use berth_meta::{NewManifest, StoredManifest};
+use berth_meta::{MetaError, NewManifest, StoredManifest};
 use berth_oci::manifest::MANIFEST_MEDIA_TYPES;
 use berth_oci::{Digest, Manifest, Reference, RepositoryName, Tag};
 
+use crate::policy::{split_project, Policy};
 use crate::{Actor, Change, Registry, RegistryError, Result};
 
 /// What a push stored.
@@ -34,6 +35,7 @@ impl Registry {
             )));
         };
         if pull {
+            self.pulls.note(repository, reference);
             self.publish(
                 actor,
                 Change::Pulled {
@@ -79,8 +81,22 @@ impl Registry {
         let media_type = content_type
             .filter(|ct| MANIFEST_MEDIA_TYPES.contains(ct))
             .unwrap_or(&manifest.media_type);
-        self.record_manifest(repository, &digest, media_type, bytes, &manifest, &tags)
-            .await?;
+        let policy = self.policy_of(repository).await?;
+        let within = crate::policy::split_project(repository.as_str()).1;
+        let immutable: Vec<Tag> = tags
+            .iter()
+            .filter(|t| policy.immutable_rule(within, t.as_str()).is_some())
+            .cloned()
+            .collect();
+        let recorded = self
+            .record_manifest(
+                repository, &digest, media_type, bytes, &manifest, &tags, &immutable,
+            )
+            .await;
+        if let Err(RegistryError::TagImmutable(tag)) = &recorded {
+            return Err(immutable_refusal(&policy, repository, tag, "moved"));
+        }
+        recorded?;
         self.publish(
             actor,
             Change::ManifestPushed {
@@ -98,6 +114,7 @@ impl Registry {
 
     /// Stores a parsed, validated manifest with its references and `tags` in one transaction
     /// (references checked by the store), and drops the repository's cached manifests.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn record_manifest(
         &self,
         repository: &RepositoryName,
@@ -106,6 +123,7 @@ impl Registry {
         bytes: &[u8],
         manifest: &Manifest,
         tags: &[Tag],
+        immutable_tags: &[Tag],
     ) -> Result<()> {
         let annotations_json = manifest
             .annotations
@@ -125,6 +143,7 @@ impl Registry {
                 artifact_type: manifest.artifact_type.as_deref(),
                 annotations_json,
                 tags,
+                immutable_tags,
             })
             .await
             .map_err(RegistryError::from);
@@ -141,6 +160,8 @@ impl Registry {
     ) -> Result<()> {
         self.require_writable()?;
         self.require_deletes()?;
+        self.refuse_deleting_immutable(repository, reference)
+            .await?;
         let (deleted, change) = match reference {
             Reference::Digest(d) => (
                 self.meta.delete_manifest(repository, d).await,
@@ -178,6 +199,8 @@ impl Registry {
     ) -> Result<()> {
         self.require_writable()?;
         self.require_deletes()?;
+        self.refuse_deleting_immutable(repository, &Reference::Digest(Digest::sha256_of(b"")))
+            .await?;
         let deleted = self.meta.delete_repository(repository).await;
         self.manifests.invalidate(repository);
         if !deleted? {
@@ -191,4 +214,89 @@ impl Registry {
         );
         Ok(())
     }
+}
+
+impl Registry {
+    /// The lifecycle policy of `repository`'s project; the empty policy when it has none.
+    pub async fn policy_of(&self, repository: &RepositoryName) -> Result<Policy> {
+        self.project_policy(split_project(repository.as_str()).0)
+            .await
+    }
+
+    /// A project's lifecycle policy; the empty policy when it has none.
+    pub async fn project_policy(&self, project: &str) -> Result<Policy> {
+        match self.meta.project_policy(project).await? {
+            None => Ok(Policy::default()),
+            Some(json) => Policy::parse(&json).map_err(|e| {
+                RegistryError::Meta(MetaError::Corrupt(format!(
+                    "the stored policy of project {project}: {e}"
+                )))
+            }),
+        }
+    }
+
+    /// Sets a project's lifecycle policy (validated), or removes it with `None`.
+    pub async fn set_project_policy(&self, project: &str, policy: Option<&Policy>) -> Result<()> {
+        let json = policy
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| RegistryError::Meta(MetaError::Backend(e.to_string())))?;
+        Ok(self
+            .meta
+            .put_project_policy(project, json.as_deref())
+            .await?)
+    }
+
+    /// Refuses deleting `reference` (a tag, a manifest by digest, or with the empty digest
+    /// the whole repository) when an immutability rule protects a tag it would take.
+    async fn refuse_deleting_immutable(
+        &self,
+        repository: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<()> {
+        let policy = self.policy_of(repository).await?;
+        if policy.immutable.is_empty() {
+            return Ok(());
+        }
+        let within = split_project(repository.as_str()).1;
+        let doomed: Vec<String> = match reference {
+            Reference::Tag(tag) => vec![tag.as_str().to_owned()],
+            Reference::Digest(digest) => {
+                let whole = digest == &Digest::sha256_of(b"");
+                let inventory = self.meta.repository_inventory(repository).await?;
+                inventory
+                    .tags
+                    .into_iter()
+                    .filter(|t| whole || t.manifest == digest.as_str())
+                    .map(|t| t.name)
+                    .collect()
+            }
+        };
+        match doomed
+            .iter()
+            .find(|t| policy.immutable_rule(within, t).is_some())
+        {
+            Some(tag) => Err(immutable_refusal(&policy, repository, tag, "deleted")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The refusal naming the rule that protects `tag`.
+fn immutable_refusal(
+    policy: &Policy,
+    repository: &RepositoryName,
+    tag: &str,
+    verb: &str,
+) -> RegistryError {
+    let within = split_project(repository.as_str()).1;
+    let rule = policy
+        .immutable_rule(within, tag)
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "an immutability rule".into());
+    RegistryError::Immutable(format!(
+        "tag {tag} of {repository} is immutable and cannot be {verb}: {rule} of project {}; \
+         a project admin can lift the rule",
+        split_project(repository.as_str()).0
+    ))
 }

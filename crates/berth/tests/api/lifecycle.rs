@@ -341,3 +341,217 @@ async fn deleting_a_repository_then_gc_frees_its_bytes() {
         "{audit}"
     );
 }
+
+fn berth_fails(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .output()
+        .expect("run berth");
+    assert!(!out.status.success(), "berth {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn set_policy(data: &str, project: &str, policy: Value) {
+    let file = std::path::Path::new(data).join(format!("policy-{project}.json"));
+    std::fs::write(&file, policy.to_string()).unwrap();
+    berth(&[
+        "policy",
+        "set",
+        project,
+        "--file",
+        file.to_str().unwrap(),
+        "--data",
+        data,
+    ]);
+}
+
+/// A manifest of one fresh config blob (no layers), pushed under `reference`; its digest.
+async fn push_small(s: &Server, repo: &str, reference: &str, extra: Value) -> String {
+    let body = s.image_manifest(repo, extra).await;
+    let digest = sha256(&body);
+    let reference = if reference.is_empty() {
+        digest.as_str()
+    } else {
+        reference
+    };
+    let r = s.put_manifest(repo, reference, OCI_MANIFEST, &body).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "{repo}:{reference}");
+    digest
+}
+
+#[tokio::test]
+async fn immutable_tags_cannot_be_moved_or_deleted_until_the_rule_is_lifted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let s = Server::start_on(dir.path(), &[]).await;
+    set_policy(data, "app", json!({"immutable": [{"tags": "v*"}]}));
+    let first = s.image_manifest("app/x", json!({})).await;
+    let r = s.put_manifest("app/x", "v1", OCI_MANIFEST, &first).await;
+    assert_eq!(r.status(), 201);
+    let r = s.put_manifest("app/x", "v1", OCI_MANIFEST, &first).await;
+    assert_eq!(
+        r.status(),
+        201,
+        "pushing the same manifest again moves nothing"
+    );
+
+    let other = s.image_manifest("app/x", json!({})).await;
+    let r = s.put_manifest("app/x", "v1", OCI_MANIFEST, &other).await;
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("DENIED") && text.contains("\\\"v*\\\"") && text.contains("immutab"),
+        "the refusal names the rule: {text}"
+    );
+    let served = s.get("/v2/app/x/manifests/v1").await.bytes().await.unwrap();
+    assert_eq!(sha256(&served), sha256(&first), "v1 did not move");
+    for _ in 0..2 {
+        let r = s
+            .put_manifest("app/x", "latest", OCI_MANIFEST, &other)
+            .await;
+        assert_eq!(r.status(), 201, "other tags move freely");
+    }
+    let r = s.delete("/v2/app/x/manifests/v1").await;
+    assert_error(r, 403, "DENIED").await;
+    let r = s
+        .delete(&format!("/v2/app/x/manifests/{}", sha256(&first)))
+        .await;
+    assert_error(r, 403, "DENIED").await;
+    let err = berth_fails(&["repository", "rm", "app/x", "--data", data]);
+    assert!(err.contains("immutable"), "{err}");
+
+    berth(&["policy", "rm", "app", "--data", data]);
+    let r = s.delete("/v2/app/x/manifests/v1").await;
+    assert_eq!(r.status(), 202, "lifted: deletes work again");
+}
+
+#[tokio::test]
+async fn retention_dry_run_names_what_a_run_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let s = Server::start_on(dir.path(), &[]).await;
+    // Oldest first, one second apart: push times are seconds.
+    let untagged = push_small(&s, "app/r", "", json!({})).await;
+    let old = push_small(&s, "app/r", "t1", json!({})).await;
+    let signature = push_small(
+        &s,
+        "app/r",
+        "",
+        json!({"subject": {"mediaType": OCI_MANIFEST, "digest": old, "size": 1}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t2 = push_small(&s, "app/r", "t2", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t3 = push_small(&s, "app/r", "t3", json!({})).await;
+    let release = push_small(&s, "app/r", "release-1", json!({})).await;
+    let kept_elsewhere = push_small(&s, "keep/r", "t0", json!({})).await;
+    set_policy(
+        data,
+        "app",
+        json!({"retention": {
+            "rules": [{"tags": "t*", "keep": {"latest_pushed": 2}},
+                      {"tags": "release-*", "keep": "always"}],
+            "untagged": {"delete_after_days": 0}}}),
+    );
+
+    let dry = berth(&["retention", "run", "app", "--dry-run", "--data", data]);
+    let would: std::collections::BTreeSet<String> = dry
+        .lines()
+        .filter(|l| l.starts_with("would delete\t"))
+        .map(|l| l.split('\t').nth(1).unwrap().to_owned())
+        .collect();
+    let expected: std::collections::BTreeSet<String> = [&untagged, &old, &signature]
+        .iter()
+        .map(|d| format!("app/r@{d}"))
+        .collect();
+    assert_eq!(would, expected, "{dry}");
+    let bytes = |out: &str| {
+        out.lines()
+            .last()
+            .and_then(|l| l.split("frees ").nth(1))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no byte count: {out}"))
+    };
+    assert!(bytes(&dry) > 0, "{dry}");
+    assert_eq!(
+        s.get(&format!("/v2/app/r/manifests/{old}")).await.status(),
+        200,
+        "dry runs delete nothing"
+    );
+
+    let run = berth(&["retention", "run", "app", "--data", data]);
+    let deleted: std::collections::BTreeSet<String> = run
+        .lines()
+        .filter(|l| l.starts_with("delete\t"))
+        .map(|l| l.split('\t').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(deleted, would, "the run deletes what the dry run said");
+    assert_eq!(bytes(&run), bytes(&dry));
+    // The server's manifest cache drops what another process deleted within seconds.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    for gone in [&untagged, &old, &signature] {
+        while s.get(&format!("/v2/app/r/manifests/{gone}")).await.status() != 404 {
+            assert!(Instant::now() < deadline, "{gone} is still served");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for (repo, kept) in [
+        ("app/r", &t2),
+        ("app/r", &t3),
+        ("app/r", &release),
+        ("keep/r", &kept_elsewhere),
+    ] {
+        assert_eq!(
+            s.get(&format!("/v2/{repo}/manifests/{kept}"))
+                .await
+                .status(),
+            200
+        );
+    }
+    let audit = berth(&["audit", "--action", "delete", "--data", data]);
+    assert!(
+        audit.contains(&format!("app/r:{old}")) && audit.contains("retention"),
+        "{audit}"
+    );
+    let again = berth(&["retention", "run", "app", "--data", data]);
+    assert!(again.contains("deleted 0 manifests"), "{again}");
+}
+
+#[tokio::test]
+async fn scheduled_retention_keeps_what_was_pulled() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let s = Server::start_on(dir.path(), &[("BERTH_RETENTION_INTERVAL_SECONDS", "1")]).await;
+    let old = push_small(&s, "app/p", "old", json!({})).await;
+    let mid = push_small(&s, "app/p", "mid", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let new = push_small(&s, "app/p", "new", json!({})).await;
+    assert_eq!(
+        s.get("/v2/app/p/manifests/old").await.status(),
+        200,
+        "a pull"
+    );
+    set_policy(
+        data,
+        "app",
+        json!({"retention": {"rules": [
+            {"keep": {"latest_pushed": 1}},
+            {"keep": {"pulled_within_days": 1}}]}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.get(&format!("/v2/app/p/manifests/{mid}")).await.status() != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "the scheduled run did not delete mid"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for kept in [&old, &new] {
+        assert_eq!(
+            s.get(&format!("/v2/app/p/manifests/{kept}")).await.status(),
+            200
+        );
+    }
+}

@@ -14,8 +14,9 @@ use super::write_tx;
 use super::{PostgresStore, TxResult, CHANGES_CHANNEL};
 use crate::sql;
 use crate::{
-    now, renewal_due, BlobReservation, GcRun, MetaError, MetadataStore, NewManifest, Page,
-    Referrer, Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
+    now, renewal_due, BlobReservation, GcRun, Inventory, InventoryManifest, InventoryTag,
+    MetaError, MetadataStore, NewManifest, Page, Pull, Referrer, Result, SavedHash, StoredManifest,
+    UploadLimits, UploadSession,
 };
 
 pub(super) type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -141,6 +142,12 @@ async fn put_manifest(
     }
     if !missing.is_empty() && !m.allow_missing {
         return Err(MetaError::MissingReferences(missing).into());
+    }
+    for tag in m.immutable_tags {
+        let current = query_opt(tx, sql::TAG_TARGET, &[&repo, &tag.as_str()]).await?;
+        if current.is_some_and(|r| r.get::<_, &str>(0) != digest) {
+            return Err(MetaError::TagImmutable(tag.to_string()).into());
+        }
     }
 
     let at = now();
@@ -636,6 +643,133 @@ impl MetadataStore for PostgresStore {
             let n = execute(tx, sql::CLAIM_LEASE, &[&name, &holder, &until, &now]).await?;
             Ok(n > 0)
         })
+    }
+
+    async fn delete_manifest_untagged_since(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        tagged_before: i64,
+    ) -> Result<bool> {
+        let (repo, digest) = (repo.as_str(), digest.as_str());
+        write_tx!(self, "delete_manifest_untagged_since", |tx| {
+            let n = execute(
+                tx,
+                sql::DELETE_MANIFEST_UNTAGGED_SINCE,
+                &[&repo, &digest, &tagged_before],
+            )
+            .await?;
+            announce(tx, repo).await?;
+            Ok(n > 0)
+        })
+    }
+
+    async fn repository_inventory(&self, repo: &RepositoryName) -> Result<Inventory> {
+        let repo = repo.as_str();
+        self.observed("repository_inventory", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let mut manifests: Vec<InventoryManifest> =
+                query(c, sql::INVENTORY_MANIFESTS, &[&repo])
+                    .await?
+                    .iter()
+                    .map(|r| InventoryManifest {
+                        digest: r.get(0),
+                        media_type: r.get(1),
+                        size: r.get::<_, i32>(2).max(0) as u64,
+                        created_at: r.get(3),
+                        pulled_at: r.get(4),
+                        subject: r.get(5),
+                        children: Vec::new(),
+                        blobs: Vec::new(),
+                    })
+                    .collect();
+            let index: std::collections::HashMap<String, usize> = manifests
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.digest.clone(), i))
+                .collect();
+            for r in query(c, sql::INVENTORY_CHILDREN, &[&repo]).await? {
+                if let Some(&i) = index.get(r.get::<_, &str>(0)) {
+                    manifests[i].children.push(r.get(1));
+                }
+            }
+            for r in query(c, sql::INVENTORY_BLOBS, &[&repo]).await? {
+                if let Some(&i) = index.get(r.get::<_, &str>(0)) {
+                    manifests[i]
+                        .blobs
+                        .push((r.get(1), r.get::<_, i64>(2).max(0) as u64));
+                }
+            }
+            let tags = query(c, sql::INVENTORY_TAGS, &[&repo])
+                .await?
+                .iter()
+                .map(|r| InventoryTag {
+                    name: r.get(0),
+                    manifest: r.get(1),
+                    pushed_at: r.get(2),
+                    pulled_at: r.get(3),
+                })
+                .collect();
+            Ok(Inventory { manifests, tags })
+        })
+        .await
+    }
+
+    async fn blob_users(&self, digest: &Digest) -> Result<Vec<(String, String)>> {
+        let digest = digest.as_str();
+        self.observed("blob_users", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(c, sql::BLOB_USERS, &[&digest]).await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
+    }
+
+    async fn record_pulls(&self, pulls: &[Pull]) -> Result<()> {
+        write_tx!(self, "record_pulls", IsolationLevel::ReadCommitted, |tx| {
+            for p in pulls {
+                let args: [&(dyn ToSql + Sync); 3] = [&p.at, &p.repository, &p.reference];
+                if p.reference.contains(':') {
+                    execute(tx, sql::PULLED_MANIFEST, &args).await?;
+                } else {
+                    execute(tx, sql::PULLED_TAG, &args).await?;
+                    execute(tx, sql::PULLED_TAGGED_MANIFEST, &args).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn project_policy(&self, project: &str) -> Result<Option<String>> {
+        self.observed("project_policy", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let row = query_opt(c, sql::PROJECT_POLICY, &[&project]).await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    async fn put_project_policy(&self, project: &str, policy: Option<&str>) -> Result<()> {
+        write_tx!(self, "put_project_policy", |tx| {
+            match policy {
+                Some(p) => execute(tx, sql::PUT_PROJECT_POLICY, &[&project, &p, &now()]).await?,
+                None => execute(tx, sql::DELETE_PROJECT_POLICY, &[&project]).await?,
+            };
+            Ok(())
+        })
+    }
+
+    async fn projects_with_policies(&self) -> Result<Vec<String>> {
+        self.observed("projects_with_policies", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(c, sql::PROJECTS_WITH_POLICIES, &[]).await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
     }
 
     async fn record_gc_run(&self, run: &GcRun) -> Result<()> {

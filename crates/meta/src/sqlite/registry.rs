@@ -10,8 +10,9 @@ use rusqlite::{Connection, OptionalExtension};
 use super::SqliteStore;
 use crate::sql;
 use crate::{
-    now, renewal_due, BlobReservation, GcRun, MetaError, MetadataStore, NewManifest, Page,
-    Referrer, Result, SavedHash, StoredManifest, UploadLimits, UploadSession,
+    now, renewal_due, BlobReservation, GcRun, Inventory, InventoryManifest, InventoryTag,
+    MetaError, MetadataStore, NewManifest, Page, Pull, Referrer, Result, SavedHash, StoredManifest,
+    UploadLimits, UploadSession,
 };
 
 fn ensure_repository(conn: &Connection, repo: &str) -> Result<()> {
@@ -77,6 +78,7 @@ struct OwnedManifest {
     artifact_type: Option<String>,
     annotations_json: Option<String>,
     tags: Vec<String>,
+    immutable_tags: Vec<String>,
 }
 
 impl From<NewManifest<'_>> for OwnedManifest {
@@ -101,6 +103,11 @@ impl From<NewManifest<'_>> for OwnedManifest {
             artifact_type: m.artifact_type.map(str::to_owned),
             annotations_json: m.annotations_json,
             tags: m.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            immutable_tags: m
+                .immutable_tags
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect(),
         }
     }
 }
@@ -136,6 +143,15 @@ fn put_manifest(conn: &Connection, m: &OwnedManifest) -> Result<()> {
     }
     if !missing.is_empty() && !m.allow_missing {
         return Err(MetaError::MissingReferences(missing));
+    }
+    for tag in &m.immutable_tags {
+        let current: Option<String> = conn
+            .prepare_cached(sql::TAG_TARGET)?
+            .query_row((repo, tag), |r| r.get(0))
+            .optional()?;
+        if current.is_some_and(|c| c != m.digest) {
+            return Err(MetaError::TagImmutable(tag.clone()));
+        }
     }
 
     let at = now();
@@ -599,6 +615,154 @@ impl MetadataStore for SqliteStore {
                 .prepare_cached(sql::CLAIM_LEASE)?
                 .execute((&name, &holder, until, now))?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_manifest_untagged_since(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        tagged_before: i64,
+    ) -> Result<bool> {
+        let (repo, digest) = (repo.to_string(), digest.to_string());
+        self.write("delete_manifest_untagged_since", move |conn| {
+            let n = conn
+                .prepare_cached(sql::DELETE_MANIFEST_UNTAGGED_SINCE)?
+                .execute((&repo, &digest, tagged_before))?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn repository_inventory(&self, repo: &RepositoryName) -> Result<Inventory> {
+        let repo = repo.to_string();
+        self.read("repository_inventory", move |conn| {
+            let mut manifests: Vec<InventoryManifest> = conn
+                .prepare_cached(sql::INVENTORY_MANIFESTS)?
+                .query_map([&repo], |r| {
+                    Ok(InventoryManifest {
+                        digest: r.get(0)?,
+                        media_type: r.get(1)?,
+                        size: r.get::<_, i64>(2)?.max(0) as u64,
+                        created_at: r.get(3)?,
+                        pulled_at: r.get(4)?,
+                        subject: r.get(5)?,
+                        children: Vec::new(),
+                        blobs: Vec::new(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let index: std::collections::HashMap<String, usize> = manifests
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.digest.clone(), i))
+                .collect();
+            let children = conn
+                .prepare_cached(sql::INVENTORY_CHILDREN)?
+                .query_map([&repo], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (parent, child) in children {
+                if let Some(&i) = index.get(&parent) {
+                    manifests[i].children.push(child);
+                }
+            }
+            let blobs = conn
+                .prepare_cached(sql::INVENTORY_BLOBS)?
+                .query_map([&repo], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (manifest, blob, size) in blobs {
+                if let Some(&i) = index.get(&manifest) {
+                    manifests[i].blobs.push((blob, size.max(0) as u64));
+                }
+            }
+            let tags = conn
+                .prepare_cached(sql::INVENTORY_TAGS)?
+                .query_map([&repo], |r| {
+                    Ok(InventoryTag {
+                        name: r.get(0)?,
+                        manifest: r.get(1)?,
+                        pushed_at: r.get(2)?,
+                        pulled_at: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Inventory { manifests, tags })
+        })
+        .await
+    }
+
+    async fn blob_users(&self, digest: &Digest) -> Result<Vec<(String, String)>> {
+        let digest = digest.to_string();
+        self.read("blob_users", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::BLOB_USERS)?
+                .query_map([&digest], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn record_pulls(&self, pulls: &[Pull]) -> Result<()> {
+        let pulls = pulls.to_vec();
+        self.write("record_pulls", move |conn| {
+            for p in &pulls {
+                let args = (p.at, &p.repository, &p.reference);
+                if p.reference.contains(':') {
+                    conn.prepare_cached(sql::PULLED_MANIFEST)?.execute(args)?;
+                } else {
+                    conn.prepare_cached(sql::PULLED_TAG)?.execute(args)?;
+                    conn.prepare_cached(sql::PULLED_TAGGED_MANIFEST)?
+                        .execute(args)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn project_policy(&self, project: &str) -> Result<Option<String>> {
+        let project = project.to_owned();
+        self.read("project_policy", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::PROJECT_POLICY)?
+                .query_row([&project], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn put_project_policy(&self, project: &str, policy: Option<&str>) -> Result<()> {
+        let (project, policy) = (project.to_owned(), policy.map(str::to_owned));
+        self.write("put_project_policy", move |conn| {
+            match &policy {
+                Some(p) => {
+                    conn.prepare_cached(sql::PUT_PROJECT_POLICY)?
+                        .execute((&project, p, now()))?
+                }
+                None => conn
+                    .prepare_cached(sql::DELETE_PROJECT_POLICY)?
+                    .execute([&project])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn projects_with_policies(&self) -> Result<Vec<String>> {
+        self.read("projects_with_policies", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::PROJECTS_WITH_POLICIES)?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?)
         })
         .await
     }

@@ -1,0 +1,201 @@
+//! A project's lifecycle policy: which tags are immutable, and which artifacts retention
+//! keeps. One JSON document per project in the metadata store, set through the admin API
+//! (`PUT /api/v1/projects/{name}/policy`) or `berth policy set`; the project is a repository
+//! name's first segment, in every auth mode.
+//!
+//! ```json
+//! {
+//!   "immutable": [{"repositories": "**", "tags": "v*"}],
+//!   "retention": {
+//!     "rules": [
+//!       {"repositories": "**", "tags": "**", "keep": {"latest_pushed": 5}},
+//!       {"tags": "release-*", "keep": "always"},
+//!       {"keep": {"pulled_within_days": 30}}
+//!     ],
+//!     "untagged": {"delete_after_days": 7}
+//!   }
+//! }
+//! ```
+//!
+//! Patterns are globs over the repository name without the project (`app`, `team/app`) and
+//! over tags: `*` matches any run of characters except `/`, `**` any run including `/`, `?`
+//! one character; anything else matches itself. A missing pattern matches everything.
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a project's policy says.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Tags matching one of these can be pushed once and then neither moved nor deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub immutable: Vec<ImmutableRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImmutableRule {
+    #[serde(default = "everything")]
+    pub repositories: String,
+    pub tags: String,
+}
+
+/// Retention: an artifact (a manifest with its tags) of a repository some rule applies to is
+/// kept if any rule keeps one of its tags (Harbor's "any rule retains it"); the others are
+/// deleted. Repositories no rule applies to are left alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default)]
+    pub rules: Vec<RetentionRule>,
+    /// What happens to manifests without tags (that no index lists and that are not a
+    /// referrer of a kept subject); `None` keeps them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untagged: Option<Untagged>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    #[serde(default = "everything")]
+    pub repositories: String,
+    #[serde(default = "everything")]
+    pub tags: String,
+    pub keep: Keep,
+}
+
+/// What a rule keeps, among the tags its patterns match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Keep {
+    /// Every matching tag.
+    Always,
+    /// The newest N by push time, per repository.
+    LatestPushed(u32),
+    /// Tags pushed within the last D days.
+    PushedWithinDays(u32),
+    /// Tags pulled within the last D days.
+    PulledWithinDays(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Untagged {
+    pub delete_after_days: u32,
+}
+
+fn everything() -> String {
+    "**".into()
+}
+
+impl Policy {
+    /// Parses and checks a policy document; the error says what is wrong with it.
+    pub fn parse(json: &str) -> Result<Policy, String> {
+        let policy: Policy = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let patterns = policy
+            .immutable
+            .iter()
+            .flat_map(|r| [&r.repositories, &r.tags])
+            .chain(
+                policy
+                    .retention
+                    .iter()
+                    .flat_map(|r| &r.rules)
+                    .flat_map(|r| [&r.repositories, &r.tags]),
+            );
+        for p in patterns {
+            if p.is_empty() {
+                return Err("a pattern is empty (leave it out to match everything)".into());
+            }
+        }
+        Ok(policy)
+    }
+
+    /// The immutability rule protecting `tag` of `repository` (the name within the project),
+    /// if any.
+    pub fn immutable_rule(&self, repository: &str, tag: &str) -> Option<&ImmutableRule> {
+        self.immutable
+            .iter()
+            .find(|r| glob_match(&r.repositories, repository) && glob_match(&r.tags, tag))
+    }
+}
+
+impl std::fmt::Display for ImmutableRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "immutability rule (repositories {:?}, tags {:?})",
+            self.repositories, self.tags
+        )
+    }
+}
+
+/// Whether `text` matches the glob `pattern` (see the module docs).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match p {
+            [] => t.is_empty(),
+            [b'*', b'*', rest @ ..] => (0..=t.len()).any(|i| go(rest, &t[i..])),
+            [b'*', rest @ ..] => {
+                let run = t.iter().position(|&c| c == b'/').unwrap_or(t.len());
+                (0..=run).any(|i| go(rest, &t[i..]))
+            }
+            [b'?', rest @ ..] => !t.is_empty() && t[0] != b'/' && go(rest, &t[1..]),
+            [c, rest @ ..] => t.first() == Some(c) && go(rest, &t[1..]),
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+/// A repository's name within its project (`team/app` of `proj/team/app`), which rules'
+/// repository patterns match; and the project.
+pub fn split_project(repository: &str) -> (&str, &str) {
+    repository.split_once('/').unwrap_or((repository, ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        for (pattern, text, want) in [
+            ("**", "a/b/c", true),
+            ("*", "app", true),
+            ("*", "team/app", false),
+            ("team/*", "team/app", true),
+            ("v*", "v1.2.3", true),
+            ("v*", "latest", false),
+            ("release-?", "release-1", true),
+            ("release-?", "release-10", false),
+            ("1.*.*", "1.2.3", true),
+            ("latest", "latest", true),
+            ("**/app", "x/y/app", true),
+        ] {
+            assert_eq!(glob_match(pattern, text), want, "{pattern} ~ {text}");
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_example_and_refuses_nonsense() {
+        let policy = Policy::parse(
+            r#"{"immutable":[{"tags":"v*"}],
+                "retention":{"rules":[{"tags":"**","keep":{"latest_pushed":5}},
+                                      {"tags":"release-*","keep":"always"},
+                                      {"keep":{"pulled_within_days":30}}],
+                             "untagged":{"delete_after_days":7}}}"#,
+        )
+        .unwrap();
+        assert_eq!(policy.immutable[0].repositories, "**");
+        let retention = policy.retention.as_ref().unwrap();
+        assert_eq!(retention.rules[0].keep, Keep::LatestPushed(5));
+        assert_eq!(retention.rules[1].keep, Keep::Always);
+        assert!(policy.immutable_rule("app", "v1").is_some());
+        assert!(policy.immutable_rule("app", "latest").is_none());
+        assert!(Policy::parse(r#"{"immutable":[{"tags":""}]}"#).is_err());
+        assert!(Policy::parse(r#"{"retention":{"rules":[{"keep":"sometimes"}]}}"#).is_err());
+        assert!(Policy::parse(r#"{"immutables":[]}"#).is_err());
+    }
+}
