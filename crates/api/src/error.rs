@@ -178,7 +178,9 @@ fn registry_wire(e: &RegistryError) -> (StatusCode, Option<ErrorCode>, String) {
         // Handlers turn this into a 405 with the endpoint's `Allow`.
         RegistryError::DeletesDisabled => oci(ErrorCode::Unsupported),
         RegistryError::ReadOnly(_) => oci(ErrorCode::Unsupported),
-        RegistryError::Immutable(_) | RegistryError::TagImmutable(_) => oci(ErrorCode::Denied),
+        RegistryError::Immutable(_)
+        | RegistryError::TagImmutable(_)
+        | RegistryError::QuotaExceeded(_) => oci(ErrorCode::Denied),
         // Transient: limits and collisions clear up; retrying later succeeds.
         RegistryError::TooManyUploads(_) | RegistryError::Conflict(_) => {
             oci(ErrorCode::TooManyRequests)

@@ -60,6 +60,13 @@ pub enum ProjectCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// What a project stores (its repositories' committed blobs, each counted once), per
+    /// repository, and its quota. Works in every auth mode.
+    Usage {
+        project: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Project members and their roles.
     Member {
         #[command(subcommand)]
@@ -218,6 +225,10 @@ pub fn project(command: ProjectCommand) -> anyhow::Result<()> {
                     "project {name} saved ({})",
                     if public { "public" } else { "private" }
                 );
+            }
+            ProjectCommand::Usage { project, store } => {
+                let (config, _) = store.load()?;
+                crate::policy_cmd::print_usage(&config, &project).await?;
             }
             ProjectCommand::List { store } => {
                 for p in open(&store).await?.access_snapshot().await?.projects {

@@ -2,6 +2,7 @@
 //! configuration, wires the stores into the HTTP API and runs it.
 
 mod access_cmd;
+mod check_cmd;
 mod command;
 mod compat;
 mod config;
@@ -124,6 +125,17 @@ enum Command {
         /// How many collections --history prints.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+    },
+    /// Verify every blob's digest and size and every reference in the metadata; report
+    /// corrupt, missing and orphaned blobs and references to nothing. Safe beside a running
+    /// server. Exits non-zero when it finds problems.
+    Check {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Quarantine corrupt blobs, forget rows whose bytes are gone, delete manifests that
+        /// reference nothing, and file orphaned bytes for garbage collection.
+        #[arg(long)]
+        repair: bool,
     },
     /// Move the registry to other backends: the metadata (repositories, tags, manifests,
     /// users, projects, robots, the audit log) from its SQLite file into PostgreSQL with
@@ -276,6 +288,9 @@ fn main() -> ExitCode {
         } => store
             .load()
             .and_then(|(config, _)| gc_cmd::run(config, dry_run, grace_seconds)),
+        Command::Check { store, repair } => store
+            .load()
+            .and_then(|(config, _)| check_cmd::run(config, repair)),
         Command::Migrate {
             store,
             to,

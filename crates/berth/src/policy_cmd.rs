@@ -165,3 +165,18 @@ pub fn retention(config: Config, project: &str, dry_run: bool) -> anyhow::Result
         Ok(())
     })
 }
+
+/// `berth project usage PROJECT`: the project's total (blobs counted once), its quota, and
+/// each repository's share (a layer two repositories share shows in both).
+pub async fn print_usage(config: &Config, project: &str) -> anyhow::Result<()> {
+    let (registry, _) = open(config).await?;
+    let (usage, quota) = registry.project_usage(project).await?;
+    match quota {
+        Some(limit) => println!("{project}\t{} bytes\tquota {limit} bytes", usage.bytes),
+        None => println!("{project}\t{} bytes\tno quota", usage.bytes),
+    }
+    for (repository, bytes) in &usage.repositories {
+        println!("  {repository}\t{bytes} bytes");
+    }
+    Ok(())
+}

@@ -53,6 +53,14 @@ pub enum MetaError {
         count: u64,
         limit: u64,
     },
+    /// Linking the blob would take its project past its quota.
+    #[error("project {project} would store {} bytes, over its quota of {limit} (it stores {usage})", usage + size)]
+    QuotaExceeded {
+        project: String,
+        usage: u64,
+        size: u64,
+        limit: u64,
+    },
     /// The push would move a tag that may not be moved.
     #[error("tag {0} exists and is immutable")]
     TagImmutable(String),
@@ -114,6 +122,53 @@ pub struct NewManifest<'a> {
     /// Of `tags`, those that may not be moved once they exist: the push fails with
     /// [`MetaError::TagImmutable`] when one points at another manifest.
     pub immutable_tags: &'a [Tag],
+}
+
+/// What [`MetadataStore::blob_known`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobKnown {
+    /// A blob row with this size.
+    Blob(u64),
+    /// No blob row, but a manifest with this digest: a manifest's copy among the blobs, as
+    /// `registry:2` writes them (Berth keeps manifests in the index).
+    Manifest,
+    Unknown,
+}
+
+/// A reference in the index to something absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dangling {
+    Blob {
+        repository: String,
+        manifest: String,
+        blob: String,
+    },
+    Child {
+        repository: String,
+        manifest: String,
+        child: String,
+    },
+}
+
+/// A project's storage limit, for [`MetadataStore::add_blob`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub project: String,
+    pub limit: u64,
+}
+
+/// What a project stores: its repositories' committed blobs, deduplicated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    /// Per repository (a layer shared by two counts in each), in name order.
+    pub repositories: Vec<(String, u64)>,
+}
+
+/// The bounds of a project's repositories in name order: the project itself, and names in
+/// `[project/, project0)` (`0` follows `/`), for range scans of the primary keys.
+pub fn project_range(project: &str) -> (String, String) {
+    (format!("{project}/"), format!("{project}0"))
 }
 
 /// A repository as retention sees it.
@@ -247,14 +302,25 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<BlobReservation>;
 
     /// Records a committed blob as pushed to `repo` (a push refreshes the link's time), ends
-    /// its lease and the upload session `upload_id`, in one transaction.
+    /// its lease and the upload session `upload_id`, in one transaction. With a `quota`, a
+    /// blob new to its project that would take the project's usage past the limit is refused
+    /// ([`MetaError::QuotaExceeded`]); the count and the link are one serialized step per
+    /// project, so parallel pushes cannot overshoot.
     async fn add_blob(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
         size: u64,
         upload_id: Option<&str>,
+        quota: Option<&Quota>,
     ) -> Result<()>;
+
+    /// The bytes of the distinct blobs linked to a project's repositories (a layer in two of
+    /// them counts once), and per repository.
+    async fn project_usage(&self, project: &str) -> Result<Usage>;
+
+    /// Whether `digest` is linked to a repository of `project`.
+    async fn linked_in_project(&self, project: &str, digest: &Digest) -> Result<bool>;
 
     /// Makes a blob of `from` visible in `to`; `None` when `from` does not have it.
     async fn mount_blob(
@@ -308,6 +374,26 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// pull counts for its manifest too). Times only move forward; unknown references are
     /// ignored. Callers batch pulls: this is not one write per request.
     async fn record_pulls(&self, pulls: &[Pull]) -> Result<()>;
+
+    /// What the index knows of a digest found in blob storage (`berth check`).
+    async fn blob_known(&self, digest: &Digest) -> Result<BlobKnown>;
+
+    /// Blob rows after `after` in digest order, at most `limit`, as (digest, size), leaving
+    /// out those a collection marked or a commit holds at `now`: rows whose bytes must exist.
+    async fn settled_blobs(
+        &self,
+        after: Option<&str>,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>>;
+
+    /// Manifest references that point at nothing: blobs without a row, child manifests that
+    /// do not exist (at most `limit` of each).
+    async fn dangling_references(&self, limit: u32) -> Result<Vec<Dangling>>;
+
+    /// Removes a blob's row and every repository link to it, whatever its state: for a blob
+    /// whose bytes are gone or corrupt (`berth check --repair`).
+    async fn remove_blob(&self, digest: &Digest) -> Result<()>;
 
     /// A project's lifecycle policy document, as last put.
     async fn project_policy(&self, project: &str) -> Result<Option<String>>;

@@ -90,6 +90,37 @@ pub(crate) const DELETE_PROJECT_POLICY: &str = "DELETE FROM project_policies WHE
 pub(crate) const PROJECTS_WITH_POLICIES: &str =
     "SELECT project FROM project_policies ORDER BY project";
 
+/// Bytes of the distinct blobs linked to project `$1` (`$2`, `$3` its range:
+/// [`crate::project_range`]).
+/// (PostgreSQL sums BIGINTs as NUMERIC: the cast keeps the answer an integer in both.)
+pub(crate) const PROJECT_USAGE: &str =
+    "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs WHERE digest IN
+     (SELECT digest FROM repository_blobs
+       WHERE repository = $1 OR (repository >= $2 AND repository < $3))";
+pub(crate) const PROJECT_REPOSITORY_USAGE: &str =
+    "SELECT rb.repository, CAST(SUM(b.size) AS BIGINT)
+     FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+     WHERE rb.repository = $1 OR (rb.repository >= $2 AND rb.repository < $3)
+     GROUP BY rb.repository ORDER BY rb.repository";
+/// Whether blob `$1` is linked to project `$2` (range `$3`, `$4`).
+pub(crate) const LINKED_IN_PROJECT: &str = "SELECT 1 FROM repository_blobs WHERE digest = $1
+     AND (repository = $2 OR (repository >= $3 AND repository < $4)) LIMIT 1";
+
+pub(crate) const BLOB_ROW: &str = "SELECT size FROM blobs WHERE digest = $1";
+pub(crate) const IS_MANIFEST: &str = "SELECT 1 FROM manifests WHERE digest = $1 LIMIT 1";
+/// Committed blob rows after `$1` in digest order, at most `$3`; rows a collection marked or
+/// a commit in progress holds at `$2` are left out (their bytes may rightly be absent).
+pub(crate) const SETTLED_BLOBS: &str = "SELECT digest, size FROM blobs
+     WHERE digest > $1 AND lease_until < $2 AND deleting = 0 ORDER BY digest LIMIT $3";
+/// Manifest references to blobs that have no row, and to child manifests that do not exist.
+pub(crate) const DANGLING_BLOB_REFERENCES: &str = "SELECT mb.repository, mb.manifest, mb.blob
+     FROM manifest_blobs mb WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = mb.blob)
+     ORDER BY mb.repository, mb.manifest, mb.blob LIMIT $1";
+pub(crate) const DANGLING_CHILD_REFERENCES: &str = "SELECT mc.repository, mc.manifest, mc.child
+     FROM manifest_children mc WHERE NOT EXISTS
+       (SELECT 1 FROM manifests m WHERE m.repository = mc.repository AND m.digest = mc.child)
+     ORDER BY mc.repository, mc.manifest, mc.child LIMIT $1";
+
 #[cfg(test)]
 mod tests {
     /// Every statement here numbers its parameters in order of first appearance (see the
@@ -99,8 +130,10 @@ mod tests {
         let source = include_str!("sql.rs");
         let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
         for statement in source.split("pub(crate) const ").skip(1) {
+            // The string literal only: the doc comment of the next statement follows it.
+            let text = statement.split("\";").next().unwrap_or("");
             let mut seen: Vec<u32> = Vec::new();
-            for part in statement.split('$').skip(1) {
+            for part in text.split('$').skip(1) {
                 let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
                 if let Ok(n) = digits.parse::<u32>() {
                     if !seen.contains(&n) {

@@ -12,7 +12,7 @@ use berth_oci::{Algorithm, Digest, Reference, Referenced, RepositoryName, Tag};
 
 use crate::access::{AuditEvent, AuditQuery, Member, Project, Robot, User};
 use crate::{
-    now, BlobReservation, MetaError, NewManifest, Page, Pull, UploadLimits, UploadSession,
+    now, BlobReservation, MetaError, NewManifest, Page, Pull, Quota, UploadLimits, UploadSession,
 };
 
 pub use crate::Store;
@@ -31,8 +31,96 @@ pub async fn run_all(store: Arc<dyn Store>) {
     settings_are_kept(&*store).await;
     gc_history_is_kept_newest_first(&*store).await;
     lifecycle_reads_and_guarded_writes(&*store).await;
+    quotas_count_each_blob_once_and_hold_under_concurrency(store.clone()).await;
     access_data_moves_the_generation(&*store).await;
     audit_is_recorded_queried_and_pruned(&*store).await;
+}
+
+async fn quotas_count_each_blob_once_and_hold_under_concurrency(store: Arc<dyn Store>) {
+    let quota = |project: &str, limit| Quota {
+        project: project.into(),
+        limit,
+    };
+    let q = quota("suite-quota", 150);
+    let (a, b) = (repo("suite-quota/a"), repo("suite-quota/b"));
+    let (x, y) = (Digest::sha256_of(b"quota x"), Digest::sha256_of(b"quota y"));
+    store.add_blob(&a, &x, 100, None, Some(&q)).await.unwrap();
+    store
+        .add_blob(&b, &x, 100, None, Some(&q))
+        .await
+        .expect("a blob the project holds already is free");
+    let over = store.add_blob(&a, &y, 60, None, Some(&q)).await;
+    assert!(
+        matches!(
+            over,
+            Err(MetaError::QuotaExceeded {
+                usage: 100,
+                size: 60,
+                limit: 150,
+                ..
+            })
+        ),
+        "{over:?}"
+    );
+    assert_eq!(
+        store.repository_blob(&a, &y).await.unwrap(),
+        None,
+        "nothing linked"
+    );
+    store
+        .add_blob(
+            &repo("suite-quota-x/z"),
+            &y,
+            1000,
+            None,
+            Some(&quota("suite-quota-x", 2000)),
+        )
+        .await
+        .expect("another project has its own quota");
+    let usage = store.project_usage("suite-quota").await.unwrap();
+    assert_eq!(usage.bytes, 100, "a look-alike project name is not counted");
+    assert_eq!(
+        usage.repositories,
+        vec![
+            ("suite-quota/a".to_owned(), 100),
+            ("suite-quota/b".to_owned(), 100)
+        ]
+    );
+    assert!(store.linked_in_project("suite-quota", &x).await.unwrap());
+    assert!(!store.linked_in_project("suite-quota", &y).await.unwrap());
+
+    // Sixteen parallel commits of 30-byte blobs into a 150-byte quota: exactly five fit.
+    let q = quota("suite-quota-race", 150);
+    let commits: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, q) = (store.clone(), q.clone());
+            tokio::spawn(async move {
+                let d = Digest::sha256_of(format!("quota race {i}").as_bytes());
+                store
+                    .add_blob(
+                        &repo(&format!("suite-quota-race/r{}", i % 3)),
+                        &d,
+                        30,
+                        None,
+                        Some(&q),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for c in commits {
+        match c.await.expect("task") {
+            Ok(()) => stored += 1,
+            Err(MetaError::QuotaExceeded { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(stored, 5);
+    assert_eq!(
+        store.project_usage("suite-quota-race").await.unwrap().bytes,
+        150
+    );
 }
 
 /// What tag immutability and retention stand on: immutable tags refused atomically, the
@@ -40,7 +128,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
 async fn lifecycle_reads_and_guarded_writes(store: &dyn Store) {
     let r = repo("suite-life/app");
     let layer = Digest::sha256_of(b"suite life layer");
-    store.add_blob(&r, &layer, 7, None).await.unwrap();
+    store.add_blob(&r, &layer, 7, None, None).await.unwrap();
     let refs = [Referenced {
         digest: layer.clone(),
         size: 7,
@@ -256,7 +344,10 @@ fn manifest<'a>(
 async fn blobs_are_scoped_to_repositories(store: &dyn Store) {
     let (a, b) = (repo("suite-scope/a"), repo("suite-scope/b"));
     let d = Digest::sha256_of(b"suite scope");
-    store.add_blob(&a, &d, 11, None).await.expect("add blob");
+    store
+        .add_blob(&a, &d, 11, None, None)
+        .await
+        .expect("add blob");
     assert_eq!(store.repository_blob(&a, &d).await.unwrap(), Some(11));
     assert_eq!(store.repository_blob(&b, &d).await.unwrap(), None);
     let unknown = Digest::sha256_of(b"suite scope, never pushed");
@@ -288,7 +379,7 @@ async fn manifests_tags_and_references(store: &dyn Store) {
         store.get_manifest(&r, &v1).await.unwrap().is_none(),
         "a refused push stores nothing"
     );
-    store.add_blob(&r, &layer, 5, None).await.unwrap();
+    store.add_blob(&r, &layer, 5, None, None).await.unwrap();
     let wrong = [Referenced {
         digest: layer.clone(),
         size: 4,
@@ -376,7 +467,9 @@ async fn many_commits_of_one_shared_blob(store: Arc<dyn Store>) {
                 store.create_upload(&session, limits).await?;
                 let reserved = store.reserve_blob(&digest, 29, crate::now() + 600).await?;
                 assert_eq!(reserved, BlobReservation::Reserved);
-                store.add_blob(&r, &digest, 29, Some(&session.id)).await?;
+                store
+                    .add_blob(&r, &digest, 29, Some(&session.id), None)
+                    .await?;
                 let body = format!("{{\"image\":{i}}}").into_bytes();
                 let image = Digest::sha256_of(&body);
                 let layers = [Referenced {
@@ -607,7 +700,7 @@ async fn collection_rules(store: &dyn Store) {
         Digest::sha256_of(b"suite gc held"),
     );
     for d in [&used, &loose] {
-        store.add_blob(&r, d, 4, None).await.unwrap();
+        store.add_blob(&r, d, 4, None, None).await.unwrap();
     }
     let refs = [Referenced {
         digest: used.clone(),
@@ -690,7 +783,7 @@ async fn collections_race_pushes(store: Arc<dyn Store>) {
         .map(|i| Digest::sha256_of(format!("suite race {i}").as_bytes()))
         .collect();
     for d in &digests {
-        store.add_blob(&r, d, 1, None).await.unwrap();
+        store.add_blob(&r, d, 1, None, None).await.unwrap();
     }
     let later = crate::now() + 10;
     let mut tasks = Vec::new();

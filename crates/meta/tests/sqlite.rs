@@ -69,7 +69,7 @@ async fn manifests_tags_and_referrers() {
         .unwrap()
         .is_none());
 
-    store.add_blob(&r, &layer, 5, None).await.unwrap();
+    store.add_blob(&r, &layer, 5, None, None).await.unwrap();
     // Present, but not with the size the descriptor declares: refused, nothing stored.
     let wrong = [Referenced {
         digest: layer.clone(),
@@ -197,13 +197,13 @@ async fn uploads_and_catalog() {
     assert_eq!(back.owner, "alice");
     assert_eq!(back.algorithm, Algorithm::Sha512);
     store
-        .add_blob(&repo("x/y"), &Digest::sha256_of(b"1"), 1, Some("abc"))
+        .add_blob(&repo("x/y"), &Digest::sha256_of(b"1"), 1, Some("abc"), None)
         .await
         .unwrap();
     assert!(store.get_upload("abc").await.unwrap().is_none());
     for name in ["c", "a", "b/z"] {
         store
-            .add_blob(&repo(name), &Digest::sha256_of(b"1"), 1, None)
+            .add_blob(&repo(name), &Digest::sha256_of(b"1"), 1, None, None)
             .await
             .unwrap();
     }
@@ -232,7 +232,7 @@ async fn a_failed_write_leaves_its_group_intact() {
             let blob = Digest::sha256_of(format!("blob {i}").as_bytes());
             if i % 2 == 0 {
                 store
-                    .add_blob(&r, &blob, u64::from(i), None)
+                    .add_blob(&r, &blob, u64::from(i), None, None)
                     .await
                     .map(|_| ())
             } else {

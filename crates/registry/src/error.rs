@@ -35,6 +35,9 @@ pub enum RegistryError {
     /// rule.
     #[error("{0}")]
     Immutable(String),
+    /// Storing this would take the project past its quota; the message gives usage and limit.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The store refused to move this immutable tag (the registry then names the rule).
     #[error("tag {0} is immutable")]
     TagImmutable(String),
@@ -94,6 +97,7 @@ impl From<MetaError> for RegistryError {
             MetaError::Conflict(detail) => RegistryError::Conflict(detail),
             MetaError::TooManyUploads { .. } => RegistryError::TooManyUploads(e.to_string()),
             MetaError::TagImmutable(tag) => RegistryError::TagImmutable(tag),
+            MetaError::QuotaExceeded { .. } => RegistryError::QuotaExceeded(quota_message(&e)),
             other => RegistryError::Meta(other),
         }
     }
@@ -115,3 +119,19 @@ impl From<DigestError> for RegistryError {
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// The quota refusal as clients read it.
+pub(crate) fn quota_message(e: &MetaError) -> String {
+    match e {
+        MetaError::QuotaExceeded {
+            project,
+            usage,
+            size,
+            limit,
+        } => format!(
+            "storage quota exceeded: project {project} stores {usage} of its {limit} bytes, \
+             and this needs {size} more"
+        ),
+        other => other.to_string(),
+    }
+}

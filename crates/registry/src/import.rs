@@ -322,7 +322,7 @@ impl Registry {
         }
         let linked = self
             .meta
-            .add_blob(repository, &digest, size, None)
+            .add_blob(repository, &digest, size, None, None)
             .await
             .map_err(RegistryError::from);
         self.note_write(linked, false)?;

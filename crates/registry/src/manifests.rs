@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use berth_meta::{MetaError, NewManifest, StoredManifest};
+use berth_meta::{MetaError, NewManifest, Quota, StoredManifest};
 use berth_oci::manifest::MANIFEST_MEDIA_TYPES;
 use berth_oci::{Digest, Manifest, Reference, RepositoryName, Tag};
 
@@ -160,8 +160,11 @@ impl Registry {
     ) -> Result<()> {
         self.require_writable()?;
         self.require_deletes()?;
-        self.refuse_deleting_immutable(repository, reference)
-            .await?;
+        let doomed = match reference {
+            Reference::Tag(tag) => Doomed::Tag(tag),
+            Reference::Digest(digest) => Doomed::Manifest(digest),
+        };
+        self.refuse_deleting_immutable(repository, doomed).await?;
         let (deleted, change) = match reference {
             Reference::Digest(d) => (
                 self.meta.delete_manifest(repository, d).await,
@@ -199,7 +202,7 @@ impl Registry {
     ) -> Result<()> {
         self.require_writable()?;
         self.require_deletes()?;
-        self.refuse_deleting_immutable(repository, &Reference::Digest(Digest::sha256_of(b"")))
+        self.refuse_deleting_immutable(repository, Doomed::Repository)
             .await?;
         let deleted = self.meta.delete_repository(repository).await;
         self.manifests.invalidate(repository);
@@ -235,6 +238,56 @@ impl Registry {
         }
     }
 
+    /// The quota of `repository`'s project, when its policy sets one.
+    pub(crate) async fn quota_of(&self, repository: &RepositoryName) -> Result<Option<Quota>> {
+        let project = split_project(repository.as_str()).0;
+        Ok(self
+            .project_policy(project)
+            .await?
+            .quota_bytes
+            .map(|limit| Quota {
+                project: project.to_owned(),
+                limit,
+            }))
+    }
+
+    /// Refuses, before any byte moves, storing `size` more bytes in `repository`'s project
+    /// when that would pass its quota; a blob (`digest`) the project links already is free.
+    /// The commit checks again, atomically (`MetadataStore::add_blob`).
+    pub(crate) async fn check_quota(
+        &self,
+        repository: &RepositoryName,
+        digest: Option<&Digest>,
+        size: u64,
+    ) -> Result<()> {
+        let Some(quota) = self.quota_of(repository).await? else {
+            return Ok(());
+        };
+        if let Some(d) = digest {
+            if self.meta.linked_in_project(&quota.project, d).await? {
+                return Ok(());
+            }
+        }
+        let usage = self.meta.project_usage(&quota.project).await?.bytes;
+        if usage + size > quota.limit {
+            return Err(RegistryError::QuotaExceeded(crate::error::quota_message(
+                &MetaError::QuotaExceeded {
+                    project: quota.project,
+                    usage,
+                    size,
+                    limit: quota.limit,
+                },
+            )));
+        }
+        Ok(())
+    }
+
+    /// What `project` stores: its repositories' committed blobs, deduplicated, and its quota.
+    pub async fn project_usage(&self, project: &str) -> Result<(berth_meta::Usage, Option<u64>)> {
+        let usage = self.meta.project_usage(project).await?;
+        Ok((usage, self.project_policy(project).await?.quota_bytes))
+    }
+
     /// Sets a project's lifecycle policy (validated), or removes it with `None`.
     pub async fn set_project_policy(&self, project: &str, policy: Option<&Policy>) -> Result<()> {
         let json = policy
@@ -247,32 +300,33 @@ impl Registry {
             .await?)
     }
 
-    /// Refuses deleting `reference` (a tag, a manifest by digest, or with the empty digest
-    /// the whole repository) when an immutability rule protects a tag it would take.
+    /// Refuses a deletion when an immutability rule protects a tag it would take.
     async fn refuse_deleting_immutable(
         &self,
         repository: &RepositoryName,
-        reference: &Reference,
+        doomed: Doomed<'_>,
     ) -> Result<()> {
         let policy = self.policy_of(repository).await?;
         if policy.immutable.is_empty() {
             return Ok(());
         }
         let within = split_project(repository.as_str()).1;
-        let doomed: Vec<String> = match reference {
-            Reference::Tag(tag) => vec![tag.as_str().to_owned()],
-            Reference::Digest(digest) => {
-                let whole = digest == &Digest::sha256_of(b"");
+        let tags: Vec<String> = match doomed {
+            Doomed::Tag(tag) => vec![tag.as_str().to_owned()],
+            Doomed::Manifest(_) | Doomed::Repository => {
                 let inventory = self.meta.repository_inventory(repository).await?;
                 inventory
                     .tags
                     .into_iter()
-                    .filter(|t| whole || t.manifest == digest.as_str())
+                    .filter(|t| match doomed {
+                        Doomed::Manifest(digest) => t.manifest == digest.as_str(),
+                        _ => true,
+                    })
                     .map(|t| t.name)
                     .collect()
             }
         };
-        match doomed
+        match tags
             .iter()
             .find(|t| policy.immutable_rule(within, t).is_some())
         {
@@ -280,6 +334,16 @@ impl Registry {
             None => Ok(()),
         }
     }
+}
+
+/// What a deletion takes, for the immutability check.
+#[derive(Clone, Copy)]
+enum Doomed<'a> {
+    Tag(&'a Tag),
+    /// A manifest and every tag on it.
+    Manifest(&'a Digest),
+    /// A repository and every tag in it.
+    Repository,
 }
 
 /// The refusal naming the rule that protects `tag`.

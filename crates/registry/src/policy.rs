@@ -13,7 +13,8 @@
 //!       {"keep": {"pulled_within_days": 30}}
 //!     ],
 //!     "untagged": {"delete_after_days": 7}
-//!   }
+//!   },
+//!   "quota_bytes": 5368709120
 //! }
 //! ```
 //!
@@ -32,6 +33,9 @@ pub struct Policy {
     pub immutable: Vec<ImmutableRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
+    /// Bytes the project may store: its repositories' committed blobs, each counted once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,6 +44,9 @@ impl Registry {
         digest: &Digest,
     ) -> Result<bool> {
         self.require_writable()?;
+        if let Some(size) = self.meta.repository_blob(from, digest).await? {
+            self.check_quota(to, Some(digest), size).await?;
+        }
         let mounted = self.meta.mount_blob(from, to, digest).await?.is_some();
         if mounted {
             self.publish(
@@ -65,9 +68,14 @@ impl Registry {
         actor: &Actor,
         repository: &RepositoryName,
         digest: &Digest,
+        length: Option<u64>,
         body: ByteStream,
     ) -> Result<()> {
         self.require_writable()?;
+        if let Some(length) = length {
+            // Refused before a byte is read when the size is known.
+            self.check_quota(repository, Some(digest), length).await?;
+        }
         let id = new_upload_id();
         let outcome = async {
             self.blobs.create_upload(&id).await?;
@@ -184,6 +192,9 @@ impl Registry {
         let mut state = slot.lock().await;
         let size = self.current_size(id, state.as_ref(), range).await?;
         check_chunk(range, length, size)?;
+        if let Some(length) = length {
+            self.check_quota(repository, None, size + length).await?;
+        }
         let saved = self.saved_hash(&session, state.as_ref(), size).await?;
         let hasher = hasher_at(
             &*self.blobs,
@@ -308,13 +319,29 @@ impl Registry {
                 "the uploaded bytes hash to {computed}, not {digest}"
             )));
         }
+        let quota = self.quota_of(repository).await?;
+        if quota.is_some() {
+            if let Err(e) = self.check_quota(repository, Some(digest), size).await {
+                self.discard_upload(id).await;
+                return Err(e);
+            }
+        }
         // Reserve before placing the bytes: garbage collection leaves a reserved blob alone,
         // and a refusal here (a full disk, a collection in progress) leaves the upload staged.
         self.reserve_blob(digest, size).await?;
         self.blobs.commit_upload(id, digest).await?;
-        self.meta
-            .add_blob(repository, digest, size, Some(id))
-            .await?;
+        let linked = self
+            .meta
+            .add_blob(repository, digest, size, Some(id), quota.as_ref())
+            .await;
+        if let Err(e @ berth_meta::MetaError::QuotaExceeded { .. }) = &linked {
+            // A parallel push took the room since the check: the bytes stay unlinked, for
+            // garbage collection once the reservation lapses.
+            let refusal = RegistryError::QuotaExceeded(crate::error::quota_message(e));
+            self.meta.delete_upload(id).await?;
+            return Err(refusal);
+        }
+        linked?;
         self.publish(
             actor,
             Change::BlobCommitted {
@@ -324,6 +351,17 @@ impl Registry {
             },
         );
         Ok(())
+    }
+
+    /// Discards a refused upload's bytes and session; failures are logged (the purge finds
+    /// what is left).
+    async fn discard_upload(&self, id: &str) {
+        if let Err(e) = self.blobs.delete_upload(id).await {
+            tracing::warn!("discarding a refused upload: {e}");
+        }
+        if let Err(e) = self.meta.delete_upload(id).await {
+            tracing::warn!("discarding a refused upload's session: {e}");
+        }
     }
 
     /// Bytes an upload holds.

@@ -44,12 +44,12 @@ async fn changes_are_published_once_refusals_never() {
     let config = br#"{"architecture":"amd64","os":"linux"}"#;
     let cd = Digest::sha256_of(config);
     registry
-        .push_blob(&actor, &repo, &cd, body(config))
+        .push_blob(&actor, &repo, &cd, None, body(config))
         .await
         .unwrap();
     let wrong = Digest::sha256_of(b"something else");
     let refused = registry
-        .push_blob(&actor, &repo, &wrong, body(config))
+        .push_blob(&actor, &repo, &wrong, None, body(config))
         .await;
     assert!(matches!(refused, Err(RegistryError::DigestInvalid(_))));
 

@@ -35,7 +35,7 @@ async fn push(
     for data in std::iter::once(config.as_slice()).chain(layers.iter().copied()) {
         let d = Digest::sha256_of(data);
         registry
-            .push_blob(actor, repo, &d, body(data))
+            .push_blob(actor, repo, &d, None, body(data))
             .await
             .unwrap();
         descriptors.push(format!(
@@ -148,7 +148,7 @@ async fn collections_walk_past_the_first_page() {
     let repo: RepositoryName = "team/many".parse().unwrap();
     for i in 0..1_200 {
         let d = Digest::sha256_of(format!("loose {i}").as_bytes());
-        berth_meta::MetadataStore::add_blob(&*meta, &repo, &d, 1, None)
+        berth_meta::MetadataStore::add_blob(&*meta, &repo, &d, 1, None, None)
             .await
             .unwrap();
     }

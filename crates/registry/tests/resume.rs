@@ -68,6 +68,9 @@ impl BlobStore for CountingReads {
     async fn list_uploads(&self) -> Result<Vec<String>, StorageError> {
         self.inner.list_uploads().await
     }
+    async fn quarantine_blob(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
+        self.inner.quarantine_blob(digest).await
+    }
     async fn list_distribution_index(&self) -> Result<Vec<String>, StorageError> {
         self.inner.list_distribution_index().await
     }

@@ -559,6 +559,29 @@ impl BlobStore for FsBlobStore {
         .await
     }
 
+    async fn quarantine_blob(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
+        let (from, to) = (
+            paths::blob_data(&self.root, digest),
+            paths::quarantined(&self.root, digest),
+        );
+        blocking(move || {
+            if let Some(dir) = to.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            match fs::rename(&from, &to) {
+                Ok(()) => {
+                    if let Some(dir) = from.parent() {
+                        let _ = fs::remove_dir(dir);
+                    }
+                    Ok(Some(to.display().to_string()))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
     async fn list_distribution_index(&self) -> Result<Vec<String>, StorageError> {
         let root = self.root.clone();
         blocking(move || Ok(paths::index_files(&root)?)).await

@@ -194,6 +194,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// The ids of every upload in progress.
     async fn list_uploads(&self) -> Result<Vec<String>, StorageError>;
 
+    /// Moves a committed blob out of the digest's place into `berth/quarantine/` (kept for a
+    /// look, served no more): what `berth check --repair` does with a blob whose bytes do not
+    /// match its digest. Returns where it went; `None` when the blob was not there.
+    async fn quarantine_blob(&self, digest: &Digest) -> Result<Option<String>, StorageError>;
+
     /// Every file of Distribution's repository index (`docker/registry/v2/repositories/`
     /// under the root) as `registry:2` left it, as paths relative to that directory, skipping
     /// its `_uploads`: what `berth import` reads. Berth itself never writes there.

@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! <root>/berth/uploads/<upload id>        bytes of an upload in progress
+//! <root>/berth/quarantine/<alg>-<hex>     a blob `berth check --repair` found corrupt
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,12 @@ pub fn blob_data(root: &Path, digest: &Digest) -> PathBuf {
         .join(&hex[..2])
         .join(hex)
         .join("data")
+}
+
+/// Where `berth check --repair` moves a corrupt blob.
+pub fn quarantined(root: &Path, digest: &Digest) -> PathBuf {
+    root.join("berth/quarantine")
+        .join(format!("{}-{}", digest.algorithm().as_str(), digest.hex()))
 }
 
 pub fn uploads_dir(root: &Path) -> PathBuf {

@@ -204,7 +204,7 @@ async fn dispatch(
                 .with_header("docker-content-digest", digest.as_str()))
         }
         (Endpoint::UploadStart { name }, Method::POST) => {
-            uploads::start(api, &access, &name, &query, body).await
+            uploads::start(api, &access, &name, &query, headers, body).await
         }
         (Endpoint::Upload { name, id }, Method::PATCH) => {
             uploads::patch(api, &name, &id, headers, body).await

@@ -42,6 +42,7 @@ pub async fn start(
     access: &Access,
     name: &RepositoryName,
     query: &Query,
+    headers: &HeaderMap,
     body: &mut UnreadBody,
 ) -> Result<Response, ApiError> {
     let actor = access.actor();
@@ -72,8 +73,9 @@ pub async fn start(
         None => Algorithm::Sha256,
     };
     if let Some(digest) = query.digest("digest")? {
+        let length = chunk_of(headers)?.1;
         api.registry
-            .push_blob(&actor, name, &digest, upload_body(api, body))
+            .push_blob(&actor, name, &digest, length, upload_body(api, body))
             .await?;
         return Ok(blob_created(name, &digest));
     }

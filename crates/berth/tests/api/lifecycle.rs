@@ -555,3 +555,203 @@ async fn scheduled_retention_keeps_what_was_pulled() {
         );
     }
 }
+
+#[tokio::test]
+async fn quota_counts_shared_layers_once_and_refuses_before_storing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let s = Server::start_on(dir.path(), &[]).await;
+    set_policy(data, "q", json!({"quota_bytes": 10_000}));
+    let blob_file = |digest: &str| {
+        let hex = &digest["sha256:".len()..];
+        dir.path().join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
+    };
+    let post = |repo: &str, data: &[u8]| {
+        let d = sha256(data);
+        s.req(
+            Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        )
+        .body(data.to_vec())
+        .send()
+    };
+
+    let layer = random_bytes(6000);
+    assert_eq!(post("q/a", &layer).await.unwrap().status(), 201);
+    assert_eq!(
+        post("q/b", &layer).await.unwrap().status(),
+        201,
+        "a layer the project holds costs nothing more"
+    );
+    let other = random_bytes(6000);
+    let r = post("q/b", &other).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("DENIED") && text.contains("6000 of its 10000 bytes"),
+        "the refusal gives usage and limit: {text}"
+    );
+    assert!(
+        !blob_file(&sha256(&other)).exists(),
+        "the refused blob stored nothing"
+    );
+
+    // A chunked upload is refused at the chunk that would pass the quota.
+    let location = s.start_upload("q/c").await;
+    let r = s.patch_upload(&location, Some("0-5999"), &other).await;
+    assert_error(r, 403, "DENIED").await;
+    // Other projects are not limited by it.
+    assert_eq!(post("free/a", &other).await.unwrap().status(), 201);
+    let r = s
+        .req(
+            Method::POST,
+            &format!(
+                "/v2/q/d/blobs/uploads/?mount={}&from=free/a",
+                sha256(&other)
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 403, "DENIED").await;
+
+    let usage = berth(&["project", "usage", "q", "--data", data]);
+    assert!(
+        usage.starts_with("q\t6000 bytes\tquota 10000 bytes"),
+        "{usage}"
+    );
+    assert!(
+        usage.contains("q/a\t6000 bytes") && usage.contains("q/b\t6000 bytes"),
+        "{usage}"
+    );
+    let uploads = std::fs::read_dir(dir.path().join("berth/uploads"))
+        .unwrap()
+        .count();
+    assert!(
+        uploads <= 1,
+        "only the open chunked session is staged ({uploads})"
+    );
+}
+
+fn berth_status(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .output()
+        .expect("run berth");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_finds_corrupt_missing_and_orphaned_blobs_and_repair_makes_it_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let s = Server::start_on(dir.path(), &[]).await;
+    let blob_file = |digest: &str| {
+        let hex = &digest["sha256:".len()..];
+        dir.path().join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
+    };
+    let a = s.image_manifest("app/a", json!({})).await;
+    assert_eq!(
+        s.put_manifest("app/a", "v1", OCI_MANIFEST, &a)
+            .await
+            .status(),
+        201
+    );
+    let b = s.image_manifest("app/b", json!({})).await;
+    assert_eq!(
+        s.put_manifest("app/b", "v1", OCI_MANIFEST, &b)
+            .await
+            .status(),
+        201
+    );
+    let c = s.image_manifest("app/c", json!({})).await;
+    assert_eq!(
+        s.put_manifest("app/c", "v1", OCI_MANIFEST, &c)
+            .await
+            .status(),
+        201
+    );
+    let layer_of = |m: &[u8]| {
+        let v: Value = serde_json::from_slice(m).unwrap();
+        v["layers"][0]["digest"].as_str().unwrap().to_owned()
+    };
+    let (corrupt, missing) = (layer_of(&a), layer_of(&b));
+    let (ok, clean) = berth_status(&["check", "--data", data]);
+    assert!(ok, "a healthy registry passes: {clean}");
+
+    // The same size, other bytes; a deleted file; bytes nobody recorded; and a manifest's
+    // copy among the blobs, as registry:2 keeps them (not an orphan).
+    let size = std::fs::metadata(blob_file(&corrupt)).unwrap().len() as usize;
+    std::fs::write(blob_file(&corrupt), vec![b'x'; size]).unwrap();
+    std::fs::remove_file(blob_file(&missing)).unwrap();
+    let stray = random_bytes(777);
+    let orphan = sha256(&stray);
+    std::fs::create_dir_all(blob_file(&orphan).parent().unwrap()).unwrap();
+    std::fs::write(blob_file(&orphan), &stray).unwrap();
+    std::fs::create_dir_all(blob_file(&sha256(&c)).parent().unwrap()).unwrap();
+    std::fs::write(blob_file(&sha256(&c)), &c).unwrap();
+
+    let (ok, found) = berth_status(&["check", "--data", data]);
+    assert!(!ok, "problems make it fail");
+    let lines_of = |kind: &str| -> Vec<String> {
+        found
+            .lines()
+            .filter(|l| l.starts_with(&format!("{kind}\t")))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(
+        lines_of("corrupt").iter().any(|l| l.contains(&corrupt)),
+        "{found}"
+    );
+    assert!(
+        lines_of("missing").iter().any(|l| l.contains(&missing)),
+        "{found}"
+    );
+    assert_eq!(lines_of("orphaned").len(), 1, "{found}");
+    assert!(lines_of("orphaned")[0].contains(&orphan), "{found}");
+    assert!(lines_of("dangling").is_empty(), "{found}");
+
+    let (ok, repaired) = berth_status(&["check", "--repair", "--data", data]);
+    assert!(!ok, "it found problems, so it still says so: {repaired}");
+    assert!(repaired.contains("quarantined"), "{repaired}");
+    let hex = &corrupt["sha256:".len()..];
+    assert!(dir
+        .path()
+        .join(format!("berth/quarantine/sha256-{hex}"))
+        .exists());
+    assert!(!blob_file(&corrupt).exists());
+    let (ok, after) = berth_status(&["check", "--data", data]);
+    assert!(ok, "consistent after the repair: {after}");
+
+    // The broken images are gone (unknown rather than failing mid-pull); the server's
+    // manifest cache follows within seconds.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    for repo in ["app/a", "app/b"] {
+        while s.get(&format!("/v2/{repo}/manifests/v1")).await.status() != 404 {
+            assert!(Instant::now() < deadline, "{repo}:v1 still served");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let collected = berth(&["gc", "--grace-seconds", "0", "--data", data]);
+    assert!(
+        collected.contains(&orphan),
+        "the orphan was filed for GC: {collected}"
+    );
+    assert!(!blob_file(&orphan).exists());
+    assert_eq!(
+        s.get("/v2/app/c/manifests/v1").await.status(),
+        200,
+        "the healthy image stays"
+    );
+}

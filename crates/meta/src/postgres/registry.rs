@@ -14,9 +14,9 @@ use super::write_tx;
 use super::{PostgresStore, TxResult, CHANGES_CHANNEL};
 use crate::sql;
 use crate::{
-    now, renewal_due, BlobReservation, GcRun, Inventory, InventoryManifest, InventoryTag,
-    MetaError, MetadataStore, NewManifest, Page, Pull, Referrer, Result, SavedHash, StoredManifest,
-    UploadLimits, UploadSession,
+    now, project_range, renewal_due, BlobKnown, BlobReservation, Dangling, GcRun, Inventory,
+    InventoryManifest, InventoryTag, MetaError, MetadataStore, NewManifest, Page, Pull, Quota,
+    Referrer, Result, SavedHash, StoredManifest, UploadLimits, UploadSession, Usage,
 };
 
 pub(super) type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -50,6 +50,23 @@ pub(super) async fn query(
 
 /// Tells every watching process, when this transaction commits, that `repo`'s references
 /// changed.
+async fn project_bytes(c: &impl GenericClient, project: &str) -> PgResult<u64> {
+    let (from, to) = project_range(project);
+    let row = c
+        .query_one(
+            &c.prepare_cached(sql::PROJECT_USAGE).await?,
+            &[&project, &from, &to],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
+async fn linked_in_project(c: &impl GenericClient, project: &str, digest: &str) -> PgResult<bool> {
+    let (from, to) = project_range(project);
+    let row = query_opt(c, sql::LINKED_IN_PROJECT, &[&digest, &project, &from, &to]).await?;
+    Ok(row.is_some())
+}
+
 async fn announce(tx: &deadpool_postgres::Transaction<'_>, repo: &str) -> PgResult<()> {
     query(tx, "SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &repo]).await?;
     Ok(())
@@ -237,9 +254,32 @@ impl MetadataStore for PostgresStore {
         digest: &Digest,
         size: u64,
         upload_id: Option<&str>,
+        quota: Option<&Quota>,
     ) -> Result<()> {
         let (repo, digest) = (repo.as_str(), digest.as_str());
         write_tx!(self, "add_blob", IsolationLevel::ReadCommitted, |tx| {
+            if let Some(q) = quota {
+                // Commits into one project with a quota take its lock, so the count below
+                // and the link are one step; others never wait on it.
+                execute(
+                    tx,
+                    "SELECT pg_advisory_xact_lock(hashtextextended('quota:' || $1, 0))",
+                    &[&q.project],
+                )
+                .await?;
+                if !linked_in_project(tx, &q.project, digest).await? {
+                    let usage = project_bytes(tx, &q.project).await?;
+                    if usage + size > q.limit {
+                        return Err(MetaError::QuotaExceeded {
+                            project: q.project.clone(),
+                            usage,
+                            size,
+                            limit: q.limit,
+                        }
+                        .into());
+                    }
+                }
+            }
             ensure_repository(tx, repo).await?;
             let written = query_opt(
                 tx,
@@ -643,6 +683,112 @@ impl MetadataStore for PostgresStore {
             let n = execute(tx, sql::CLAIM_LEASE, &[&name, &holder, &until, &now]).await?;
             Ok(n > 0)
         })
+    }
+
+    async fn blob_known(&self, digest: &Digest) -> Result<BlobKnown> {
+        let digest = digest.as_str();
+        self.observed("blob_known", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            if let Some(r) = query_opt(c, sql::BLOB_ROW, &[&digest]).await? {
+                return Ok(BlobKnown::Blob(r.get::<_, i64>(0).max(0) as u64));
+            }
+            Ok(match query_opt(c, sql::IS_MANIFEST, &[&digest]).await? {
+                Some(_) => BlobKnown::Manifest,
+                None => BlobKnown::Unknown,
+            })
+        })
+        .await
+    }
+
+    async fn settled_blobs(
+        &self,
+        after: Option<&str>,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>> {
+        let after = after.unwrap_or("");
+        self.observed("settled_blobs", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(c, sql::SETTLED_BLOBS, &[&after, &now, &i64::from(limit)]).await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+                .collect())
+        })
+        .await
+    }
+
+    async fn dangling_references(&self, limit: u32) -> Result<Vec<Dangling>> {
+        self.observed("dangling_references", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let limit = i64::from(limit);
+            let mut found: Vec<Dangling> = query(c, sql::DANGLING_BLOB_REFERENCES, &[&limit])
+                .await?
+                .iter()
+                .map(|r| Dangling::Blob {
+                    repository: r.get(0),
+                    manifest: r.get(1),
+                    blob: r.get(2),
+                })
+                .collect();
+            found.extend(
+                query(c, sql::DANGLING_CHILD_REFERENCES, &[&limit])
+                    .await?
+                    .iter()
+                    .map(|r| Dangling::Child {
+                        repository: r.get(0),
+                        manifest: r.get(1),
+                        child: r.get(2),
+                    }),
+            );
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn remove_blob(&self, digest: &Digest) -> Result<()> {
+        let digest = digest.as_str();
+        write_tx!(self, "remove_blob", |tx| {
+            execute(
+                tx,
+                "DELETE FROM repository_blobs WHERE digest = $1",
+                &[&digest],
+            )
+            .await?;
+            execute(tx, "DELETE FROM blobs WHERE digest = $1", &[&digest]).await?;
+            Ok(())
+        })
+    }
+
+    async fn project_usage(&self, project: &str) -> Result<Usage> {
+        self.observed("project_usage", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let bytes = project_bytes(c, project).await?;
+            let (from, to) = project_range(project);
+            let rows = query(c, sql::PROJECT_REPOSITORY_USAGE, &[&project, &from, &to]).await?;
+            let repositories = rows
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+                .collect();
+            Ok(Usage {
+                bytes,
+                repositories,
+            })
+        })
+        .await
+    }
+
+    async fn linked_in_project(&self, project: &str, digest: &Digest) -> Result<bool> {
+        self.observed("linked_in_project", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            Ok(linked_in_project(c, project, digest.as_str()).await?)
+        })
+        .await
     }
 
     async fn delete_manifest_untagged_since(

@@ -10,9 +10,9 @@ use rusqlite::{Connection, OptionalExtension};
 use super::SqliteStore;
 use crate::sql;
 use crate::{
-    now, renewal_due, BlobReservation, GcRun, Inventory, InventoryManifest, InventoryTag,
-    MetaError, MetadataStore, NewManifest, Page, Pull, Referrer, Result, SavedHash, StoredManifest,
-    UploadLimits, UploadSession,
+    now, project_range, renewal_due, BlobKnown, BlobReservation, Dangling, GcRun, Inventory,
+    InventoryManifest, InventoryTag, MetaError, MetadataStore, NewManifest, Page, Pull, Quota,
+    Referrer, Result, SavedHash, StoredManifest, UploadLimits, UploadSession, Usage,
 };
 
 fn ensure_repository(conn: &Connection, repo: &str) -> Result<()> {
@@ -52,6 +52,23 @@ fn blob_deleting(conn: &Connection, digest: &str) -> Result<bool> {
         .query_row([digest], |r| r.get(0))
         .optional()?;
     Ok(deleting == Some(1))
+}
+
+fn project_bytes(conn: &Connection, project: &str) -> Result<u64> {
+    let (from, to) = project_range(project);
+    let bytes: i64 = conn
+        .prepare_cached(sql::PROJECT_USAGE)?
+        .query_row((project, &from, &to), |r| r.get(0))?;
+    Ok(bytes.max(0) as u64)
+}
+
+fn linked_in_project(conn: &Connection, project: &str, digest: &str) -> Result<bool> {
+    let (from, to) = project_range(project);
+    Ok(conn
+        .prepare_cached(sql::LINKED_IN_PROJECT)?
+        .query_row((digest, project, &from, &to), |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 fn parse_digest(s: &str) -> Result<Digest> {
@@ -222,10 +239,26 @@ impl MetadataStore for SqliteStore {
         digest: &Digest,
         size: u64,
         upload_id: Option<&str>,
+        quota: Option<&Quota>,
     ) -> Result<()> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
         let upload_id = upload_id.map(str::to_owned);
+        let quota = quota.cloned();
         self.write("add_blob", move |conn| {
+            if let Some(q) = &quota {
+                // One writer: the count and the link below are one step.
+                if !linked_in_project(conn, &q.project, &digest)? {
+                    let usage = project_bytes(conn, &q.project)?;
+                    if usage + size > q.limit {
+                        return Err(MetaError::QuotaExceeded {
+                            project: q.project.clone(),
+                            usage,
+                            size,
+                            limit: q.limit,
+                        });
+                    }
+                }
+            }
             ensure_repository(conn, &repo)?;
             if blob_deleting(conn, &digest)? {
                 return Err(MetaError::Conflict(format!(
@@ -615,6 +648,115 @@ impl MetadataStore for SqliteStore {
                 .prepare_cached(sql::CLAIM_LEASE)?
                 .execute((&name, &holder, until, now))?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn blob_known(&self, digest: &Digest) -> Result<BlobKnown> {
+        let digest = digest.to_string();
+        self.read("blob_known", move |conn| {
+            let size: Option<i64> = conn
+                .prepare_cached(sql::BLOB_ROW)?
+                .query_row([&digest], |r| r.get(0))
+                .optional()?;
+            if let Some(size) = size {
+                return Ok(BlobKnown::Blob(size.max(0) as u64));
+            }
+            let manifest = conn
+                .prepare_cached(sql::IS_MANIFEST)?
+                .query_row([&digest], |_| Ok(()))
+                .optional()?;
+            Ok(if manifest.is_some() {
+                BlobKnown::Manifest
+            } else {
+                BlobKnown::Unknown
+            })
+        })
+        .await
+    }
+
+    async fn settled_blobs(
+        &self,
+        after: Option<&str>,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>> {
+        let after = after.unwrap_or("").to_owned();
+        self.read("settled_blobs", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::SETTLED_BLOBS)?
+                .query_map((&after, now, i64::from(limit)), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                })?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn dangling_references(&self, limit: u32) -> Result<Vec<Dangling>> {
+        self.read("dangling_references", move |conn| {
+            let limit = i64::from(limit);
+            let mut found: Vec<Dangling> = conn
+                .prepare_cached(sql::DANGLING_BLOB_REFERENCES)?
+                .query_map([limit], |r| {
+                    Ok(Dangling::Blob {
+                        repository: r.get(0)?,
+                        manifest: r.get(1)?,
+                        blob: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let children = conn
+                .prepare_cached(sql::DANGLING_CHILD_REFERENCES)?
+                .query_map([limit], |r| {
+                    Ok(Dangling::Child {
+                        repository: r.get(0)?,
+                        manifest: r.get(1)?,
+                        child: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            found.extend(children);
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn remove_blob(&self, digest: &Digest) -> Result<()> {
+        let digest = digest.to_string();
+        self.write("remove_blob", move |conn| {
+            conn.prepare_cached("DELETE FROM repository_blobs WHERE digest = $1")?
+                .execute([&digest])?;
+            conn.prepare_cached("DELETE FROM blobs WHERE digest = $1")?
+                .execute([&digest])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn project_usage(&self, project: &str) -> Result<Usage> {
+        let project = project.to_owned();
+        self.read("project_usage", move |conn| {
+            let bytes = project_bytes(conn, &project)?;
+            let (from, to) = project_range(&project);
+            let repositories = conn
+                .prepare_cached(sql::PROJECT_REPOSITORY_USAGE)?
+                .query_map((&project, &from, &to), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Usage {
+                bytes,
+                repositories,
+            })
+        })
+        .await
+    }
+
+    async fn linked_in_project(&self, project: &str, digest: &Digest) -> Result<bool> {
+        let (project, digest) = (project.to_owned(), digest.to_string());
+        self.read("linked_in_project", move |conn| {
+            linked_in_project(conn, &project, &digest)
         })
         .await
     }

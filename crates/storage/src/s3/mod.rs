@@ -8,6 +8,7 @@
 //! <root>/docker/registry/v2/blobs/<algorithm>/<first two hex>/<hex>/data   a committed blob
 //! <root>/berth/uploads/<id>/record    an upload in progress (see `record`)
 //! <root>/berth/uploads/<id>/data      its multipart upload, once it outgrew one part
+//! <root>/berth/quarantine/<alg>-<hex> a blob `berth check --repair` found corrupt
 //! ```
 //!
 //! An upload is a multipart upload plus a record object that lists its parts and holds the
@@ -751,6 +752,19 @@ impl BlobStore for S3BlobStore {
                 .collect())
         })
         .await
+    }
+
+    async fn quarantine_blob(&self, digest: &Digest) -> Result<Option<String>, StorageError> {
+        let to = self.key(&format!(
+            "berth/quarantine/{}-{}",
+            digest.algorithm().as_str(),
+            digest.hex()
+        ));
+        match self.client.rename(&self.blob_key(digest), &to).await {
+            Ok(()) => Ok(Some(to.to_string())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(classify(e)),
+        }
     }
 
     async fn list_distribution_index(&self) -> Result<Vec<String>, StorageError> {
