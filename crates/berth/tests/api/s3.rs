@@ -560,3 +560,63 @@ async fn garbage_collection_removes_unreferenced_blobs_from_the_bucket() {
     let r = s.get(&format!("/v2/team/kept/manifests/{kept}")).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// `berth check --repair` on a bucket: a blob changed behind Berth's back is found, moved to
+/// the quarantine prefix, and its image stops being served.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_quarantines_a_corrupt_blob_in_the_bucket() {
+    let moto = Moto::start();
+    moto.create_bucket("checked");
+    let env = registry_env(&moto.endpoint(), "checked");
+    let s = Server::start_with_env(&with(&env, &[])).await;
+    let digest = s.push_image("team/app", "v1").await;
+    let manifest: serde_json::Value = s
+        .req(Method::GET, &format!("/v2/team/app/manifests/{digest}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("manifest")
+        .json()
+        .await
+        .expect("json");
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_owned();
+    let size = manifest["layers"][0]["size"].as_u64().expect("size") as usize;
+    let hex = layer.trim_start_matches("sha256:").to_owned();
+    let key = format!(
+        "checked/registry/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    );
+    let check = |repair: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["check", "--data"]).arg(&s.data);
+        if repair {
+            cmd.arg("--repair");
+        }
+        let out = cmd
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("berth check");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert!(check(false).0, "a healthy bucket passes");
+    assert_eq!(moto.put(&key, &vec![b'x'; size]), 200);
+    assert_eq!(moto.get(&key).1.len(), size, "changed in place");
+
+    let (ok, found) = check(false);
+    assert!(
+        !ok && found.contains(&format!("corrupt\t{layer}")),
+        "{found}"
+    );
+    let (ok, repaired) = check(true);
+    assert!(!ok && repaired.contains("quarantined"), "{repaired}");
+    assert_eq!(moto.get(&key).0, 404, "moved out of the digest's place");
+    let quarantined = format!("checked/registry/berth/quarantine/sha256-{hex}");
+    assert_eq!(moto.get(&quarantined), (200, vec![b'x'; size]));
+    assert!(check(false).0, "consistent after the repair");
+}

@@ -93,6 +93,28 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// `PUT` of an object, signed: a test's way to change a stored blob behind Berth's back.
+    pub fn put(&self, path: &str, body: &[u8]) -> u16 {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), body).expect("writing the body");
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "test:test"])
+            // curl's default form type would make moto (werkzeug) parse the body away.
+            .args(["-H", "Content-Type: application/octet-stream"])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.path().display()))
+            .arg(format!("{}/{path}", self.endpoint()))
+            .output()
+            .expect("running curl");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
