@@ -436,7 +436,7 @@ async fn remove_repository(c: Caller, Path(name): Path<String>) -> Result<Status
 async fn show_policy(c: Caller, Path(project): Path<String>) -> Reply {
     c.require(Permission::AdministerProject(&project))?;
     let policy = c.api.registry.project_policy(&project).await?;
-    ok(serde_json::to_value(policy).unwrap_or_default())
+    ok(serde_json::to_value(&*policy).unwrap_or_default())
 }
 
 /// Replaces a project's policy; lifting an immutability rule is putting the policy without
@@ -445,6 +445,16 @@ async fn set_policy(c: Caller, Path(project): Path<String>, body: String) -> Rep
     c.require(Permission::AdministerProject(&project))?;
     let policy = berth_registry::policy::Policy::parse(&body)
         .map_err(|e| ApiError::InvalidRequest(format!("not a valid policy: {e}")))?;
+    // The quota bounds what a project may take from everyone's storage: a project admin
+    // sets the rest of the policy, the registry's admins its quota.
+    let current = c.api.registry.project_policy(&project).await?;
+    if policy.quota_bytes != current.quota_bytes
+        && !c.api.allows(&c.access, Permission::ManageProjects)
+    {
+        return Err(ApiError::Denied(
+            "only registry admins may change a project's quota".into(),
+        ));
+    }
     c.api
         .registry
         .set_project_policy(&project, Some(&policy))
@@ -463,6 +473,16 @@ async fn set_policy(c: Caller, Path(project): Path<String>, body: String) -> Rep
 
 async fn remove_policy(c: Caller, Path(project): Path<String>) -> Reply {
     c.require(Permission::AdministerProject(&project))?;
+    if c.api
+        .registry
+        .project_policy(&project)
+        .await?
+        .quota_bytes
+        .is_some()
+    {
+        // Removing the policy would lift the quota too.
+        c.require(Permission::ManageProjects)?;
+    }
     c.api.registry.set_project_policy(&project, None).await?;
     let a = &c.access;
     c.api.audit.record(

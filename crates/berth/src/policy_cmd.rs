@@ -71,7 +71,7 @@ pub fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<()> {
         match command {
             PolicyCommand::Show { project, .. } => {
                 let policy = registry.project_policy(&project).await?;
-                println!("{}", serde_json::to_string_pretty(&policy)?);
+                println!("{}", serde_json::to_string_pretty(&*policy)?);
             }
             PolicyCommand::Set { project, file, .. } => {
                 let mut text = String::new();

@@ -315,8 +315,8 @@ async fn follow_read_only(api: &Arc<Api>, workers: &Workers) {
 
 /// The seed's migration: a `registry:2` data directory (or bucket) served by Berth for the
 /// first time is imported in the background, `/readyz` false until it is done, so every old
-/// image pulls after the switch with no manual step. One replica imports (the lease); a
-/// failed import is retried hourly.
+/// image pulls after the switch with no manual step. One replica imports (the lease); an
+/// import that failed or stopped halfway (a restart) is resumed every [`IMPORT_RETRY`].
 async fn import_on_first_start(api: &Arc<Api>, workers: &Workers) {
     match api.registry.distribution_import_due().await {
         Ok(true) => {}
@@ -329,14 +329,29 @@ async fn import_on_first_start(api: &Arc<Api>, workers: &Workers) {
     tracing::info!("found registry:2 repositories and no metadata: importing them");
     api.readiness.hold("importing registry:2's repositories");
     let api = api.clone();
-    workers.spawn("distribution_import", HOURLY, FirstRun::Now, move || {
-        let api = api.clone();
-        async move {
-            let outcome = import_if_due(&api.registry).await;
-            api.readiness.ready();
-            outcome
-        }
-    });
+    workers.spawn(
+        "distribution_import",
+        IMPORT_RETRY,
+        FirstRun::Now,
+        move || {
+            let api = api.clone();
+            async move {
+                // Ready once the import is done (here or on another replica); a failed one is
+                // resumed each period, and until then old images would be missing.
+                let outcome = import_if_due(&api.registry).await;
+                if outcome.is_ok()
+                    && !api
+                        .registry
+                        .distribution_import_unfinished()
+                        .await
+                        .unwrap_or(true)
+                {
+                    api.readiness.ready();
+                }
+                outcome
+            }
+        },
+    );
 }
 
 async fn import_if_due(registry: &berth_registry::Registry) -> Result<String, String> {
@@ -345,7 +360,10 @@ async fn import_if_due(registry: &berth_registry::Registry) -> Result<String, St
         Ok(false) => return Ok(String::new()),
         Err(e) => return Err(format!("registry:2 import: {e}")),
     }
-    match registry.lead("distribution_import", HOURLY).await {
+    match registry
+        .lead("distribution_import", IMPORT_RETRY * LEASE_PERIODS)
+        .await
+    {
         Ok(true) => {}
         Ok(false) => return Ok("another replica imports registry:2's repositories".into()),
         Err(e) => return Err(format!("registry:2 import lease: {e}")),
@@ -370,6 +388,9 @@ const HOURLY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// A replica that runs shared background work holds its lease for this many of the task's
 /// periods: it renews it every run, and another replica takes over this long after the last.
 const LEASE_PERIODS: u32 = 3;
+
+/// How often an unfinished registry:2 import is tried again.
+const IMPORT_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How often noted pulls are written to the metadata store (retention's pull times).
 const PULL_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);

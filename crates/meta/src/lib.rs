@@ -315,19 +315,22 @@ pub trait MetadataStore: Send + Sync + 'static {
         quota: Option<&Quota>,
     ) -> Result<()>;
 
-    /// The bytes of the distinct blobs linked to a project's repositories (a layer in two of
-    /// them counts once), and per repository.
-    async fn project_usage(&self, project: &str) -> Result<Usage>;
+    /// The bytes of the distinct blobs a project's repositories hold (linked, or referenced
+    /// by their manifests; a layer in two of them counts once), and with `per_repository`
+    /// each repository's share.
+    async fn project_usage(&self, project: &str, per_repository: bool) -> Result<Usage>;
 
-    /// Whether `digest` is linked to a repository of `project`.
+    /// Whether a repository of `project` holds `digest` (linked, or referenced by a manifest).
     async fn linked_in_project(&self, project: &str, digest: &Digest) -> Result<bool>;
 
-    /// Makes a blob of `from` visible in `to`; `None` when `from` does not have it.
+    /// Makes a blob of `from` visible in `to`; `None` when `from` does not have it. With a
+    /// `quota`, refused like [`add_blob`](Self::add_blob) and in the same serialized step.
     async fn mount_blob(
         &self,
         from: &RepositoryName,
         to: &RepositoryName,
         digest: &Digest,
+        quota: Option<&Quota>,
     ) -> Result<Option<u64>>;
 
     /// Unlinks a blob from a repository; `false` when it was not linked.
@@ -353,10 +356,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// exist.
     async fn delete_repository(&self, repo: &RepositoryName) -> Result<bool>;
 
-    /// Deletes a manifest and its tags unless a tag was pointed at it at or after
-    /// `tagged_before` (seconds since the epoch), in one atomic step: retention deletes what
-    /// it planned, and a push racing it keeps its tag. `false` when it kept or lacked it.
-    async fn delete_manifest_untagged_since(
+    /// Deletes a manifest retention planned to delete at `tagged_before` (seconds since the
+    /// epoch), with its tags, unless it is needed now, in one atomic step: a tag was pointed
+    /// at it since (a push racing retention wins), a manifest lists it as a child (its
+    /// index was kept after all), or it is a referrer whose subject exists. `false` when it
+    /// kept or lacked it.
+    async fn delete_planned_manifest(
         &self,
         repo: &RepositoryName,
         digest: &Digest,

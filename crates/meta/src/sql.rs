@@ -53,11 +53,17 @@ pub(crate) const GC_RUNS: &str = "SELECT id, started_at, finished_at, instance, 
 /// The manifest tag `$2` of repository `$1` names.
 pub(crate) const TAG_TARGET: &str = "SELECT manifest FROM tags WHERE repository = $1 AND name = $2";
 
-/// Deletes manifest `$2` of `$1` (its tags and references cascade) unless a tag was pointed
-/// at it at or after `$3`: retention's delete, which a push racing it wins.
-pub(crate) const DELETE_MANIFEST_UNTAGGED_SINCE: &str = "DELETE FROM manifests
-     WHERE repository = $1 AND digest = $2 AND NOT EXISTS
-       (SELECT 1 FROM tags WHERE repository = $1 AND manifest = $2 AND updated_at >= $3)";
+/// Deletes manifest `$2` of `$1` (its tags and references cascade) that retention planned
+/// to delete at `$3`, unless it is needed now: a tag was pointed at it since, a manifest
+/// (not deleted after all) lists it as a child, or it is a referrer whose subject exists.
+pub(crate) const DELETE_PLANNED_MANIFEST: &str = "DELETE FROM manifests
+     WHERE repository = $1 AND digest = $2
+       AND NOT EXISTS (SELECT 1 FROM tags
+                        WHERE repository = $1 AND manifest = $2 AND updated_at >= $3)
+       AND NOT EXISTS (SELECT 1 FROM manifest_children WHERE repository = $1 AND child = $2)
+       AND NOT EXISTS (SELECT 1 FROM manifests m JOIN manifests s
+                         ON s.repository = m.repository AND s.digest = m.subject
+                        WHERE m.repository = $1 AND m.digest = $2)";
 
 pub(crate) const INVENTORY_MANIFESTS: &str = "SELECT digest, media_type, length(content),
      created_at, pulled_at, subject FROM manifests WHERE repository = $1";
@@ -90,21 +96,31 @@ pub(crate) const DELETE_PROJECT_POLICY: &str = "DELETE FROM project_policies WHE
 pub(crate) const PROJECTS_WITH_POLICIES: &str =
     "SELECT project FROM project_policies ORDER BY project";
 
-/// Bytes of the distinct blobs linked to project `$1` (`$2`, `$3` its range:
-/// [`crate::project_range`]).
-/// (PostgreSQL sums BIGINTs as NUMERIC: the cast keeps the answer an integer in both.)
-pub(crate) const PROJECT_USAGE: &str =
-    "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs WHERE digest IN
-     (SELECT digest FROM repository_blobs
-       WHERE repository = $1 OR (repository >= $2 AND repository < $3))";
-pub(crate) const PROJECT_REPOSITORY_USAGE: &str =
-    "SELECT rb.repository, CAST(SUM(b.size) AS BIGINT)
-     FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
-     WHERE rb.repository = $1 OR (rb.repository >= $2 AND rb.repository < $3)
-     GROUP BY rb.repository ORDER BY rb.repository";
-/// Whether blob `$1` is linked to project `$2` (range `$3`, `$4`).
-pub(crate) const LINKED_IN_PROJECT: &str = "SELECT 1 FROM repository_blobs WHERE digest = $1
-     AND (repository = $2 OR (repository >= $3 AND repository < $4)) LIMIT 1";
+/// A project holds the blobs its repositories link and those their manifests reference (a
+/// link can be deleted while a manifest keeps the bytes alive): `$1` the project, `$2` and
+/// `$3` its range ([`crate::project_range`]). (PostgreSQL sums BIGINTs as NUMERIC: the cast
+/// keeps the answer an integer in both.)
+pub(crate) const PROJECT_USAGE: &str = "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs
+     WHERE digest IN (SELECT digest FROM repository_blobs
+                       WHERE repository = $1 OR (repository >= $2 AND repository < $3))
+        OR digest IN (SELECT blob FROM manifest_blobs
+                       WHERE repository = $1 OR (repository >= $2 AND repository < $3))";
+pub(crate) const PROJECT_REPOSITORY_USAGE: &str = "SELECT held.repository,
+       CAST(SUM(b.size) AS BIGINT)
+     FROM (SELECT repository, digest FROM repository_blobs
+            WHERE repository = $1 OR (repository >= $2 AND repository < $3)
+           UNION
+           SELECT repository, blob FROM manifest_blobs
+            WHERE repository = $1 OR (repository >= $2 AND repository < $3)) held
+     JOIN blobs b ON b.digest = held.digest
+     GROUP BY held.repository ORDER BY held.repository";
+/// Whether project `$2` (range `$3`, `$4`) holds blob `$1`.
+pub(crate) const LINKED_IN_PROJECT: &str = "SELECT 1 WHERE EXISTS
+       (SELECT 1 FROM repository_blobs WHERE digest = $1
+         AND (repository = $2 OR (repository >= $3 AND repository < $4)))
+     OR EXISTS
+       (SELECT 1 FROM manifest_blobs WHERE blob = $1
+         AND (repository = $2 OR (repository >= $3 AND repository < $4)))";
 
 pub(crate) const BLOB_ROW: &str = "SELECT size FROM blobs WHERE digest = $1";
 pub(crate) const IS_MANIFEST: &str = "SELECT 1 FROM manifests WHERE digest = $1 LIMIT 1";

@@ -77,7 +77,7 @@ async fn quotas_count_each_blob_once_and_hold_under_concurrency(store: Arc<dyn S
         )
         .await
         .expect("another project has its own quota");
-    let usage = store.project_usage("suite-quota").await.unwrap();
+    let usage = store.project_usage("suite-quota", true).await.unwrap();
     assert_eq!(usage.bytes, 100, "a look-alike project name is not counted");
     assert_eq!(
         usage.repositories,
@@ -88,6 +88,40 @@ async fn quotas_count_each_blob_once_and_hold_under_concurrency(store: Arc<dyn S
     );
     assert!(store.linked_in_project("suite-quota", &x).await.unwrap());
     assert!(!store.linked_in_project("suite-quota", &y).await.unwrap());
+    // Deleting the links does not free what a manifest still holds.
+    let body = b"{\"quota manifest\":1}";
+    let md = Digest::sha256_of(body);
+    let held = [Referenced {
+        digest: x.clone(),
+        size: 100,
+    }];
+    store
+        .put_manifest(manifest(&a, &md, body, &held, &[]))
+        .await
+        .unwrap();
+    assert!(store.unlink_blob(&a, &x).await.unwrap());
+    assert!(store.unlink_blob(&b, &x).await.unwrap());
+    assert_eq!(
+        store
+            .project_usage("suite-quota", false)
+            .await
+            .unwrap()
+            .bytes,
+        100
+    );
+    assert!(store.linked_in_project("suite-quota", &x).await.unwrap());
+    let over = store.add_blob(&b, &y, 60, None, Some(&q)).await;
+    assert!(
+        matches!(over, Err(MetaError::QuotaExceeded { .. })),
+        "{over:?}"
+    );
+    let mounted = store
+        .mount_blob(&repo("suite-quota-x/z"), &b, &y, Some(&q))
+        .await;
+    assert!(
+        matches!(mounted, Err(MetaError::QuotaExceeded { .. })),
+        "mounts count: {mounted:?}"
+    );
 
     // Sixteen parallel commits of 30-byte blobs into a 150-byte quota: exactly five fit.
     let q = quota("suite-quota-race", 150);
@@ -118,7 +152,11 @@ async fn quotas_count_each_blob_once_and_hold_under_concurrency(store: Arc<dyn S
     }
     assert_eq!(stored, 5);
     assert_eq!(
-        store.project_usage("suite-quota-race").await.unwrap().bytes,
+        store
+            .project_usage("suite-quota-race", false)
+            .await
+            .unwrap()
+            .bytes,
         150
     );
 }
@@ -223,11 +261,11 @@ async fn lifecycle_reads_and_guarded_writes(store: &dyn Store) {
     // Retention's delete loses against a tag pushed since it planned.
     let planned = latest.pushed_at;
     assert!(!store
-        .delete_manifest_untagged_since(&r, &d2, planned)
+        .delete_planned_manifest(&r, &d2, planned)
         .await
         .unwrap());
     assert!(store
-        .delete_manifest_untagged_since(&r, &d2, planned + 1)
+        .delete_planned_manifest(&r, &d2, planned + 1)
         .await
         .unwrap());
     assert!(store
@@ -235,6 +273,63 @@ async fn lifecycle_reads_and_guarded_writes(store: &dyn Store) {
         .await
         .unwrap()
         .is_none());
+
+    // Nor does it take what a manifest still needs: a child an index lists, a referrer
+    // whose subject exists.
+    let (child_body, index_body, sig_body) = (
+        b"{\"life child\":1}".as_slice(),
+        b"{\"life index\":1}".as_slice(),
+        b"{\"life sig\":1}".as_slice(),
+    );
+    let (child, index, sig) = (
+        Digest::sha256_of(child_body),
+        Digest::sha256_of(index_body),
+        Digest::sha256_of(sig_body),
+    );
+    store
+        .put_manifest(manifest(&r, &child, child_body, &refs, &[]))
+        .await
+        .unwrap();
+    let children = [Referenced {
+        digest: child.clone(),
+        size: child_body.len() as u64,
+    }];
+    store
+        .put_manifest(NewManifest {
+            children: &children,
+            ..manifest(&r, &index, index_body, &[], &[])
+        })
+        .await
+        .unwrap();
+    store
+        .put_manifest(NewManifest {
+            subject: Some(&d1),
+            ..manifest(&r, &sig, sig_body, &refs, &[])
+        })
+        .await
+        .unwrap();
+    let later = now() + 10;
+    assert!(!store
+        .delete_planned_manifest(&r, &child, later)
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_planned_manifest(&r, &sig, later)
+        .await
+        .unwrap());
+    assert!(store
+        .delete_planned_manifest(&r, &index, later)
+        .await
+        .unwrap());
+    assert!(store
+        .delete_planned_manifest(&r, &child, later)
+        .await
+        .unwrap());
+    assert!(store.delete_planned_manifest(&r, &d1, later).await.unwrap());
+    assert!(store
+        .delete_planned_manifest(&r, &sig, later)
+        .await
+        .unwrap());
 
     assert_eq!(store.project_policy("suite-life").await.unwrap(), None);
     store
@@ -351,8 +446,11 @@ async fn blobs_are_scoped_to_repositories(store: &dyn Store) {
     assert_eq!(store.repository_blob(&a, &d).await.unwrap(), Some(11));
     assert_eq!(store.repository_blob(&b, &d).await.unwrap(), None);
     let unknown = Digest::sha256_of(b"suite scope, never pushed");
-    assert_eq!(store.mount_blob(&a, &b, &unknown).await.unwrap(), None);
-    assert_eq!(store.mount_blob(&a, &b, &d).await.unwrap(), Some(11));
+    assert_eq!(
+        store.mount_blob(&a, &b, &unknown, None).await.unwrap(),
+        None
+    );
+    assert_eq!(store.mount_blob(&a, &b, &d, None).await.unwrap(), Some(11));
     assert!(store.unlink_blob(&a, &d).await.unwrap());
     assert!(!store.unlink_blob(&a, &d).await.unwrap());
     assert_eq!(store.repository_blob(&b, &d).await.unwrap(), Some(11));
@@ -753,7 +851,7 @@ async fn collection_rules(store: &dyn Store) {
     assert_eq!(store.repository_blob(&r, &loose).await.unwrap(), None);
     assert_eq!(
         store
-            .mount_blob(&r, &repo("suite-gc/other"), &loose)
+            .mount_blob(&r, &repo("suite-gc/other"), &loose, None)
             .await
             .unwrap(),
         None

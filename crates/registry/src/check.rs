@@ -6,9 +6,12 @@
 //! Repair makes the registry consistent, never by guessing content:
 //! - A corrupt blob is moved into the quarantine (`berth/quarantine/`) and forgotten.
 //! - A blob row whose bytes are gone is forgotten.
-//! - A manifest that references a forgotten or absent blob, or a child manifest that does
-//!   not exist, is deleted (its pulls failed already; now they say it is unknown). With
-//!   sparse manifests allowed, absent references are not problems.
+//! - A manifest that references a forgotten or absent blob is deleted (its pulls failed
+//!   already; now they say it is unknown), unless an immutable tag names it. An index lacking
+//!   a child is reported and kept: its other platforms still pull. With sparse manifests
+//!   allowed, absent references are not problems.
+//! - Nothing is repaired while an import of registry:2's repositories is unfinished: the
+//!   blobs it has yet to link would look orphaned.
 //! - Bytes no row knows of (and that are not a manifest's copy, as registry:2 leaves them)
 //!   are filed for garbage collection, which deletes them after its grace period.
 
@@ -74,6 +77,13 @@ impl Registry {
     ) -> Result<CheckReport> {
         if repair {
             self.require_writable()?;
+            if self.distribution_import_unfinished().await? {
+                return Err(crate::RegistryError::Conflict(
+                    "an import of registry:2's repositories has not finished, and the blobs it \
+                     has yet to link would look orphaned; finish it (`berth import`) first"
+                        .into(),
+                ));
+            }
         }
         let started = berth_meta::now();
         let mut report = CheckReport::default();
@@ -187,25 +197,46 @@ impl Registry {
             report.dangling.push(format!(
                 "{repository}@{manifest} references {what}, which is absent"
             ));
-            if repair {
-                if let (Ok(r), Ok(d)) = (
-                    repository.parse::<RepositoryName>(),
-                    manifest.parse::<Digest>(),
-                ) {
-                    if self.meta.delete_manifest(&r, &d).await? {
-                        self.manifests.invalidate(&r);
-                        self.publish(
-                            actor,
-                            crate::Change::ManifestDeleted {
-                                repository: r.clone(),
-                                digest: d,
-                            },
-                        );
-                        report.repairs.push(format!(
-                            "deleted {repository}@{manifest} (it referenced {what})"
-                        ));
-                    }
-                }
+            if !repair {
+                continue;
+            }
+            let (Ok(r), Ok(d)) = (
+                repository.parse::<RepositoryName>(),
+                manifest.parse::<Digest>(),
+            ) else {
+                continue;
+            };
+            if let Dangling::Child { .. } = dangling {
+                // Its other platforms still pull: an index is not thrown away for one.
+                report.repairs.push(format!(
+                    "kept {repository}@{manifest}: only its {what} is absent"
+                ));
+                continue;
+            }
+            let policy = self.policy_of(&r).await?;
+            let within = crate::policy::split_project(r.as_str()).1;
+            let inventory = self.meta.repository_inventory(&r).await?;
+            if let Some(tag) = inventory.tags.iter().find(|t| {
+                t.manifest == d.as_str() && policy.immutable_rule(within, &t.name).is_some()
+            }) {
+                report.repairs.push(format!(
+                    "kept {repository}@{manifest}: its tag {} is immutable",
+                    tag.name
+                ));
+                continue;
+            }
+            if self.meta.delete_manifest(&r, &d).await? {
+                self.manifests.invalidate(&r);
+                self.publish(
+                    actor,
+                    crate::Change::ManifestDeleted {
+                        repository: r.clone(),
+                        digest: d,
+                    },
+                );
+                report.repairs.push(format!(
+                    "deleted {repository}@{manifest} (it referenced {what})"
+                ));
             }
         }
         Ok(report)

@@ -25,9 +25,12 @@ const LEASE_SECONDS: i64 = 600;
 /// Blobs looked up (or copied) at once.
 const IN_FLIGHT: usize = 8;
 
-/// The setting recording that an import ran, so a server does not import again on its own
+/// The setting recording an import: [`IMPORT_STARTED`] while one has not finished, then its
+/// summary, so a server resumes an unfinished import on its own and never starts another
 /// after repositories were deleted (`berth import` can still be run by hand).
 pub const IMPORTED_SETTING: &str = "import.distribution";
+/// [`IMPORTED_SETTING`]'s value while an import has not finished.
+pub const IMPORT_STARTED: &str = "started";
 
 /// Something that was not imported, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +125,13 @@ impl Registry {
     ) -> Result<ImportReport> {
         let source_store: &dyn BlobStore = source.unwrap_or(&*self.blobs);
         let repositories = group_index(source_store.list_distribution_index().await?);
+        self.note_write(
+            self.meta
+                .put_setting(IMPORTED_SETTING, IMPORT_STARTED)
+                .await
+                .map_err(RegistryError::from),
+            false,
+        )?;
         let mut report = ImportReport::default();
         let mut state = ImportProgress {
             repositories_total: repositories.len() as u64,
@@ -226,6 +236,8 @@ impl Registry {
 
         // Images before the indexes that list them; an index of indexes waits a round.
         revisions.sort_by_key(|r| r.manifest.kind.is_index());
+        let policy = self.policy_of(repository).await?;
+        let within = crate::policy::split_project(repository.as_str()).1;
         let mut stored: BTreeSet<Digest> = BTreeSet::new();
         let mut pending = revisions;
         loop {
@@ -233,6 +245,12 @@ impl Registry {
             let count = pending.len();
             for revision in pending {
                 let tags = tags_of.get(&revision.digest).cloned().unwrap_or_default();
+                // An import run again never moves a tag an immutability rule protects.
+                let immutable: Vec<Tag> = tags
+                    .iter()
+                    .filter(|t| policy.immutable_rule(within, t.as_str()).is_some())
+                    .cloned()
+                    .collect();
                 let outcome = self
                     .record_manifest(
                         repository,
@@ -241,7 +259,7 @@ impl Registry {
                         &revision.bytes,
                         &revision.manifest,
                         &tags,
-                        &[],
+                        &immutable,
                     )
                     .await;
                 match outcome {
@@ -253,6 +271,10 @@ impl Registry {
                     Err(
                         e @ (RegistryError::MissingReferences(_) | RegistryError::WrongSizes(_)),
                     ) => refused.push((revision, e.to_string())),
+                    Err(RegistryError::TagImmutable(tag)) => report.skipped.push(Skipped {
+                        item: format!("{repository}:{tag}"),
+                        reason: "the tag is immutable here and names another manifest".into(),
+                    }),
                     Err(e) => return Err(e),
                 }
             }
@@ -372,12 +394,21 @@ impl Registry {
         }
     }
 
+    /// Whether an import has started and not finished (a server resumes it; `berth check
+    /// --repair` must not take its blobs for orphans meanwhile).
+    pub async fn distribution_import_unfinished(&self) -> Result<bool> {
+        let setting = self.meta.setting(IMPORTED_SETTING).await?;
+        Ok(setting.as_deref() == Some(IMPORT_STARTED))
+    }
+
     /// Whether this server should import `registry:2`'s repositories on its own at startup:
-    /// its metadata has no repository, no import ran before, and Distribution's index in
-    /// its blob store lists some.
+    /// an import started and did not finish; or its metadata has no repository, no import
+    /// ran before, and Distribution's index in its blob store lists some.
     pub async fn distribution_import_due(&self) -> Result<bool> {
-        if self.meta.setting(IMPORTED_SETTING).await?.is_some() {
-            return Ok(false);
+        match self.meta.setting(IMPORTED_SETTING).await?.as_deref() {
+            Some(IMPORT_STARTED) => return Ok(true),
+            Some(_) => return Ok(false),
+            None => {}
         }
         let page = berth_meta::Page {
             last: None,

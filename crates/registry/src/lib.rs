@@ -109,6 +109,8 @@ pub struct Registry {
     read_only: std::sync::RwLock<Option<String>>,
     /// Pulls noted since the last [`flush_pulls`](Registry::flush_pulls).
     pulls: pulls::PullTimes,
+    /// Projects' lifecycle policies, as recently read.
+    policies: policy::PolicyCache,
     pub gc_stats: GcStats,
 }
 
@@ -131,6 +133,7 @@ impl Registry {
             storage_full: AtomicBool::new(false),
             read_only: std::sync::RwLock::new(None),
             pulls: pulls::PullTimes::default(),
+            policies: policy::PolicyCache::default(),
             gc_stats: GcStats::default(),
         }
     }

@@ -221,21 +221,28 @@ impl Registry {
 
 impl Registry {
     /// The lifecycle policy of `repository`'s project; the empty policy when it has none.
-    pub async fn policy_of(&self, repository: &RepositoryName) -> Result<Policy> {
+    pub async fn policy_of(&self, repository: &RepositoryName) -> Result<Arc<Policy>> {
         self.project_policy(split_project(repository.as_str()).0)
             .await
     }
 
-    /// A project's lifecycle policy; the empty policy when it has none.
-    pub async fn project_policy(&self, project: &str) -> Result<Policy> {
-        match self.meta.project_policy(project).await? {
-            None => Ok(Policy::default()),
+    /// A project's lifecycle policy; the empty policy when it has none. Read through a
+    /// cache: pushes and deletes consult it, and a change made elsewhere (another replica,
+    /// the CLI) holds here within [`crate::policy::POLICY_TTL`].
+    pub async fn project_policy(&self, project: &str) -> Result<Arc<Policy>> {
+        if let Some(policy) = self.policies.get(project) {
+            return Ok(policy);
+        }
+        let policy = Arc::new(match self.meta.project_policy(project).await? {
+            None => Policy::default(),
             Some(json) => Policy::parse(&json).map_err(|e| {
                 RegistryError::Meta(MetaError::Corrupt(format!(
                     "the stored policy of project {project}: {e}"
                 )))
-            }),
-        }
+            })?,
+        });
+        self.policies.put(project, policy.clone());
+        Ok(policy)
     }
 
     /// The quota of `repository`'s project, when its policy sets one.
@@ -268,7 +275,7 @@ impl Registry {
                 return Ok(());
             }
         }
-        let usage = self.meta.project_usage(&quota.project).await?.bytes;
+        let usage = self.meta.project_usage(&quota.project, false).await?.bytes;
         if usage + size > quota.limit {
             return Err(RegistryError::QuotaExceeded(crate::error::quota_message(
                 &MetaError::QuotaExceeded {
@@ -284,7 +291,7 @@ impl Registry {
 
     /// What `project` stores: its repositories' committed blobs, deduplicated, and its quota.
     pub async fn project_usage(&self, project: &str) -> Result<(berth_meta::Usage, Option<u64>)> {
-        let usage = self.meta.project_usage(project).await?;
+        let usage = self.meta.project_usage(project, true).await?;
         Ok((usage, self.project_policy(project).await?.quota_bytes))
     }
 
@@ -294,10 +301,9 @@ impl Registry {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| RegistryError::Meta(MetaError::Backend(e.to_string())))?;
-        Ok(self
-            .meta
-            .put_project_policy(project, json.as_deref())
-            .await?)
+        let stored = self.meta.put_project_policy(project, json.as_deref()).await;
+        self.policies.forget(project);
+        Ok(stored?)
     }
 
     /// Refuses a deletion when an immutability rule protects a tag it would take.

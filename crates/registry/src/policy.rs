@@ -22,7 +22,49 @@
 //! over tags: `*` matches any run of characters except `/`, `**` any run including `/`, `?`
 //! one character; anything else matches itself. A missing pattern matches everything.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
+
+/// How long a policy read from the metadata store is used before it is read again: the
+/// staleness of a change made by another process (pushes consult the policy; reading it from
+/// the store on every push cost more CPU than the push itself for small blobs).
+pub const POLICY_TTL: Duration = Duration::from_secs(2);
+/// Projects whose policies are cached at once; past it the cache starts over.
+const POLICY_CACHE_MAX: usize = 10_000;
+
+/// Recently read policies by project (see [`POLICY_TTL`]).
+#[derive(Default)]
+pub(crate) struct PolicyCache {
+    entries: Mutex<HashMap<String, (Instant, Arc<Policy>)>>,
+}
+
+impl PolicyCache {
+    pub(crate) fn get(&self, project: &str) -> Option<Arc<Policy>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(project)
+            .filter(|(read, _)| read.elapsed() < POLICY_TTL)
+            .map(|(_, policy)| policy.clone())
+    }
+
+    pub(crate) fn put(&self, project: &str, policy: Arc<Policy>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= POLICY_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(project.to_owned(), (Instant::now(), policy));
+    }
+
+    pub(crate) fn forget(&self, project: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(project);
+    }
+}
 
 /// Everything a project's policy says.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,8 +9,10 @@
 //! stays ("never before its subject").
 //!
 //! A run first plans (the same plan `--dry-run` prints), then deletes manifest by manifest,
-//! parents before children, each with a delete that a tag pushed since the plan wins
-//! ([`MetadataStore::delete_manifest_untagged_since`](berth_meta::MetadataStore)). Every
+//! parents before children and subjects before referrers, each with a delete the store
+//! refuses when the manifest is needed after all
+//! ([`MetadataStore::delete_planned_manifest`](berth_meta::MetadataStore)): a tag pushed
+//! since the plan, an index that was kept, a subject that stays. Every
 //! deletion is published as an event (the audit log records it). The bytes are freed by the
 //! next garbage collection; the plan's byte count is the blobs only the deleted manifests
 //! reference.
@@ -20,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use berth_meta::{Inventory, Page};
 use berth_oci::{Digest, RepositoryName};
 
-use crate::policy::{glob_match, split_project, Keep, Policy, RetentionRule, Untagged};
+use crate::policy::{glob_match, split_project, Keep, RetentionRule, Untagged};
 use crate::{Actor, Change, Registry, Result};
 
 const DAY: i64 = 86_400;
@@ -139,7 +141,7 @@ impl Registry {
                 };
                 let deleted = self
                     .meta
-                    .delete_manifest_untagged_since(&repository, &digest, plan.planned_at)
+                    .delete_planned_manifest(&repository, &digest, plan.planned_at)
                     .await;
                 self.manifests.invalidate(&repository);
                 if deleted? {
@@ -158,7 +160,7 @@ impl Registry {
     pub async fn run_all_retention(&self, actor: &Actor) -> Result<Vec<RetentionReport>> {
         let mut reports = Vec::new();
         for project in self.meta.projects_with_policies().await? {
-            let policy: Policy = self.project_policy(&project).await?;
+            let policy = self.project_policy(&project).await?;
             if policy.retention.is_some() {
                 reports.push(self.run_retention(actor, &project, false).await?);
             }
@@ -333,7 +335,13 @@ pub(crate) fn decide(
         }
     }
 
-    // Parents first: a manifest goes once nothing left in the plan lists it.
+    // Parents and subjects first: a manifest goes once nothing left in the plan lists it
+    // and its subject has gone (the store refuses either way; the order makes it succeed).
+    let subject_of: HashMap<&str, &str> = inventory
+        .manifests
+        .iter()
+        .filter_map(|m| m.subject.as_deref().map(|s| (m.digest.as_str(), s)))
+        .collect();
     let mut order = Vec::new();
     let mut left: BTreeSet<&str> = doomed.keys().copied().collect();
     while !left.is_empty() {
@@ -341,9 +349,13 @@ pub(crate) fn decide(
             .iter()
             .copied()
             .filter(|d| {
-                !parents
+                let listed = parents
                     .get(d)
-                    .is_some_and(|p| p.iter().any(|p| left.contains(p) && p != d))
+                    .is_some_and(|p| p.iter().any(|p| left.contains(p) && p != d));
+                let subject_left = subject_of
+                    .get(d)
+                    .is_some_and(|s| left.contains(s) && s != d);
+                !listed && !subject_left
             })
             .collect();
         let next = if roots.is_empty() {
@@ -486,7 +498,7 @@ mod tests {
         // `arm64` has a tag of its own that no rule keeps, so it goes too.
         assert_eq!(
             doomed(&rules, None, &[], &inventory),
-            ["index", "sig", "amd64", "arm64"]
+            ["index", "amd64", "arm64", "sig"]
         );
         let untagged = doomed(&[], Some(7), &[], &inventory);
         assert_eq!(

@@ -44,10 +44,12 @@ impl Registry {
         digest: &Digest,
     ) -> Result<bool> {
         self.require_writable()?;
-        if let Some(size) = self.meta.repository_blob(from, digest).await? {
-            self.check_quota(to, Some(digest), size).await?;
-        }
-        let mounted = self.meta.mount_blob(from, to, digest).await?.is_some();
+        let quota = self.quota_of(to).await?;
+        let mounted = self
+            .meta
+            .mount_blob(from, to, digest, quota.as_ref())
+            .await?
+            .is_some();
         if mounted {
             self.publish(
                 actor,

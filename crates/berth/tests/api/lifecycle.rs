@@ -420,9 +420,13 @@ async fn immutable_tags_cannot_be_moved_or_deleted_until_the_rule_is_lifted() {
     let err = berth_fails(&["repository", "rm", "app/x", "--data", data]);
     assert!(err.contains("immutable"), "{err}");
 
+    // Lifted through the CLI: the server reads policies again within two seconds.
     berth(&["policy", "rm", "app", "--data", data]);
-    let r = s.delete("/v2/app/x/manifests/v1").await;
-    assert_eq!(r.status(), 202, "lifted: deletes work again");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.delete("/v2/app/x/manifests/v1").await.status() != 202 {
+        assert!(Instant::now() < deadline, "lifted: deletes work again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
@@ -754,4 +758,75 @@ async fn check_finds_corrupt_missing_and_orphaned_blobs_and_repair_makes_it_cons
         200,
         "the healthy image stays"
     );
+}
+
+#[tokio::test]
+async fn only_registry_admins_change_a_project_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = token_server(dir.path()).await;
+    for (method, path, body) in [
+        (Method::POST, "/api/v1/projects", json!({"name": "proj"})),
+        (
+            Method::POST,
+            "/api/v1/users",
+            json!({"name": "boss", "password": "boss-pass-1"}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/projects/proj/members/boss",
+            json!({"role": "admin"}),
+        ),
+    ] {
+        let r = as_user(&s, ADMIN, method, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+    let boss = ("boss", "boss-pass-1");
+    let put = |who, policy: Value| {
+        as_user(&s, who, Method::PUT, "/api/v1/projects/proj/policy")
+            .json(&policy)
+            .send()
+    };
+    let r = put(boss, json!({"quota_bytes": 1_000_000_000_000u64}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "a project admin cannot raise its quota"
+    );
+    let r = put(ADMIN, json!({"quota_bytes": 1000})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = put(
+        boss,
+        json!({"quota_bytes": 1000, "immutable": [{"tags": "v*"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the rest of the policy is the project admin's"
+    );
+    let r = as_user(&s, boss, Method::DELETE, "/api/v1/projects/proj/policy")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "removing the policy would lift the quota"
+    );
+    let shown: Value = as_user(&s, boss, Method::GET, "/api/v1/projects/proj/policy")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["quota_bytes"], 1000);
+    assert_eq!(shown["immutable"][0]["tags"], "v*");
 }

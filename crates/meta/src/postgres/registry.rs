@@ -61,6 +61,37 @@ async fn project_bytes(c: &impl GenericClient, project: &str) -> PgResult<u64> {
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
+/// Refuses holding `size` more bytes of `digest` in the quota's project when that passes
+/// the limit. Commits and mounts into one project with a quota take its lock first, so the
+/// count and the link that follows are one step; other projects never wait on it.
+async fn quota_allows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    q: &Quota,
+    digest: &str,
+    size: u64,
+) -> TxResult<()> {
+    execute(
+        tx,
+        "SELECT pg_advisory_xact_lock(hashtextextended('quota:' || $1, 0))",
+        &[&q.project],
+    )
+    .await?;
+    if linked_in_project(tx, &q.project, digest).await? {
+        return Ok(());
+    }
+    let usage = project_bytes(tx, &q.project).await?;
+    if usage + size > q.limit {
+        return Err(MetaError::QuotaExceeded {
+            project: q.project.clone(),
+            usage,
+            size,
+            limit: q.limit,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 async fn linked_in_project(c: &impl GenericClient, project: &str, digest: &str) -> PgResult<bool> {
     let (from, to) = project_range(project);
     let row = query_opt(c, sql::LINKED_IN_PROJECT, &[&digest, &project, &from, &to]).await?;
@@ -259,26 +290,7 @@ impl MetadataStore for PostgresStore {
         let (repo, digest) = (repo.as_str(), digest.as_str());
         write_tx!(self, "add_blob", IsolationLevel::ReadCommitted, |tx| {
             if let Some(q) = quota {
-                // Commits into one project with a quota take its lock, so the count below
-                // and the link are one step; others never wait on it.
-                execute(
-                    tx,
-                    "SELECT pg_advisory_xact_lock(hashtextextended('quota:' || $1, 0))",
-                    &[&q.project],
-                )
-                .await?;
-                if !linked_in_project(tx, &q.project, digest).await? {
-                    let usage = project_bytes(tx, &q.project).await?;
-                    if usage + size > q.limit {
-                        return Err(MetaError::QuotaExceeded {
-                            project: q.project.clone(),
-                            usage,
-                            size,
-                            limit: q.limit,
-                        }
-                        .into());
-                    }
-                }
+                quota_allows(tx, q, digest, size).await?;
             }
             ensure_repository(tx, repo).await?;
             let written = query_opt(
@@ -333,12 +345,16 @@ impl MetadataStore for PostgresStore {
         from: &RepositoryName,
         to: &RepositoryName,
         digest: &Digest,
+        quota: Option<&Quota>,
     ) -> Result<Option<u64>> {
         let (from, to, digest) = (from.as_str(), to.as_str(), digest.as_str());
         write_tx!(self, "mount_blob", |tx| {
             let Some(size) = repository_blob_size(tx, from, digest).await? else {
                 return Ok(None);
             };
+            if let Some(q) = quota {
+                quota_allows(tx, q, digest, size).await?;
+            }
             ensure_repository(tx, to).await?;
             link_blob(tx, to, digest).await?;
             Ok(Some(size))
@@ -763,11 +779,17 @@ impl MetadataStore for PostgresStore {
         })
     }
 
-    async fn project_usage(&self, project: &str) -> Result<Usage> {
+    async fn project_usage(&self, project: &str, per_repository: bool) -> Result<Usage> {
         self.observed("project_usage", async {
             let client = self.client().await?;
             let c: &Client = &client;
             let bytes = project_bytes(c, project).await?;
+            if !per_repository {
+                return Ok(Usage {
+                    bytes,
+                    repositories: Vec::new(),
+                });
+            }
             let (from, to) = project_range(project);
             let rows = query(c, sql::PROJECT_REPOSITORY_USAGE, &[&project, &from, &to]).await?;
             let repositories = rows
@@ -791,17 +813,17 @@ impl MetadataStore for PostgresStore {
         .await
     }
 
-    async fn delete_manifest_untagged_since(
+    async fn delete_planned_manifest(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
         tagged_before: i64,
     ) -> Result<bool> {
         let (repo, digest) = (repo.as_str(), digest.as_str());
-        write_tx!(self, "delete_manifest_untagged_since", |tx| {
+        write_tx!(self, "delete_planned_manifest", |tx| {
             let n = execute(
                 tx,
-                sql::DELETE_MANIFEST_UNTAGGED_SINCE,
+                sql::DELETE_PLANNED_MANIFEST,
                 &[&repo, &digest, &tagged_before],
             )
             .await?;

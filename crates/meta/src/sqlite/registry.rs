@@ -62,6 +62,24 @@ fn project_bytes(conn: &Connection, project: &str) -> Result<u64> {
     Ok(bytes.max(0) as u64)
 }
 
+/// Refuses holding `size` more bytes of `digest` in the quota's project when that passes
+/// the limit; a blob the project holds already is free.
+fn quota_allows(conn: &Connection, q: &Quota, digest: &str, size: u64) -> Result<()> {
+    if linked_in_project(conn, &q.project, digest)? {
+        return Ok(());
+    }
+    let usage = project_bytes(conn, &q.project)?;
+    if usage + size > q.limit {
+        return Err(MetaError::QuotaExceeded {
+            project: q.project.clone(),
+            usage,
+            size,
+            limit: q.limit,
+        });
+    }
+    Ok(())
+}
+
 fn linked_in_project(conn: &Connection, project: &str, digest: &str) -> Result<bool> {
     let (from, to) = project_range(project);
     Ok(conn
@@ -247,17 +265,7 @@ impl MetadataStore for SqliteStore {
         self.write("add_blob", move |conn| {
             if let Some(q) = &quota {
                 // One writer: the count and the link below are one step.
-                if !linked_in_project(conn, &q.project, &digest)? {
-                    let usage = project_bytes(conn, &q.project)?;
-                    if usage + size > q.limit {
-                        return Err(MetaError::QuotaExceeded {
-                            project: q.project.clone(),
-                            usage,
-                            size,
-                            limit: q.limit,
-                        });
-                    }
-                }
+                quota_allows(conn, q, &digest, size)?;
             }
             ensure_repository(conn, &repo)?;
             if blob_deleting(conn, &digest)? {
@@ -306,12 +314,17 @@ impl MetadataStore for SqliteStore {
         from: &RepositoryName,
         to: &RepositoryName,
         digest: &Digest,
+        quota: Option<&Quota>,
     ) -> Result<Option<u64>> {
         let (from, to, digest) = (from.to_string(), to.to_string(), digest.to_string());
+        let quota = quota.cloned();
         self.write("mount_blob", move |conn| {
             let Some(size) = repository_blob_size(conn, &from, &digest)? else {
                 return Ok(None);
             };
+            if let Some(q) = &quota {
+                quota_allows(conn, q, &digest, size)?;
+            }
             ensure_repository(conn, &to)?;
             link_blob(conn, &to, &digest)?;
             Ok(Some(size))
@@ -734,10 +747,16 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn project_usage(&self, project: &str) -> Result<Usage> {
+    async fn project_usage(&self, project: &str, per_repository: bool) -> Result<Usage> {
         let project = project.to_owned();
         self.read("project_usage", move |conn| {
             let bytes = project_bytes(conn, &project)?;
+            if !per_repository {
+                return Ok(Usage {
+                    bytes,
+                    repositories: Vec::new(),
+                });
+            }
             let (from, to) = project_range(&project);
             let repositories = conn
                 .prepare_cached(sql::PROJECT_REPOSITORY_USAGE)?
@@ -761,16 +780,16 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn delete_manifest_untagged_since(
+    async fn delete_planned_manifest(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
         tagged_before: i64,
     ) -> Result<bool> {
         let (repo, digest) = (repo.to_string(), digest.to_string());
-        self.write("delete_manifest_untagged_since", move |conn| {
+        self.write("delete_planned_manifest", move |conn| {
             let n = conn
-                .prepare_cached(sql::DELETE_MANIFEST_UNTAGGED_SINCE)?
+                .prepare_cached(sql::DELETE_PLANNED_MANIFEST)?
                 .execute((&repo, &digest, tagged_before))?;
             Ok(n > 0)
         })
