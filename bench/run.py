@@ -3,7 +3,7 @@
 
 usage: bench/run.sh [--smoke|--full] [options]
 
-  --smoke   tiny sizes and 2 s load tests: proves every phase works and yields a number
+  --smoke   tiny sizes and 1 s load tests: proves every phase works and yields a number
             (about 2 minutes); exits non-zero when any figure is missing
   --full    the real benchmark (default): 1 GiB images and blobs, 1,000 small images,
             10 s load tests at 32 and 256 connections, 10,000 repositories, 1,000 tags
@@ -50,7 +50,7 @@ MODES = {
     "smoke": {
         "big_size": "16M", "chunk_mib": 4, "repeat": 1,
         "op_images": 50, "op_concurrency": 32,
-        "conns": [32, 256], "duration": 2, "wrk_threads": 2, "httpload_procs": 1,
+        "conns": [32, 256], "duration": 1, "wrk_threads": 2, "httpload_procs": 1,
         "list_repos": 200, "list_tags": 100, "list_seconds": 0.5,
         "settle": 1, "wait_idle": 0,
         "limits_size_mb": 128, "limits_seconds": 1,

@@ -61,9 +61,10 @@ pub enum ProjectCommand {
         store: StoreArgs,
     },
     /// What a project stores (its repositories' committed blobs, each counted once), per
-    /// repository, and its quota. Works in every auth mode.
+    /// repository, and its quota; every project's total without PROJECT. Works in every
+    /// auth mode.
     Usage {
-        project: String,
+        project: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -228,7 +229,7 @@ pub fn project(command: ProjectCommand) -> anyhow::Result<()> {
             }
             ProjectCommand::Usage { project, store } => {
                 let (config, _) = store.load()?;
-                crate::policy_cmd::print_usage(&config, &project).await?;
+                crate::policy_cmd::print_usage(&config, project.as_deref()).await?;
             }
             ProjectCommand::List { store } => {
                 for p in open(&store).await?.access_snapshot().await?.projects {

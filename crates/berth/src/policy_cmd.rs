@@ -166,17 +166,46 @@ pub fn retention(config: Config, project: &str, dry_run: bool) -> anyhow::Result
     })
 }
 
-/// `berth project usage PROJECT`: the project's total (blobs counted once), its quota, and
-/// each repository's share (a layer two repositories share shows in both).
-pub async fn print_usage(config: &Config, project: &str) -> anyhow::Result<()> {
-    let (registry, _) = open(config).await?;
-    let (usage, quota) = registry.project_usage(project).await?;
-    match quota {
-        Some(limit) => println!("{project}\t{} bytes\tquota {limit} bytes", usage.bytes),
-        None => println!("{project}\t{} bytes\tno quota", usage.bytes),
-    }
-    for (repository, bytes) in &usage.repositories {
-        println!("  {repository}\t{bytes} bytes");
+/// `berth project usage [PROJECT]`: a project's total (blobs counted once), its quota, and
+/// each repository's share (a layer two repositories share shows in both); without a
+/// project, every project's total and quota.
+pub async fn print_usage(config: &Config, project: Option<&str>) -> anyhow::Result<()> {
+    let (registry, meta) = open(config).await?;
+    let projects = match project {
+        Some(p) => vec![p.to_owned()],
+        None => {
+            // Projects are repository names' first segments.
+            let mut projects = std::collections::BTreeSet::new();
+            let mut last: Option<String> = None;
+            loop {
+                let page = meta
+                    .list_repositories(berth_meta::Page {
+                        last: last.as_deref(),
+                        limit: Some(1000),
+                    })
+                    .await?;
+                let Some(end) = page.last().cloned() else {
+                    break;
+                };
+                for name in &page {
+                    projects.insert(name.split('/').next().unwrap_or(name).to_owned());
+                }
+                last = Some(end);
+            }
+            projects.into_iter().collect()
+        }
+    };
+    for project in &projects {
+        let (usage, quota) = registry.project_usage(project).await?;
+        match quota {
+            Some(limit) => println!("{project}\t{} bytes\tquota {limit} bytes", usage.bytes),
+            None => println!("{project}\t{} bytes\tno quota", usage.bytes),
+        }
+        if projects.len() == 1 {
+            for (repository, bytes) in &usage.repositories {
+                println!("  {repository}\t{bytes} bytes");
+            }
+        }
     }
     Ok(())
 }

@@ -127,3 +127,60 @@ async fn import_skips_what_it_cannot_serve_and_says_why() {
         404
     );
 }
+
+/// The seed's switch: a server started on registry:2's data says it is importing (`/readyz`
+/// 503) until every repository is in, then serves them.
+#[tokio::test]
+async fn first_start_import_holds_readiness_until_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#;
+    let config = blob(root, config_bytes);
+    let image = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}}},"layers":[]}}"#,
+        config_bytes.len()
+    );
+    let image_digest = blob(root, image.as_bytes());
+    // Enough repositories that the import outlasts the first probe.
+    let count = 1500;
+    for i in 0..count {
+        let repository = format!("team/app{i:04}");
+        link(
+            root,
+            &repository,
+            &format!("_layers/sha256/{}/link", hex(&config)),
+            &config,
+        );
+        link(
+            root,
+            &repository,
+            &format!("_manifests/revisions/sha256/{}/link", hex(&image_digest)),
+            &image_digest,
+        );
+        link(
+            root,
+            &repository,
+            "_manifests/tags/latest/current/link",
+            &image_digest,
+        );
+    }
+
+    let server = Server::start_on(root, &[]).await;
+    let r = server.get("/readyz").await;
+    assert_eq!(r.status(), 503, "ready before the import finished");
+    assert!(r.text().await.unwrap().contains("importing registry:2"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while server.get("/readyz").await.status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for i in [0, count / 2, count - 1] {
+        let r = server
+            .get(&format!("/v2/team/app{i:04}/manifests/latest"))
+            .await;
+        assert_eq!(r.status(), 200, "team/app{i:04}");
+    }
+}

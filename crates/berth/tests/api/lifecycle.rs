@@ -631,6 +631,12 @@ async fn quota_counts_shared_layers_once_and_refuses_before_storing() {
         usage.contains("q/a\t6000 bytes") && usage.contains("q/b\t6000 bytes"),
         "{usage}"
     );
+    let all = berth(&["project", "usage", "--data", data]);
+    assert!(
+        all.contains("q\t6000 bytes\tquota 10000 bytes")
+            && all.contains("free\t6000 bytes\tno quota"),
+        "{all}"
+    );
     let uploads = std::fs::read_dir(dir.path().join("berth/uploads"))
         .unwrap()
         .count();
