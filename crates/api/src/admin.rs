@@ -422,7 +422,7 @@ async fn switch_read_only(c: Caller, Json(s): Json<ReadOnlySwitch>) -> Reply {
 /// garbage collection. Project admins may delete their project's repositories.
 async fn remove_repository(c: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     let repository: berth_oci::RepositoryName = name.parse()?;
-    let project = repository.as_str().split('/').next().unwrap_or_default();
+    let project = repository.project();
     c.require(Permission::AdministerProject(project))?;
     let actor = berth_registry::Actor::new(c.access.principal.name(), c.access.client.clone());
     c.api

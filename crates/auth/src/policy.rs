@@ -8,10 +8,7 @@ use berth_meta::AccessSnapshot;
 
 use crate::access::{Action, Principal, Role};
 
-/// The project of a repository: its first path segment.
-pub fn project_of(repository: &str) -> &str {
-    repository.split('/').next().unwrap_or(repository)
-}
+pub use berth_oci::name::project_of;
 
 #[derive(Clone, Debug)]
 pub struct StoredUser {

@@ -3,7 +3,7 @@
 //! terminal. Exits non-zero when it found problems, repaired or not.
 
 use anyhow::Context;
-use berth_registry::{Actor, Events, Registry};
+use berth_registry::Actor;
 
 use crate::access_cmd::audit_cli;
 use crate::command::{runtime, Progress};
@@ -12,10 +12,7 @@ use crate::stores;
 
 pub fn run(config: Config, repair: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let blobs = stores::open_blobs(&config, None).await?;
-        let meta = stores::open_metadata(&config, None).await?;
-        let registry = Registry::new(blobs, meta.clone(), config.registry_config(), Events::default());
-        registry.refresh_read_only().await?;
+        let (registry, meta) = stores::open_registry(&config).await?;
         let progress = Progress::on_terminal();
         let started = std::time::Instant::now();
         let report = registry

@@ -4,16 +4,13 @@
 
 use std::time::Duration;
 
-use berth_registry::{Events, Registry};
-
 use crate::command::runtime;
 use crate::config::Config;
 use crate::stores;
 
 pub fn run(config: Config, dry_run: bool, grace: Option<u64>) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let registry = open(&config).await?;
-        registry.refresh_read_only().await?;
+        let (registry, _) = stores::open_registry(&config).await?;
         let grace = Duration::from_secs(grace.unwrap_or(config.gc.grace_seconds));
         let report = if dry_run {
             registry.garbage_dry_run(grace).await?
@@ -34,23 +31,10 @@ pub fn run(config: Config, dry_run: bool, grace: Option<u64>) -> anyhow::Result<
     })
 }
 
-async fn open(config: &Config) -> anyhow::Result<Registry> {
-    let blobs = stores::open_blobs(config, None).await?;
-    let meta = stores::open_metadata(config, None).await?;
-    let mut registry_config = config.registry_config();
-    registry_config.instance = format!("cli@{}", registry_config.instance);
-    Ok(Registry::new(
-        blobs,
-        meta,
-        registry_config,
-        Events::default(),
-    ))
-}
-
 /// `berth gc --history`: the latest collections of every replica and the CLI, newest first.
 pub fn history(config: Config, limit: u32) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let registry = open(&config).await?;
+        let (registry, _) = stores::open_registry(&config).await?;
         println!("started	seconds	instance	blobs	bytes	outcome");
         for run in registry.gc_history(limit).await? {
             let outcome = if run.error.is_empty() {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_registry::{Actor, Events, Registry};
+use berth_registry::Actor;
 use berth_storage::{BlobStore, FsBlobStore};
 
 use crate::command::{runtime, Progress};
@@ -20,14 +20,7 @@ pub fn run(config: Config, from: Option<&Path>) -> anyhow::Result<()> {
             Some(path) => open_source(&config, path).await?,
             None => None,
         };
-        let blobs = stores::open_blobs(&config, None).await?;
-        let meta = stores::open_metadata(&config, None).await?;
-        let registry = Registry::new(
-            blobs,
-            meta.clone(),
-            config.registry_config(),
-            Events::default(),
-        );
+        let (registry, meta) = stores::open_registry(&config).await?;
         let progress = Progress::on_terminal();
         let actor = Actor::new("cli", "local");
         let report = registry

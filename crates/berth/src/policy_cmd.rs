@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use berth_registry::policy::Policy;
-use berth_registry::{Actor, Events, Registry};
+use berth_registry::Actor;
 use clap::Subcommand;
 
 use crate::access_cmd::audit_cli;
@@ -51,23 +51,9 @@ impl PolicyCommand {
     }
 }
 
-async fn open(
-    config: &Config,
-) -> anyhow::Result<(Registry, std::sync::Arc<dyn berth_meta::Store>)> {
-    let blobs = stores::open_blobs(config, None).await?;
-    let meta = stores::open_metadata(config, None).await?;
-    let registry = Registry::new(
-        blobs,
-        meta.clone(),
-        config.registry_config(),
-        Events::default(),
-    );
-    Ok((registry, meta))
-}
-
 pub fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let (registry, meta) = open(&config).await?;
+        let (registry, meta) = stores::open_registry(&config).await?;
         match command {
             PolicyCommand::Show { project, .. } => {
                 let policy = registry.project_policy(&project).await?;
@@ -110,8 +96,7 @@ pub fn policy(config: Config, command: PolicyCommand) -> anyhow::Result<()> {
 /// then the totals.
 pub fn retention(config: Config, project: &str, dry_run: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let (registry, meta) = open(&config).await?;
-        registry.refresh_read_only().await?;
+        let (registry, meta) = stores::open_registry(&config).await?;
         let report = registry
             .run_retention(&Actor::new("cli", "local"), project, dry_run)
             .await
@@ -170,7 +155,7 @@ pub fn retention(config: Config, project: &str, dry_run: bool) -> anyhow::Result
 /// each repository's share (a layer two repositories share shows in both); without a
 /// project, every project's total and quota.
 pub async fn print_usage(config: &Config, project: Option<&str>) -> anyhow::Result<()> {
-    let (registry, meta) = open(config).await?;
+    let (registry, meta) = stores::open_registry(config).await?;
     let projects = match project {
         Some(p) => vec![p.to_owned()],
         None => {
@@ -188,7 +173,7 @@ pub async fn print_usage(config: &Config, project: Option<&str>) -> anyhow::Resu
                     break;
                 };
                 for name in &page {
-                    projects.insert(name.split('/').next().unwrap_or(name).to_owned());
+                    projects.insert(berth_oci::name::project_of(name).to_owned());
                 }
                 last = Some(end);
             }

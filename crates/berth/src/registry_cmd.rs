@@ -2,12 +2,9 @@
 //! beside running servers or without one. Both go through the metadata store the servers
 //! share, so every replica follows (the read-only switch within two seconds).
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use berth_meta::Store;
 use berth_oci::RepositoryName;
-use berth_registry::{Actor, Events, Registry};
+use berth_registry::Actor;
 use clap::Subcommand;
 
 use crate::access_cmd::audit_cli;
@@ -47,22 +44,9 @@ impl ReadOnlyCommand {
     }
 }
 
-/// The registry over the configured stores, and the metadata store itself for the audit.
-async fn open(config: &Config) -> anyhow::Result<(Registry, Arc<dyn Store>)> {
-    let blobs = stores::open_blobs(config, None).await?;
-    let meta = stores::open_metadata(config, None).await?;
-    let registry = Registry::new(
-        blobs,
-        meta.clone(),
-        config.registry_config(),
-        Events::default(),
-    );
-    Ok((registry, meta))
-}
-
 pub fn read_only(config: Config, command: ReadOnlyCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let (registry, meta) = open(&config).await?;
+        let (registry, meta) = stores::open_registry(&config).await?;
         match &command {
             ReadOnlyCommand::On { reason, .. } => {
                 registry.switch_read_only(Some(reason)).await?;
@@ -89,8 +73,7 @@ pub fn remove_repository(config: Config, name: &str) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("{name:?} is not a repository name"))?;
     runtime()?.block_on(async {
-        let (registry, meta) = open(&config).await?;
-        registry.refresh_read_only().await?;
+        let (registry, meta) = stores::open_registry(&config).await?;
         registry
             .delete_repository(&Actor::new("cli", "local"), &repository)
             .await

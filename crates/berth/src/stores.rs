@@ -5,9 +5,23 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use berth_meta::{PostgresStore, SqliteStore, Store};
+use berth_registry::{Events, Registry};
 use berth_storage::{BlobStore, FsBlobStore, S3BlobStore};
 
 use crate::config::{Config, MetadataBackend, StorageDriver};
+
+/// The registry over the configured stores, for a one-shot command (`gc`, `check`, `import`,
+/// `retention`, …): a replica named `cli@<host>` among any servers sharing the stores, with
+/// the read-only switch as it stands. The metadata store comes back too, for the audit.
+pub async fn open_registry(config: &Config) -> anyhow::Result<(Registry, Arc<dyn Store>)> {
+    let blobs = open_blobs(config, None).await?;
+    let meta = open_metadata(config, None).await?;
+    let mut registry_config = config.registry_config();
+    registry_config.instance = format!("cli@{}", registry_config.instance);
+    let registry = Registry::new(blobs, meta.clone(), registry_config, Events::default());
+    registry.refresh_read_only().await?;
+    Ok((registry, meta))
+}
 
 /// The metadata backend (`metadata.url` or the SQLite file), reporting its operations to
 /// `observer` when given.

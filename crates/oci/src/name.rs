@@ -29,6 +29,23 @@ impl RepositoryName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The project the repository belongs to: its first path segment.
+    pub fn project(&self) -> &str {
+        project_of(&self.0)
+    }
+
+    /// The name within its project (`team/app` of `proj/team/app`; empty for a one-segment
+    /// name): what a project's policy patterns match.
+    pub fn path_in_project(&self) -> &str {
+        self.0.split_once('/').map_or("", |(_, rest)| rest)
+    }
+}
+
+/// The project of a repository name: its first path segment. Access (token auth) and
+/// lifecycle policies both group repositories this way.
+pub fn project_of(name: &str) -> &str {
+    name.split('/').next().unwrap_or(name)
 }
 
 fn valid_component(c: &str) -> bool {

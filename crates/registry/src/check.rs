@@ -87,6 +87,7 @@ impl Registry {
         }
         let started = berth_meta::now();
         let mut report = CheckReport::default();
+        // Digests whose bytes were found (sound or corrupt), for the rows' walk below.
         let mut stored: HashSet<String> = HashSet::new();
         let mut after: Option<Digest> = None;
         loop {
@@ -109,11 +110,11 @@ impl Registry {
                     blobs: report.blobs_checked,
                     bytes: report.bytes_read,
                 });
+                if !matches!(verdict, Verdict::Vanished) {
+                    stored.insert(digest.to_string());
+                }
                 match verdict {
-                    Verdict::Sound => {
-                        stored.insert(digest.to_string());
-                    }
-                    Verdict::Vanished => {}
+                    Verdict::Sound | Verdict::Vanished => {}
                     Verdict::Corrupt(why) => {
                         report.corrupt.push(format!("{digest}: {why}"));
                         if repair {
@@ -126,7 +127,6 @@ impl Registry {
                         }
                     }
                     Verdict::Orphan(size) => {
-                        stored.insert(digest.to_string());
                         report
                             .orphaned
                             .push(format!("{digest}: {size} bytes no row knows of"));
@@ -155,8 +155,7 @@ impl Registry {
                 break;
             };
             for (digest, _) in rows {
-                if stored.contains(&digest) || report.corrupt.iter().any(|c| c.starts_with(&digest))
-                {
+                if stored.contains(&digest) {
                     continue;
                 }
                 let Ok(parsed) = digest.parse::<Digest>() else {
@@ -214,11 +213,12 @@ impl Registry {
                 continue;
             }
             let policy = self.policy_of(&r).await?;
-            let within = crate::policy::split_project(r.as_str()).1;
             let inventory = self.meta.repository_inventory(&r).await?;
-            if let Some(tag) = inventory.tags.iter().find(|t| {
-                t.manifest == d.as_str() && policy.immutable_rule(within, &t.name).is_some()
-            }) {
+            if let Some(tag) = inventory
+                .tags
+                .iter()
+                .find(|t| t.manifest == d.as_str() && policy.immutable_rule(&r, &t.name).is_some())
+            {
                 report.repairs.push(format!(
                     "kept {repository}@{manifest}: its tag {} is immutable",
                     tag.name

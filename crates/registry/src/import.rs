@@ -237,7 +237,6 @@ impl Registry {
         // Images before the indexes that list them; an index of indexes waits a round.
         revisions.sort_by_key(|r| r.manifest.kind.is_index());
         let policy = self.policy_of(repository).await?;
-        let within = crate::policy::split_project(repository.as_str()).1;
         let mut stored: BTreeSet<Digest> = BTreeSet::new();
         let mut pending = revisions;
         loop {
@@ -248,7 +247,7 @@ impl Registry {
                 // An import run again never moves a tag an immutability rule protects.
                 let immutable: Vec<Tag> = tags
                     .iter()
-                    .filter(|t| policy.immutable_rule(within, t.as_str()).is_some())
+                    .filter(|t| policy.immutable_rule(repository, t.as_str()).is_some())
                     .cloned()
                     .collect();
                 let outcome = self

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use berth_meta::{MetaError, NewManifest, Quota, StoredManifest};
+use berth_meta::{NewManifest, StoredManifest};
 use berth_oci::manifest::MANIFEST_MEDIA_TYPES;
 use berth_oci::{Digest, Manifest, Reference, RepositoryName, Tag};
 
-use crate::policy::{split_project, Policy};
+use crate::policy::Policy;
 use crate::{Actor, Change, Registry, RegistryError, Result};
 
 /// What a push stored.
@@ -82,10 +82,9 @@ impl Registry {
             .filter(|ct| MANIFEST_MEDIA_TYPES.contains(ct))
             .unwrap_or(&manifest.media_type);
         let policy = self.policy_of(repository).await?;
-        let within = crate::policy::split_project(repository.as_str()).1;
         let immutable: Vec<Tag> = tags
             .iter()
-            .filter(|t| policy.immutable_rule(within, t.as_str()).is_some())
+            .filter(|t| policy.immutable_rule(repository, t.as_str()).is_some())
             .cloned()
             .collect();
         let recorded = self
@@ -220,92 +219,6 @@ impl Registry {
 }
 
 impl Registry {
-    /// The lifecycle policy of `repository`'s project; the empty policy when it has none.
-    pub async fn policy_of(&self, repository: &RepositoryName) -> Result<Arc<Policy>> {
-        self.project_policy(split_project(repository.as_str()).0)
-            .await
-    }
-
-    /// A project's lifecycle policy; the empty policy when it has none. Read through a
-    /// cache: pushes and deletes consult it, and a change made elsewhere (another replica,
-    /// the CLI) holds here within [`crate::policy::POLICY_TTL`].
-    pub async fn project_policy(&self, project: &str) -> Result<Arc<Policy>> {
-        if let Some(policy) = self.policies.get(project) {
-            return Ok(policy);
-        }
-        let policy = Arc::new(match self.meta.project_policy(project).await? {
-            None => Policy::default(),
-            Some(json) => Policy::parse(&json).map_err(|e| {
-                RegistryError::Meta(MetaError::Corrupt(format!(
-                    "the stored policy of project {project}: {e}"
-                )))
-            })?,
-        });
-        self.policies.put(project, policy.clone());
-        Ok(policy)
-    }
-
-    /// The quota of `repository`'s project, when its policy sets one.
-    pub(crate) async fn quota_of(&self, repository: &RepositoryName) -> Result<Option<Quota>> {
-        let project = split_project(repository.as_str()).0;
-        Ok(self
-            .project_policy(project)
-            .await?
-            .quota_bytes
-            .map(|limit| Quota {
-                project: project.to_owned(),
-                limit,
-            }))
-    }
-
-    /// Refuses, before any byte moves, storing `size` more bytes in `repository`'s project
-    /// when that would pass its quota; a blob (`digest`) the project links already is free.
-    /// The commit checks again, atomically (`MetadataStore::add_blob`).
-    pub(crate) async fn check_quota(
-        &self,
-        repository: &RepositoryName,
-        digest: Option<&Digest>,
-        size: u64,
-    ) -> Result<()> {
-        let Some(quota) = self.quota_of(repository).await? else {
-            return Ok(());
-        };
-        if let Some(d) = digest {
-            if self.meta.linked_in_project(&quota.project, d).await? {
-                return Ok(());
-            }
-        }
-        let usage = self.meta.project_usage(&quota.project, false).await?.bytes;
-        if usage + size > quota.limit {
-            return Err(RegistryError::QuotaExceeded(crate::error::quota_message(
-                &MetaError::QuotaExceeded {
-                    project: quota.project,
-                    usage,
-                    size,
-                    limit: quota.limit,
-                },
-            )));
-        }
-        Ok(())
-    }
-
-    /// What `project` stores: its repositories' committed blobs, deduplicated, and its quota.
-    pub async fn project_usage(&self, project: &str) -> Result<(berth_meta::Usage, Option<u64>)> {
-        let usage = self.meta.project_usage(project, true).await?;
-        Ok((usage, self.project_policy(project).await?.quota_bytes))
-    }
-
-    /// Sets a project's lifecycle policy (validated), or removes it with `None`.
-    pub async fn set_project_policy(&self, project: &str, policy: Option<&Policy>) -> Result<()> {
-        let json = policy
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| RegistryError::Meta(MetaError::Backend(e.to_string())))?;
-        let stored = self.meta.put_project_policy(project, json.as_deref()).await;
-        self.policies.forget(project);
-        Ok(stored?)
-    }
-
     /// Refuses a deletion when an immutability rule protects a tag it would take.
     async fn refuse_deleting_immutable(
         &self,
@@ -316,7 +229,6 @@ impl Registry {
         if policy.immutable.is_empty() {
             return Ok(());
         }
-        let within = split_project(repository.as_str()).1;
         let tags: Vec<String> = match doomed {
             Doomed::Tag(tag) => vec![tag.as_str().to_owned()],
             Doomed::Manifest(_) | Doomed::Repository => {
@@ -334,7 +246,7 @@ impl Registry {
         };
         match tags
             .iter()
-            .find(|t| policy.immutable_rule(within, t).is_some())
+            .find(|t| policy.immutable_rule(repository, t).is_some())
         {
             Some(tag) => Err(immutable_refusal(&policy, repository, tag, "deleted")),
             None => Ok(()),
@@ -359,14 +271,13 @@ fn immutable_refusal(
     tag: &str,
     verb: &str,
 ) -> RegistryError {
-    let within = split_project(repository.as_str()).1;
     let rule = policy
-        .immutable_rule(within, tag)
+        .immutable_rule(repository, tag)
         .map(ToString::to_string)
         .unwrap_or_else(|| "an immutability rule".into());
     RegistryError::Immutable(format!(
         "tag {tag} of {repository} is immutable and cannot be {verb}: {rule} of project {}; \
          a project admin can lift the rule",
-        split_project(repository.as_str()).0
+        repository.project()
     ))
 }

@@ -18,6 +18,9 @@
 //! }
 //! ```
 //!
+//! [`Registry::project_policy`] reads it through a short cache; quotas are checked here
+//! before bytes move ([`Registry::check_quota`]) and again by the store at commit.
+//!
 //! Patterns are globs over the repository name without the project (`app`, `team/app`) and
 //! over tags: `*` matches any run of characters except `/`, `**` any run including `/`, `?`
 //! one character; anything else matches itself. A missing pattern matches everything.
@@ -26,7 +29,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_meta::{MetaError, Quota};
+use berth_oci::{Digest, RepositoryName};
 use serde::{Deserialize, Serialize};
+
+use crate::{Registry, RegistryError, Result};
 
 /// How long a policy read from the metadata store is used before it is read again: the
 /// staleness of a change made by another process (pushes consult the policy; reading it from
@@ -138,7 +145,7 @@ fn everything() -> String {
 
 impl Policy {
     /// Parses and checks a policy document; the error says what is wrong with it.
-    pub fn parse(json: &str) -> Result<Policy, String> {
+    pub fn parse(json: &str) -> std::result::Result<Policy, String> {
         let policy: Policy = serde_json::from_str(json).map_err(|e| e.to_string())?;
         let patterns = policy
             .immutable
@@ -159,12 +166,12 @@ impl Policy {
         Ok(policy)
     }
 
-    /// The immutability rule protecting `tag` of `repository` (the name within the project),
-    /// if any.
-    pub fn immutable_rule(&self, repository: &str, tag: &str) -> Option<&ImmutableRule> {
+    /// The immutability rule protecting `tag` of `repository`, if any.
+    pub fn immutable_rule(&self, repository: &RepositoryName, tag: &str) -> Option<&ImmutableRule> {
+        let within = repository.path_in_project();
         self.immutable
             .iter()
-            .find(|r| glob_match(&r.repositories, repository) && glob_match(&r.tags, tag))
+            .find(|r| glob_match(&r.repositories, within) && glob_match(&r.tags, tag))
     }
 }
 
@@ -195,10 +202,88 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     go(pattern.as_bytes(), text.as_bytes())
 }
 
-/// A repository's name within its project (`team/app` of `proj/team/app`), which rules'
-/// repository patterns match; and the project.
-pub fn split_project(repository: &str) -> (&str, &str) {
-    repository.split_once('/').unwrap_or((repository, ""))
+impl Registry {
+    /// The lifecycle policy of `repository`'s project; the empty policy when it has none.
+    pub async fn policy_of(&self, repository: &RepositoryName) -> Result<Arc<Policy>> {
+        self.project_policy(repository.project()).await
+    }
+
+    /// A project's lifecycle policy; the empty policy when it has none. Read through a
+    /// cache: pushes and deletes consult it, and a change made elsewhere (another replica,
+    /// the CLI) holds here within [`crate::policy::POLICY_TTL`].
+    pub async fn project_policy(&self, project: &str) -> Result<Arc<Policy>> {
+        if let Some(policy) = self.policies.get(project) {
+            return Ok(policy);
+        }
+        let policy = Arc::new(match self.meta.project_policy(project).await? {
+            None => Policy::default(),
+            Some(json) => Policy::parse(&json).map_err(|e| {
+                RegistryError::Meta(MetaError::Corrupt(format!(
+                    "the stored policy of project {project}: {e}"
+                )))
+            })?,
+        });
+        self.policies.put(project, policy.clone());
+        Ok(policy)
+    }
+
+    /// The quota of `repository`'s project, when its policy sets one.
+    pub(crate) async fn quota_of(&self, repository: &RepositoryName) -> Result<Option<Quota>> {
+        let project = repository.project();
+        Ok(self
+            .project_policy(project)
+            .await?
+            .quota_bytes
+            .map(|limit| Quota {
+                project: project.to_owned(),
+                limit,
+            }))
+    }
+
+    /// Refuses, before any byte moves, storing `size` more bytes in the quota's project
+    /// when that would pass it; a blob (`digest`) the project links already is free.
+    /// The commit checks again, atomically (`MetadataStore::add_blob`).
+    pub(crate) async fn check_quota(
+        &self,
+        quota: &Quota,
+        digest: Option<&Digest>,
+        size: u64,
+    ) -> Result<()> {
+        if let Some(d) = digest {
+            if self.meta.linked_in_project(&quota.project, d).await? {
+                return Ok(());
+            }
+        }
+        let usage = self.meta.project_usage(&quota.project, false).await?.bytes;
+        if usage + size > quota.limit {
+            return Err(RegistryError::QuotaExceeded(crate::error::quota_message(
+                &MetaError::QuotaExceeded {
+                    project: quota.project.clone(),
+                    usage,
+                    size,
+                    limit: quota.limit,
+                },
+            )));
+        }
+        Ok(())
+    }
+
+    /// What `project` stores: its repositories' committed blobs, deduplicated, and its quota.
+    pub async fn project_usage(&self, project: &str) -> Result<(berth_meta::Usage, Option<u64>)> {
+        let usage = self.meta.project_usage(project, true).await?;
+        Ok((usage, self.project_policy(project).await?.quota_bytes))
+    }
+
+    /// Sets a project's lifecycle policy (validated), or removes it with `None`.
+    pub async fn set_project_policy(&self, project: &str, policy: Option<&Policy>) -> Result<()> {
+        let json = policy
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| RegistryError::Meta(MetaError::Backend(e.to_string())))?;
+        let stored = self.meta.put_project_policy(project, json.as_deref()).await;
+        self.policies.forget(project);
+        Ok(stored?)
+    }
 }
 
 #[cfg(test)]
@@ -238,8 +323,9 @@ mod tests {
         let retention = policy.retention.as_ref().unwrap();
         assert_eq!(retention.rules[0].keep, Keep::LatestPushed(5));
         assert_eq!(retention.rules[1].keep, Keep::Always);
-        assert!(policy.immutable_rule("app", "v1").is_some());
-        assert!(policy.immutable_rule("app", "latest").is_none());
+        let app: RepositoryName = "proj/app".parse().unwrap();
+        assert!(policy.immutable_rule(&app, "v1").is_some());
+        assert!(policy.immutable_rule(&app, "latest").is_none());
         assert!(Policy::parse(r#"{"immutable":[{"tags":""}]}"#).is_err());
         assert!(Policy::parse(r#"{"retention":{"rules":[{"keep":"sometimes"}]}}"#).is_err());
         assert!(Policy::parse(r#"{"immutables":[]}"#).is_err());

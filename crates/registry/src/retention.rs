@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use berth_meta::{Inventory, Page};
 use berth_oci::{Digest, RepositoryName};
 
-use crate::policy::{glob_match, split_project, Keep, RetentionRule, Untagged};
+use crate::policy::{glob_match, Keep, RetentionRule, Untagged};
 use crate::{Actor, Change, Registry, Result};
 
 const DAY: i64 = 86_400;
@@ -75,7 +75,7 @@ impl Registry {
         let mut blobs: BTreeMap<String, u64> = BTreeMap::new();
         let mut doomed: HashSet<(String, String)> = HashSet::new();
         for repository in self.project_repositories(project).await? {
-            let within = split_project(repository.as_str()).1;
+            let within = repository.path_in_project();
             let rules: Vec<&RetentionRule> = retention
                 .rules
                 .iter()
@@ -85,7 +85,12 @@ impl Registry {
                 continue;
             }
             let inventory = self.meta.repository_inventory(&repository).await?;
-            let immutable = |tag: &str| policy.immutable_rule(within, tag).is_some();
+            let by_digest: HashMap<&str, &berth_meta::InventoryManifest> = inventory
+                .manifests
+                .iter()
+                .map(|m| (m.digest.as_str(), m))
+                .collect();
+            let immutable = |tag: &str| policy.immutable_rule(&repository, tag).is_some();
             for (digest, tags, reason) in decide(
                 &rules,
                 retention.untagged.as_ref(),
@@ -93,7 +98,7 @@ impl Registry {
                 &inventory,
                 planned_at,
             ) {
-                if let Some(m) = inventory.manifests.iter().find(|m| m.digest == digest) {
+                if let Some(m) = by_digest.get(digest.as_str()) {
                     blobs.extend(m.blobs.iter().cloned());
                 }
                 doomed.insert((repository.to_string(), digest.clone()));
@@ -173,13 +178,12 @@ impl Registry {
         let prefix = format!("{project}/");
         let mut found = Vec::new();
         if let Ok(bare) = project.parse::<RepositoryName>() {
-            if !self
-                .meta
-                .repository_inventory(&bare)
-                .await?
-                .manifests
-                .is_empty()
-            {
+            // `None`: no such repository. One row is enough to tell.
+            let one = Page {
+                last: None,
+                limit: Some(1),
+            };
+            if self.meta.list_tags(&bare, one).await?.is_some() {
                 found.push(bare);
             }
         }
@@ -263,6 +267,11 @@ pub(crate) fn decide(
             parents.entry(child).or_default().push(&m.digest);
         }
     }
+    let subject_of: HashMap<&str, &str> = inventory
+        .manifests
+        .iter()
+        .filter_map(|m| m.subject.as_deref().map(|s| (m.digest.as_str(), s)))
+        .collect();
     let has_kept_tag = |digest: &str| {
         tags_of
             .get(digest)
@@ -301,11 +310,8 @@ pub(crate) fn decide(
             let listed_by_kept = parents
                 .get(d)
                 .is_some_and(|p| p.iter().any(|p| !doomed.contains_key(p)));
-            let subject_stays = inventory
-                .manifests
-                .iter()
-                .find(|m| m.digest == d)
-                .and_then(|m| m.subject.as_deref())
+            let subject_stays = subject_of
+                .get(d)
                 .is_some_and(|s| exists.contains(s) && !doomed.contains_key(s));
             if listed_by_kept || subject_stays {
                 doomed.remove(d);
@@ -337,11 +343,6 @@ pub(crate) fn decide(
 
     // Parents and subjects first: a manifest goes once nothing left in the plan lists it
     // and its subject has gone (the store refuses either way; the order makes it succeed).
-    let subject_of: HashMap<&str, &str> = inventory
-        .manifests
-        .iter()
-        .filter_map(|m| m.subject.as_deref().map(|s| (m.digest.as_str(), s)))
-        .collect();
     let mut order = Vec::new();
     let mut left: BTreeSet<&str> = doomed.keys().copied().collect();
     while !left.is_empty() {

@@ -74,9 +74,9 @@ impl Registry {
         body: ByteStream,
     ) -> Result<()> {
         self.require_writable()?;
-        if let Some(length) = length {
+        if let (Some(length), Some(quota)) = (length, self.quota_of(repository).await?) {
             // Refused before a byte is read when the size is known.
-            self.check_quota(repository, Some(digest), length).await?;
+            self.check_quota(&quota, Some(digest), length).await?;
         }
         let id = new_upload_id();
         let outcome = async {
@@ -194,8 +194,8 @@ impl Registry {
         let mut state = slot.lock().await;
         let size = self.current_size(id, state.as_ref(), range).await?;
         check_chunk(range, length, size)?;
-        if let Some(length) = length {
-            self.check_quota(repository, None, size + length).await?;
+        if let (Some(length), Some(quota)) = (length, self.quota_of(repository).await?) {
+            self.check_quota(&quota, None, size + length).await?;
         }
         let saved = self.saved_hash(&session, state.as_ref(), size).await?;
         let hasher = hasher_at(
@@ -322,8 +322,8 @@ impl Registry {
             )));
         }
         let quota = self.quota_of(repository).await?;
-        if quota.is_some() {
-            if let Err(e) = self.check_quota(repository, Some(digest), size).await {
+        if let Some(q) = &quota {
+            if let Err(e) = self.check_quota(q, Some(digest), size).await {
                 self.discard_upload(id).await;
                 return Err(e);
             }

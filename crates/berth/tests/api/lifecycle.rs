@@ -41,6 +41,18 @@ fn as_user(s: &Server, who: (&str, &str), method: Method, path: &str) -> reqwest
     s.req(method, path).basic_auth(who.0, Some(who.1))
 }
 
+/// Sends each (method, path, JSON body) as the admin; each must succeed.
+async fn as_admin(s: &Server, requests: &[(Method, &str, Value)]) {
+    for (method, path, body) in requests {
+        let r = as_user(s, ADMIN, method.clone(), path)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+}
+
 /// Pushes a one-layer image as `who`; returns the manifest's and the layer's digests.
 async fn push_as(s: &Server, who: (&str, &str), repo: &str, tag: &str) -> (String, String) {
     let config = serde_json::to_vec(&json!({"os": "linux", "n": rand::random::<u64>()})).unwrap();
@@ -218,33 +230,26 @@ async fn deleting_a_repository_then_gc_frees_its_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let s = token_server(dir.path()).await;
-    for (method, path, body) in [
-        (Method::POST, "/api/v1/projects", json!({"name": "proj"})),
-        (
-            Method::POST,
-            "/api/v1/users",
-            json!({"name": "dev", "password": "dev-pass-1"}),
-        ),
-        (
-            Method::PUT,
-            "/api/v1/projects/proj/members/dev",
-            json!({"role": "developer"}),
-        ),
-    ] {
-        let r = as_user(&s, ADMIN, method, path)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-    }
+    as_admin(
+        &s,
+        &[
+            (Method::POST, "/api/v1/projects", json!({"name": "proj"})),
+            (
+                Method::POST,
+                "/api/v1/users",
+                json!({"name": "dev", "password": "dev-pass-1"}),
+            ),
+            (
+                Method::PUT,
+                "/api/v1/projects/proj/members/dev",
+                json!({"role": "developer"}),
+            ),
+        ],
+    )
+    .await;
     let (_, layer) = push_as(&s, ADMIN, "proj/app", "v1").await;
     let (kept, kept_layer) = push_as(&s, ADMIN, "proj/other", "v1").await;
-    let hex = &layer["sha256:".len()..];
-    let layer_file = dir.path().join(format!(
-        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-        &hex[..2]
-    ));
+    let layer_file = dir.path().join(blob_path(&layer));
     assert!(layer_file.exists());
 
     let r = as_user(
@@ -417,6 +422,27 @@ async fn immutable_tags_cannot_be_moved_or_deleted_until_the_rule_is_lifted() {
         .delete(&format!("/v2/app/x/manifests/{}", sha256(&first)))
         .await;
     assert_error(r, 403, "DENIED").await;
+    let file = dir.path().join("bad-policy.json");
+    std::fs::write(
+        &file,
+        r#"{"immutable": [{"tags": "v*"}], "retention": {"rules": [{}]}}"#,
+    )
+    .unwrap();
+    let err = berth_fails(&[
+        "policy",
+        "set",
+        "app",
+        "--file",
+        file.to_str().unwrap(),
+        "--data",
+        data,
+    ]);
+    assert!(err.contains("not a valid policy"), "{err}");
+    let shown = berth(&["policy", "show", "app", "--data", data]);
+    assert!(
+        shown.contains("\"v*\"") && !shown.contains("retention"),
+        "the stored policy is unchanged: {shown}"
+    );
     let err = berth_fails(&["repository", "rm", "app/x", "--data", data]);
     assert!(err.contains("immutable"), "{err}");
 
@@ -566,13 +592,7 @@ async fn quota_counts_shared_layers_once_and_refuses_before_storing() {
     let data = dir.path().to_str().unwrap();
     let s = Server::start_on(dir.path(), &[]).await;
     set_policy(data, "q", json!({"quota_bytes": 10_000}));
-    let blob_file = |digest: &str| {
-        let hex = &digest["sha256:".len()..];
-        dir.path().join(format!(
-            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-            &hex[..2]
-        ))
-    };
+    let blob_file = |digest: &str| dir.path().join(blob_path(digest));
     let post = |repo: &str, data: &[u8]| {
         let d = sha256(data);
         s.req(
@@ -662,13 +682,7 @@ async fn check_finds_corrupt_missing_and_orphaned_blobs_and_repair_makes_it_cons
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
     let s = Server::start_on(dir.path(), &[]).await;
-    let blob_file = |digest: &str| {
-        let hex = &digest["sha256:".len()..];
-        dir.path().join(format!(
-            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-            &hex[..2]
-        ))
-    };
+    let blob_file = |digest: &str| dir.path().join(blob_path(digest));
     let a = s.image_manifest("app/a", json!({})).await;
     assert_eq!(
         s.put_manifest("app/a", "v1", OCI_MANIFEST, &a)
@@ -770,26 +784,23 @@ async fn check_finds_corrupt_missing_and_orphaned_blobs_and_repair_makes_it_cons
 async fn only_registry_admins_change_a_project_quota() {
     let dir = tempfile::tempdir().unwrap();
     let s = token_server(dir.path()).await;
-    for (method, path, body) in [
-        (Method::POST, "/api/v1/projects", json!({"name": "proj"})),
-        (
-            Method::POST,
-            "/api/v1/users",
-            json!({"name": "boss", "password": "boss-pass-1"}),
-        ),
-        (
-            Method::PUT,
-            "/api/v1/projects/proj/members/boss",
-            json!({"role": "admin"}),
-        ),
-    ] {
-        let r = as_user(&s, ADMIN, method, path)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-    }
+    as_admin(
+        &s,
+        &[
+            (Method::POST, "/api/v1/projects", json!({"name": "proj"})),
+            (
+                Method::POST,
+                "/api/v1/users",
+                json!({"name": "boss", "password": "boss-pass-1"}),
+            ),
+            (
+                Method::PUT,
+                "/api/v1/projects/proj/members/boss",
+                json!({"role": "admin"}),
+            ),
+        ],
+    )
+    .await;
     let boss = ("boss", "boss-pass-1");
     let put = |who, policy: Value| {
         as_user(&s, who, Method::PUT, "/api/v1/projects/proj/policy")
@@ -826,6 +837,17 @@ async fn only_registry_admins_change_a_project_quota() {
         StatusCode::FORBIDDEN,
         "removing the policy would lift the quota"
     );
+    // A policy that does not parse is refused whole, and the stored one stays.
+    for bad in [
+        json!({"immutable": [{"tags": ""}]}),
+        json!({"quota": 1}),
+        json!({"retention": {"rules": [{"keep": "sometimes"}]}}),
+    ] {
+        let r = put(boss, bad.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("not a valid policy"), "{text}");
+    }
     let shown: Value = as_user(&s, boss, Method::GET, "/api/v1/projects/proj/policy")
         .send()
         .await

@@ -335,13 +335,7 @@ async fn online_gc_frees_unreferenced_blobs() {
             StatusCode::ACCEPTED
         );
     }
-    let path = |d: &str| {
-        let hex = d.trim_start_matches("sha256:");
-        s.data.join(format!(
-            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-            &hex[..2]
-        ))
-    };
+    let path = |d: &str| s.data.join(blob_path(d));
     assert!(path(&orphan).exists());
     let mut freed = false;
     for _ in 0..60 {

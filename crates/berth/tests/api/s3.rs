@@ -85,11 +85,7 @@ async fn registry_env_puts_blobs_in_distributions_layout() {
     let digest = push_chunked(&s, "team/app", &large, 3 * 1024 * 1024).await;
     assert!(blob_bytes(&s, "team/app", &digest).await == large);
 
-    let hex = digest.trim_start_matches("sha256:");
-    let key = format!(
-        "registry/docker/registry/v2/blobs/sha256/{}/{hex}/data",
-        &hex[..2]
-    );
+    let key = format!("registry/{}", blob_path(&digest));
     let (status, stored) = moto.get(&format!("layout/{key}"));
     assert_eq!(status, 200, "{key}");
     assert!(stored == large);
@@ -497,11 +493,7 @@ async fn berth_migrate_moves_blobs_to_s3_and_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let hex = large_digest.trim_start_matches("sha256:");
-    let file = back.path().join(format!(
-        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-        &hex[..2]
-    ));
+    let file = back.path().join(blob_path(&large_digest));
     assert!(std::fs::read(file).expect("blob file back on disk") == large);
 }
 
@@ -515,26 +507,12 @@ async fn garbage_collection_removes_unreferenced_blobs_from_the_bucket() {
     let s = Server::start_with_env(&with(&env, &[])).await;
     let kept = s.push_image("team/kept", "v1").await;
     let doomed = s.push_image("team/doomed", "v1").await;
-    let manifest: serde_json::Value = s
-        .req(Method::GET, &format!("/v2/team/doomed/manifests/{doomed}"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .expect("manifest")
-        .json()
-        .await
-        .expect("json");
+    let manifest = s.manifest_json("team/doomed", &doomed).await;
     let layer = manifest["layers"][0]["digest"]
         .as_str()
         .expect("layer")
         .to_owned();
-    let key = |digest: &str| {
-        let hex = digest.trim_start_matches("sha256:");
-        format!(
-            "collected/registry/docker/registry/v2/blobs/sha256/{}/{hex}/data",
-            &hex[..2]
-        )
-    };
+    let key = |digest: &str| format!("collected/registry/{}", blob_path(digest));
     assert_eq!(moto.get(&key(&layer)).0, 200);
     let r = s
         .delete(&format!("/v2/team/doomed/manifests/{doomed}"))
@@ -570,25 +548,14 @@ async fn check_quarantines_a_corrupt_blob_in_the_bucket() {
     let env = registry_env(&moto.endpoint(), "checked");
     let s = Server::start_with_env(&with(&env, &[])).await;
     let digest = s.push_image("team/app", "v1").await;
-    let manifest: serde_json::Value = s
-        .req(Method::GET, &format!("/v2/team/app/manifests/{digest}"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .expect("manifest")
-        .json()
-        .await
-        .expect("json");
+    let manifest = s.manifest_json("team/app", &digest).await;
     let layer = manifest["layers"][0]["digest"]
         .as_str()
         .expect("layer")
         .to_owned();
     let size = manifest["layers"][0]["size"].as_u64().expect("size") as usize;
     let hex = layer.trim_start_matches("sha256:").to_owned();
-    let key = format!(
-        "checked/registry/docker/registry/v2/blobs/sha256/{}/{hex}/data",
-        &hex[..2]
-    );
+    let key = format!("checked/registry/{}", blob_path(&layer));
     let check = |repair: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
         cmd.args(["check", "--data"]).arg(&s.data);

@@ -293,6 +293,18 @@ impl Server {
         serde_json::to_vec(&m).unwrap()
     }
 
+    /// The manifest `reference` names, as JSON (asked for as an OCI manifest).
+    pub async fn manifest_json(&self, repo: &str, reference: &str) -> Value {
+        self.req(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("manifest")
+            .json()
+            .await
+            .expect("manifest JSON")
+    }
+
     /// Pushes a complete image under `tag`; returns the manifest digest.
     pub async fn push_image(&self, repo: &str, tag: &str) -> String {
         let body = self.image_manifest(repo, json!({})).await;
@@ -309,6 +321,13 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Where a blob lives under a data directory or bucket root, in Distribution's layout:
+/// `docker/registry/v2/blobs/sha256/<2 hex>/<hex>/data`.
+pub fn blob_path(digest: &str) -> String {
+    let hex = digest.trim_start_matches("sha256:");
+    format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2])
 }
 
 pub fn sha256(data: &[u8]) -> String {
