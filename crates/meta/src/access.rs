@@ -81,6 +81,27 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
+/// A web UI session. The cookie holds the id; the store only its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// SHA-256 (hex) of the cookie's random id.
+    pub id_hash: String,
+    pub username: String,
+    /// Echoed by every state-changing form of this session.
+    pub csrf_token: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// Successful pushes and pulls on one day, from the audit log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DailyActivity {
+    /// Days since the epoch (UTC).
+    pub day: i64,
+    pub pushes: u64,
+    pub pulls: u64,
+}
+
 #[async_trait]
 pub trait AccessStore: Send + Sync + 'static {
     /// Changes whenever anything below changes.
@@ -106,6 +127,40 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn prune_audit(&self, before_ms: Option<i64>, keep_at_most: Option<u64>) -> Result<u64>;
     /// Newest first.
     async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>>;
+    /// Pushes and pulls the audit log holds since `since_ms`, per day, oldest first.
+    async fn audit_activity(&self, since_ms: i64) -> Result<Vec<DailyActivity>>;
+
+    /// Stores a new session and keeps only the user's newest `keep_per_user`. Sessions do not
+    /// change the access generation.
+    async fn open_session(&self, session: &Session, keep_per_user: u32) -> Result<()>;
+    /// The session with this id hash, unless it expired by `now`.
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<Session>>;
+    async fn close_session(&self, id_hash: &str) -> Result<bool>;
+    /// Deletes sessions expired by `now`; returns how many.
+    async fn prune_sessions(&self, now: i64) -> Result<u64>;
+}
+
+/// Folds `(day, action, count)` rows into one [`DailyActivity`] per day.
+pub(crate) fn fold_activity(
+    rows: impl IntoIterator<Item = (i64, String, i64)>,
+) -> Vec<DailyActivity> {
+    let mut days: Vec<DailyActivity> = Vec::new();
+    for (day, action, count) in rows {
+        if days.last().is_none_or(|d| d.day != day) {
+            days.push(DailyActivity {
+                day,
+                ..DailyActivity::default()
+            });
+        }
+        if let Some(d) = days.last_mut() {
+            let count = count.max(0) as u64;
+            match action.as_str() {
+                "push" => d.pushes += count,
+                _ => d.pulls += count,
+            }
+        }
+    }
+    days
 }
 
 /// A unique audit row id: time plus a process-wide counter (uniqueness, not secrecy).

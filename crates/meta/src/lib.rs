@@ -21,7 +21,8 @@ use async_trait::async_trait;
 use berth_oci::{Digest, Reference, Referenced, RepositoryName, Tag};
 
 pub use access::{
-    AccessSnapshot, AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User,
+    AccessSnapshot, AccessStore, AuditEvent, AuditQuery, DailyActivity, Member, Project, Robot,
+    Session, User,
 };
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::SqliteStore;
@@ -201,6 +202,33 @@ pub struct InventoryTag {
     /// When the tag was last pointed (pushed).
     pub pushed_at: i64,
     pub pulled_at: i64,
+}
+
+/// What the web UI's repository list shows of one repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepositorySummary {
+    pub name: String,
+    pub tags: u64,
+    /// Bytes of the blobs it links or its manifests reference, each once.
+    pub bytes: u64,
+    /// When a manifest was last pushed or a tag last moved (seconds; 0 when empty).
+    pub pushed_at: i64,
+}
+
+/// A summary from the row of `sql::REPOSITORY_SUMMARY`.
+pub(crate) fn summary_of(
+    name: &str,
+    tags: i64,
+    bytes: i64,
+    manifest_pushed: i64,
+    tag_pushed: i64,
+) -> RepositorySummary {
+    RepositorySummary {
+        name: name.to_owned(),
+        tags: tags.max(0) as u64,
+        bytes: bytes.max(0) as u64,
+        pushed_at: manifest_pushed.max(tag_pushed),
+    }
 }
 
 /// A pull, for [`MetadataStore::record_pulls`].
@@ -418,6 +446,10 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Repository names in lexical order.
     async fn list_repositories(&self, page: Page<'_>) -> Result<Vec<String>>;
+    /// Like `list_repositories`, only names containing `text` (case as given).
+    async fn search_repositories(&self, text: &str, page: Page<'_>) -> Result<Vec<String>>;
+    /// `None` when the repository does not exist.
+    async fn repository_summary(&self, repo: &RepositoryName) -> Result<Option<RepositorySummary>>;
 
     async fn referrers(
         &self,

@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_settings.sql")),
     (8, include_str!("../migrations/0008_gc_runs.sql")),
     (9, include_str!("../migrations/0009_lifecycle.sql")),
+    (10, include_str!("../migrations/0010_sessions.sql")),
 ];
 
 pub const CREATE_VERSION_TABLE: &str =

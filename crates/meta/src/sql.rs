@@ -168,3 +168,51 @@ mod tests {
         }
     }
 }
+
+// Web UI sessions (`AccessStore::open_session` and friends).
+pub(crate) const INSERT_SESSION: &str =
+    "INSERT INTO sessions (id_hash, username, csrf_token, created_at, expires_at)
+     VALUES ($1, $2, $3, $4, $5)";
+/// All but the newest `$2` sessions of user `$1` go, so logging in again and again cannot grow
+/// the table without bound.
+pub(crate) const TRIM_USER_SESSIONS: &str = "DELETE FROM sessions WHERE username = $1
+       AND id_hash NOT IN (SELECT id_hash FROM sessions WHERE username = $1
+                           ORDER BY created_at DESC, id_hash DESC LIMIT $2)";
+pub(crate) const SESSION: &str = "SELECT id_hash, username, csrf_token, created_at, expires_at
+     FROM sessions WHERE id_hash = $1 AND expires_at > $2";
+pub(crate) const DELETE_SESSION: &str = "DELETE FROM sessions WHERE id_hash = $1";
+pub(crate) const DELETE_EXPIRED_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at <= $1";
+
+/// Successful pushes and pulls since `$1` (ms), per day (days since the epoch, UTC).
+pub(crate) const AUDIT_ACTIVITY: &str =
+    "SELECT at_ms / 86400000, action, COUNT(*) FROM audit_events
+     WHERE action IN ('push', 'pull') AND outcome = 'ok' AND at_ms >= $1
+     GROUP BY at_ms / 86400000, action ORDER BY 1, 2";
+
+/// Repository names after `$1` containing `$2` (a `LIKE` pattern, `\` escaping), at most `$3`.
+pub(crate) const SEARCH_REPOSITORIES: &str = "SELECT name FROM repositories
+     WHERE name > $1 AND name LIKE $2 ESCAPE '\\' ORDER BY name LIMIT $3";
+/// What the repository list shows of repository `$1`: its tags, the bytes it holds (what it
+/// links and what its manifests reference, each blob once), and its newest manifest and tag.
+pub(crate) const REPOSITORY_SUMMARY: &str = "SELECT
+       (SELECT COUNT(*) FROM tags WHERE repository = $1),
+       (SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM blobs
+         WHERE digest IN (SELECT digest FROM repository_blobs WHERE repository = $1)
+            OR digest IN (SELECT blob FROM manifest_blobs WHERE repository = $1)),
+       (SELECT COALESCE(MAX(created_at), 0) FROM manifests WHERE repository = $1),
+       (SELECT COALESCE(MAX(updated_at), 0) FROM tags WHERE repository = $1)
+     FROM repositories WHERE name = $1";
+
+/// `text` as a `LIKE` pattern matching names that contain it.
+pub(crate) fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}

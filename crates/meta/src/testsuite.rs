@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use berth_oci::{Algorithm, Digest, Reference, Referenced, RepositoryName, Tag};
 
-use crate::access::{AuditEvent, AuditQuery, Member, Project, Robot, User};
+use crate::access::{AuditEvent, AuditQuery, Member, Project, Robot, Session, User};
 use crate::{
     now, BlobReservation, MetaError, NewManifest, Page, Pull, Quota, UploadLimits, UploadSession,
 };
@@ -33,7 +33,150 @@ pub async fn run_all(store: Arc<dyn Store>) {
     lifecycle_reads_and_guarded_writes(&*store).await;
     quotas_count_each_blob_once_and_hold_under_concurrency(store.clone()).await;
     access_data_moves_the_generation(&*store).await;
+    ui_reads_search_summarize_and_count(&*store).await;
+    sessions_expire_close_and_are_capped_per_user(&*store).await;
     audit_is_recorded_queried_and_pruned(&*store).await;
+}
+
+async fn ui_reads_search_summarize_and_count(store: &dyn Store) {
+    let (a, b) = (repo("suite-ui/app_1"), repo("suite-ui/appx1"));
+    let layer = Digest::sha256_of(b"ui layer");
+    store.add_blob(&a, &layer, 700, None, None).await.unwrap();
+    store.add_blob(&b, &layer, 700, None, None).await.unwrap();
+    let body = b"{\"ui\":1}";
+    let md = Digest::sha256_of(body);
+    let refs = [Referenced {
+        digest: layer.clone(),
+        size: 700,
+    }];
+    store
+        .put_manifest(manifest(&a, &md, body, &refs, &[tag("v1"), tag("v2")]))
+        .await
+        .unwrap();
+    let summary = store.repository_summary(&a).await.unwrap().expect("exists");
+    assert_eq!((summary.tags, summary.bytes), (2, 700), "{summary:?}");
+    assert!(summary.pushed_at > 0);
+    assert_eq!(
+        store
+            .repository_summary(&repo("suite-ui/none"))
+            .await
+            .unwrap(),
+        None
+    );
+    let all = Page {
+        last: None,
+        limit: Some(10),
+    };
+    // `_` is a character to find, not LIKE's wildcard.
+    assert_eq!(
+        store.search_repositories("app_", all).await.unwrap(),
+        ["suite-ui/app_1"]
+    );
+    assert_eq!(
+        store
+            .search_repositories("suite-ui/app", all)
+            .await
+            .unwrap(),
+        ["suite-ui/app_1", "suite-ui/appx1"]
+    );
+    let after = Page {
+        last: Some("suite-ui/app_1"),
+        limit: Some(10),
+    };
+    assert_eq!(
+        store.search_repositories("suite-ui", after).await.unwrap(),
+        ["suite-ui/appx1"]
+    );
+    assert!(store
+        .search_repositories("100%", all)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Pushes and pulls per day, from the audit log; other actions and refusals are not counted.
+    let day = 20_000_i64;
+    let at = |d: i64, h: i64| d * 86_400_000 + h * 3_600_000;
+    let event = |at_ms, action: &str, outcome: &str| AuditEvent {
+        at_ms,
+        actor: "suite-ui".into(),
+        action: action.into(),
+        resource: "suite-ui/app_1:v1".into(),
+        outcome: outcome.into(),
+        client: "c".into(),
+        detail: String::new(),
+    };
+    store
+        .record_audit(&[
+            event(at(day, 1), "push", "ok"),
+            event(at(day, 2), "pull", "ok"),
+            event(at(day, 3), "pull", "ok"),
+            event(at(day, 4), "pull", "denied"),
+            event(at(day, 5), "login", "ok"),
+            event(at(day + 2, 1), "pull", "ok"),
+            event(at(day - 1, 1), "push", "ok"),
+        ])
+        .await
+        .unwrap();
+    let days = store.audit_activity(at(day, 0)).await.unwrap();
+    let days: Vec<(i64, u64, u64)> = days
+        .iter()
+        .filter(|d| d.day < day + 10)
+        .map(|d| (d.day, d.pushes, d.pulls))
+        .collect();
+    assert_eq!(days, [(day, 1, 2), (day + 2, 0, 1)]);
+}
+
+async fn sessions_expire_close_and_are_capped_per_user(store: &dyn Store) {
+    let generation = store.access_generation().await.unwrap();
+    let session = |id: &str, created_at, expires_at| Session {
+        id_hash: id.into(),
+        username: "suite-session".into(),
+        csrf_token: format!("csrf-{id}"),
+        created_at,
+        expires_at,
+    };
+    let t = now();
+    store
+        .open_session(&session("s1", t, t + 100), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session("s1", t).await.unwrap(),
+        Some(session("s1", t, t + 100))
+    );
+    assert_eq!(store.session("s1", t + 100).await.unwrap(), None, "expired");
+    assert_eq!(store.session("nope", t).await.unwrap(), None);
+    store
+        .open_session(&session("s2", t + 1, t + 100), 2)
+        .await
+        .unwrap();
+    store
+        .open_session(&session("s3", t + 2, t + 100), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session("s1", t).await.unwrap(),
+        None,
+        "only the newest two are kept"
+    );
+    assert!(store.session("s2", t).await.unwrap().is_some());
+    assert!(store.close_session("s2").await.unwrap());
+    assert!(!store.close_session("s2").await.unwrap());
+    assert_eq!(store.session("s2", t).await.unwrap(), None);
+    store
+        .open_session(&session("s4", t + 3, t - 1), 5)
+        .await
+        .unwrap();
+    assert!(store.prune_sessions(t).await.unwrap() >= 1);
+    assert!(
+        store.session("s3", t).await.unwrap().is_some(),
+        "not expired, kept"
+    );
+    assert_eq!(
+        store.access_generation().await.unwrap(),
+        generation,
+        "sessions are not access data: no model reload"
+    );
 }
 
 async fn quotas_count_each_blob_once_and_hold_under_concurrency(store: Arc<dyn Store>) {

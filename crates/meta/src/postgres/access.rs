@@ -10,9 +10,10 @@ use super::registry::{execute, query, query_opt, PgResult};
 use super::write_tx;
 use super::PostgresStore;
 use crate::access::{
-    AccessSnapshot, AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User,
+    fold_activity, AccessSnapshot, AccessStore, AuditEvent, AuditQuery, DailyActivity, Member,
+    Project, Robot, Session, User,
 };
-use crate::{MetaError, Result};
+use crate::{sql, MetaError, Result};
 
 async fn bump(c: &impl GenericClient) -> PgResult<()> {
     execute(
@@ -327,5 +328,68 @@ impl AccessStore for PostgresStore {
                 .collect())
         })
         .await
+    }
+
+    async fn audit_activity(&self, since_ms: i64) -> Result<Vec<DailyActivity>> {
+        self.observed("audit_activity", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(c, sql::AUDIT_ACTIVITY, &[&since_ms]).await?;
+            Ok(fold_activity(
+                rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))),
+            ))
+        })
+        .await
+    }
+
+    async fn open_session(&self, s: &Session, keep_per_user: u32) -> Result<()> {
+        let keep = i64::from(keep_per_user);
+        write_tx!(self, "open_session", IsolationLevel::ReadCommitted, |tx| {
+            execute(
+                tx,
+                sql::INSERT_SESSION,
+                &[
+                    &s.id_hash,
+                    &s.username,
+                    &s.csrf_token,
+                    &s.created_at,
+                    &s.expires_at,
+                ],
+            )
+            .await?;
+            execute(tx, sql::TRIM_USER_SESSIONS, &[&s.username, &keep]).await?;
+            Ok(())
+        })
+    }
+
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<Session>> {
+        self.observed("session", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let row = query_opt(c, sql::SESSION, &[&id_hash, &now]).await?;
+            Ok(row.map(|r| Session {
+                id_hash: r.get(0),
+                username: r.get(1),
+                csrf_token: r.get(2),
+                created_at: r.get(3),
+                expires_at: r.get(4),
+            }))
+        })
+        .await
+    }
+
+    async fn close_session(&self, id_hash: &str) -> Result<bool> {
+        write_tx!(self, "close_session", IsolationLevel::ReadCommitted, |tx| {
+            Ok(execute(tx, sql::DELETE_SESSION, &[&id_hash]).await? > 0)
+        })
+    }
+
+    async fn prune_sessions(&self, now: i64) -> Result<u64> {
+        write_tx!(
+            self,
+            "prune_sessions",
+            IsolationLevel::ReadCommitted,
+            |tx| { Ok(execute(tx, sql::DELETE_EXPIRED_SESSIONS, &[&now]).await?) }
+        )
     }
 }

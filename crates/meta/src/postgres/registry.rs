@@ -14,9 +14,10 @@ use super::write_tx;
 use super::{PostgresStore, TxResult, CHANGES_CHANNEL};
 use crate::sql;
 use crate::{
-    now, project_range, renewal_due, BlobKnown, BlobReservation, Dangling, GcRun, Inventory,
-    InventoryManifest, InventoryTag, MetaError, MetadataStore, NewManifest, Page, Pull, Quota,
-    Referrer, Result, SavedHash, StoredManifest, UploadLimits, UploadSession, Usage,
+    now, project_range, renewal_due, summary_of, BlobKnown, BlobReservation, Dangling, GcRun,
+    Inventory, InventoryManifest, InventoryTag, MetaError, MetadataStore, NewManifest, Page, Pull,
+    Quota, Referrer, RepositorySummary, Result, SavedHash, StoredManifest, UploadLimits,
+    UploadSession, Usage,
 };
 
 pub(super) type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -488,6 +489,29 @@ impl MetadataStore for PostgresStore {
             )
             .await?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+    }
+
+    async fn search_repositories(&self, text: &str, page: Page<'_>) -> Result<Vec<String>> {
+        let (last, limit) = (page.last.unwrap_or(""), limit_of(page));
+        let pattern = sql::contains_pattern(text);
+        self.observed("search_repositories", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(c, sql::SEARCH_REPOSITORIES, &[&last, &pattern, &limit]).await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+    }
+
+    async fn repository_summary(&self, repo: &RepositoryName) -> Result<Option<RepositorySummary>> {
+        let name = repo.as_str();
+        self.observed("repository_summary", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let row = query_opt(c, sql::REPOSITORY_SUMMARY, &[&name]).await?;
+            Ok(row.map(|r| summary_of(name, r.get(0), r.get(1), r.get(2), r.get(3))))
         })
         .await
     }

@@ -6,9 +6,10 @@ use rusqlite::{Connection, OptionalExtension, Params};
 
 use super::SqliteStore;
 use crate::access::{
-    AccessSnapshot, AccessStore, AuditEvent, AuditQuery, Member, Project, Robot, User,
+    fold_activity, AccessSnapshot, AccessStore, AuditEvent, AuditQuery, DailyActivity, Member,
+    Project, Robot, Session, User,
 };
-use crate::Result;
+use crate::{sql, Result};
 
 fn bump(conn: &Connection) -> Result<()> {
     conn.prepare_cached("UPDATE access_state SET generation = generation + 1 WHERE id = 1")?
@@ -309,6 +310,73 @@ impl AccessStore for SqliteStore {
                     },
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn audit_activity(&self, since_ms: i64) -> Result<Vec<DailyActivity>> {
+        self.read("audit_activity", move |conn| {
+            let rows = conn
+                .prepare_cached(sql::AUDIT_ACTIVITY)?
+                .query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<(i64, String, i64)>>>()?;
+            Ok(fold_activity(rows))
+        })
+        .await
+    }
+
+    async fn open_session(&self, s: &Session, keep_per_user: u32) -> Result<()> {
+        let s = s.clone();
+        self.write("open_session", move |conn| {
+            conn.prepare_cached(sql::INSERT_SESSION)?.execute((
+                &s.id_hash,
+                &s.username,
+                &s.csrf_token,
+                s.created_at,
+                s.expires_at,
+            ))?;
+            conn.prepare_cached(sql::TRIM_USER_SESSIONS)?
+                .execute((&s.username, i64::from(keep_per_user)))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<Session>> {
+        let id_hash = id_hash.to_owned();
+        self.read("session", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::SESSION)?
+                .query_row((&id_hash, now), |r| {
+                    Ok(Session {
+                        id_hash: r.get(0)?,
+                        username: r.get(1)?,
+                        csrf_token: r.get(2)?,
+                        created_at: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn close_session(&self, id_hash: &str) -> Result<bool> {
+        let id_hash = id_hash.to_owned();
+        self.write("close_session", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::DELETE_SESSION)?
+                .execute([&id_hash])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn prune_sessions(&self, now: i64) -> Result<u64> {
+        self.write("prune_sessions", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::DELETE_EXPIRED_SESSIONS)?
+                .execute([now])? as u64)
         })
         .await
     }

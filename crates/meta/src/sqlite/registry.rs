@@ -10,9 +10,10 @@ use rusqlite::{Connection, OptionalExtension};
 use super::SqliteStore;
 use crate::sql;
 use crate::{
-    now, project_range, renewal_due, BlobKnown, BlobReservation, Dangling, GcRun, Inventory,
-    InventoryManifest, InventoryTag, MetaError, MetadataStore, NewManifest, Page, Pull, Quota,
-    Referrer, Result, SavedHash, StoredManifest, UploadLimits, UploadSession, Usage,
+    now, project_range, renewal_due, summary_of, BlobKnown, BlobReservation, Dangling, GcRun,
+    Inventory, InventoryManifest, InventoryTag, MetaError, MetadataStore, NewManifest, Page, Pull,
+    Quota, Referrer, RepositorySummary, Result, SavedHash, StoredManifest, UploadLimits,
+    UploadSession, Usage,
 };
 
 fn ensure_repository(conn: &Connection, repo: &str) -> Result<()> {
@@ -462,6 +463,37 @@ impl MetadataStore for SqliteStore {
                 )?
                 .query_map((&last, limit), |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+
+    async fn search_repositories(&self, text: &str, page: Page<'_>) -> Result<Vec<String>> {
+        let (last, limit) = (page.last.unwrap_or("").to_owned(), limit_of(page));
+        let pattern = sql::contains_pattern(text);
+        self.read("search_repositories", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::SEARCH_REPOSITORIES)?
+                .query_map((&last, &pattern, limit), |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+
+    async fn repository_summary(&self, repo: &RepositoryName) -> Result<Option<RepositorySummary>> {
+        let name = repo.to_string();
+        self.read("repository_summary", move |conn| {
+            Ok(conn
+                .prepare_cached(sql::REPOSITORY_SUMMARY)?
+                .query_row([&name], |r| {
+                    Ok(summary_of(
+                        &name,
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                    ))
+                })
+                .optional()?)
         })
         .await
     }
