@@ -21,7 +21,10 @@ packages=(skopeo podman containerd runc uidmap fuse-overlayfs apache2-utils dock
           # tests/deploy builds the Containerfile's image around a static (musl) binary
           musl-tools
           # the PostgreSQL metadata backend's tests start throwaway clusters (crates/meta/tests)
-          postgresql)
+          postgresql
+          # tests/ui drives the web UI in Debian's Chromium through playwright-core (npm), with
+          # CJK fonts so the zh-CN screenshots show text rather than boxes
+          chromium fonts-noto-cjk nodejs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -36,6 +39,10 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
+
+# playwright-core drives the system Chromium (no browser download); axe-core checks pages.
+# Versions are pinned by tests/ui/package-lock.json.
+(cd tests/ui && npm ci --no-audit --no-fund --loglevel=error)
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 

@@ -156,7 +156,7 @@ impl TokenAuth {
     }
 
     /// The local account named `subject` by one of Berth's tokens, if it still exists.
-    fn local_subject(&self, subject: &str) -> Option<Principal> {
+    pub(crate) fn local_subject(&self, subject: &str) -> Option<Principal> {
         if subject.is_empty() {
             return Some(Principal::Anonymous);
         }

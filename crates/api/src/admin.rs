@@ -11,7 +11,7 @@ use axum::extract::{FromRequestParts, Path, Query};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use axum::{Json, Router};
-use berth_auth::admin::{self, AdminError};
+use berth_auth::admin;
 use berth_auth::Permission;
 use berth_meta::AuditQuery;
 use http::request::Parts;
@@ -86,52 +86,17 @@ impl FromRequestParts<Arc<Api>> for Caller {
 
 impl Caller {
     fn token_auth(&self) -> Result<&TokenAuth, ApiError> {
-        match &self.api.auth {
-            Authenticator::Token(t) => Ok(t),
-            _ => Err(ApiError::NoRoute),
-        }
+        self.api.token_auth()
     }
 
-    /// Asks the authorizer; a refusal says who may do this instead.
     fn require(&self, permission: Permission<'_>) -> Result<(), ApiError> {
-        if self.api.allows(&self.access, permission) {
-            return Ok(());
-        }
-        Err(ApiError::Denied(match permission {
-            Permission::AdministerProject(project) => {
-                format!("only admins of project {project} may do this")
-            }
-            Permission::ChangePassword(user) => {
-                format!("only {user} or a registry admin may change this password")
-            }
-            _ => "only registry admins may do this".into(),
-        }))
+        self.api.require(&self.access, permission)
     }
 
-    /// Applies a change: audit it, then reload the model so it holds from the next request.
     async fn changed(&self, action: &str, resource: &str, detail: &str) -> Result<(), ApiError> {
-        let a = &self.access;
-        self.api.audit.record(
-            &a.principal.name(),
-            action,
-            resource,
-            "ok",
-            &a.client,
-            detail,
-        );
-        self.token_auth()?.refresh().await?;
-        Ok(())
-    }
-}
-
-impl From<AdminError> for ApiError {
-    fn from(e: AdminError) -> Self {
-        match e {
-            AdminError::Invalid(detail) => ApiError::InvalidRequest(detail),
-            AdminError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
-            AdminError::Store(e) => ApiError::Meta(e),
-            AdminError::Hash(e) => ApiError::InvalidRequest(e.to_string()),
-        }
+        self.api
+            .access_changed(&self.access, action, resource, detail)
+            .await
     }
 }
 
@@ -238,26 +203,17 @@ async fn change_password(c: Caller, Path(name): Path<String>, Json(p): Json<Pass
 }
 
 async fn list_projects(c: Caller) -> Reply {
-    let model = c.token_auth()?.model();
-    let mut projects: Vec<Value> = model
-        .projects
-        .iter()
-        .filter(|(name, _)| c.api.allows(&c.access, Permission::ReadProject(name)))
+    let projects: Vec<Value> = c
+        .api
+        .visible_projects(&c.access)
+        .into_iter()
         .map(|(name, public)| json!({"name": name, "public": public}))
         .collect();
-    projects.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     ok(json!({ "projects": projects }))
 }
 
 async fn create_project(c: Caller, Json(p): Json<NewProject>) -> Reply {
-    c.require(Permission::ManageProjects)?;
-    admin::put_project(&*c.token_auth()?.store, &p.name, p.public).await?;
-    c.changed(
-        "project.add",
-        &p.name,
-        if p.public { "public" } else { "private" },
-    )
-    .await?;
+    c.api.create_project(&c.access, &p.name, p.public).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"name": p.name, "public": p.public})),
@@ -269,37 +225,24 @@ async fn update_project(
     Path(name): Path<String>,
     Json(s): Json<ProjectSettings>,
 ) -> Reply {
-    c.require(Permission::AdministerProject(&name))?;
-    if !c.token_auth()?.model().projects.contains_key(&name) {
-        return Err(ApiError::NotFound(format!("project {name} not found")));
-    }
-    admin::put_project(&*c.token_auth()?.store, &name, s.public).await?;
-    c.changed(
-        "project.update",
-        &name,
-        if s.public { "public" } else { "private" },
-    )
-    .await?;
+    c.api
+        .set_project_visibility(&c.access, &name, s.public)
+        .await?;
     ok(json!({"name": name, "public": s.public}))
 }
 
 async fn remove_project(c: Caller, Path(name): Path<String>) -> Reply {
-    c.require(Permission::ManageProjects)?;
-    admin::delete_project(&*c.token_auth()?.store, &name).await?;
-    c.changed("project.remove", &name, "").await?;
+    c.api.remove_project(&c.access, &name).await?;
     ok(json!({}))
 }
 
 async fn list_members(c: Caller, Path(name): Path<String>) -> Reply {
-    c.require(Permission::AdministerProject(&name))?;
-    let model = c.token_auth()?.model();
-    let mut members: Vec<Value> = model
-        .members
-        .iter()
-        .filter(|((p, _), _)| *p == name)
-        .map(|((_, u), r)| json!({"user": u, "role": r.as_str()}))
+    let members: Vec<Value> = c
+        .api
+        .project_members(&c.access, &name)?
+        .into_iter()
+        .map(|(u, r)| json!({"user": u, "role": r.as_str()}))
         .collect();
-    members.sort_by(|a, b| a["user"].as_str().cmp(&b["user"].as_str()));
     ok(json!({ "members": members }))
 }
 
@@ -308,44 +251,36 @@ async fn put_member(
     Path((name, user)): Path<(String, String)>,
     Json(r): Json<RoleBody>,
 ) -> Reply {
-    c.require(Permission::AdministerProject(&name))?;
-    admin::set_member(&*c.token_auth()?.store, &name, &user, &r.role).await?;
-    c.changed("project.member", &format!("{name}/{user}"), &r.role)
-        .await?;
+    c.api.set_member(&c.access, &name, &user, &r.role).await?;
     ok(json!({"user": user, "role": r.role}))
 }
 
 async fn remove_member(c: Caller, Path((name, user)): Path<(String, String)>) -> Reply {
-    c.require(Permission::AdministerProject(&name))?;
-    admin::remove_member(&*c.token_auth()?.store, &name, &user).await?;
-    c.changed("project.member.remove", &format!("{name}/{user}"), "")
-        .await?;
+    c.api.remove_member(&c.access, &name, &user).await?;
     ok(json!({}))
 }
 
 async fn list_robots(c: Caller) -> Reply {
-    c.require(Permission::ManageUsers)?;
-    let model = c.token_auth()?.model();
-    let mut robots: Vec<Value> = model
-        .robots
-        .iter()
-        .map(|(n, r)| json!({"name": n, "project": r.project, "actions": berth_auth::Action::join(&r.actions), "expires_at": r.expires_at}))
+    let robots: Vec<Value> = c
+        .api
+        .robots(&c.access, None)?
+        .into_iter()
+        .map(|r| json!({"name": r.name, "project": r.project, "actions": r.actions, "expires_at": r.expires_at}))
         .collect();
-    robots.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     ok(json!({ "robots": robots }))
 }
 
 async fn create_robot(c: Caller, Json(r): Json<NewRobot>) -> Reply {
-    c.require(Permission::AdministerProject(&r.project))?;
-    let created = admin::add_robot(
-        &*c.token_auth()?.store,
-        &r.project,
-        &r.name,
-        &r.actions,
-        r.expires_in_days,
-    )
-    .await?;
-    c.changed("robot.add", &created.name, &r.actions).await?;
+    let created = c
+        .api
+        .create_robot(
+            &c.access,
+            &r.project,
+            &r.name,
+            &r.actions,
+            r.expires_in_days,
+        )
+        .await?;
     // The secret is shown here once and never again.
     Ok((
         StatusCode::CREATED,
@@ -354,33 +289,18 @@ async fn create_robot(c: Caller, Json(r): Json<NewRobot>) -> Reply {
 }
 
 async fn remove_robot(c: Caller, Path(name): Path<String>) -> Reply {
-    let project = c
-        .token_auth()?
-        .model()
-        .robots
-        .get(&name)
-        .map(|r| r.project.clone());
-    match &project {
-        Some(p) => c.require(Permission::AdministerProject(p))?,
-        None => c.require(Permission::ManageUsers)?,
-    }
-    admin::delete_robot(&*c.token_auth()?.store, &name).await?;
-    c.changed("robot.remove", &name, "").await?;
+    c.api.remove_robot(&c.access, &name).await?;
     ok(json!({}))
 }
 
 async fn audit(c: Caller, Query(q): Query<AuditParams>) -> Reply {
-    c.require(Permission::ReadAudit)?;
-    let events = c
-        .token_auth()?
-        .store
-        .query_audit(&AuditQuery {
-            since_ms: q.since_ms,
-            actor: q.actor,
-            action: q.action,
-            limit: q.limit.unwrap_or(100).min(10_000),
-        })
-        .await?;
+    let query = AuditQuery {
+        since_ms: q.since_ms,
+        actor: q.actor,
+        action: q.action,
+        limit: q.limit.unwrap_or(100).min(10_000),
+    };
+    let events = c.api.audit_events(&c.access, &query).await?;
     ok(json!({ "events": events }))
 }
 
@@ -422,77 +342,29 @@ async fn switch_read_only(c: Caller, Json(s): Json<ReadOnlySwitch>) -> Reply {
 /// garbage collection. Project admins may delete their project's repositories.
 async fn remove_repository(c: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     let repository: berth_oci::RepositoryName = name.parse()?;
-    let project = repository.project();
-    c.require(Permission::AdministerProject(project))?;
-    let actor = berth_registry::Actor::new(c.access.principal.name(), c.access.client.clone());
-    c.api
-        .registry
-        .delete_repository(&actor, &repository)
-        .await?;
+    c.api.delete_repository(&c.access, &repository).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 /// A project's lifecycle policy (immutable tags, retention rules); `{}` when it has none.
 async fn show_policy(c: Caller, Path(project): Path<String>) -> Reply {
-    c.require(Permission::AdministerProject(&project))?;
-    let policy = c.api.registry.project_policy(&project).await?;
-    ok(serde_json::to_value(&*policy).unwrap_or_default())
+    let policy = c.api.policy(&c.access, &project).await?;
+    ok(serde_json::to_value(&policy).unwrap_or_default())
 }
 
 /// Replaces a project's policy; lifting an immutability rule is putting the policy without
 /// it.
 async fn set_policy(c: Caller, Path(project): Path<String>, body: String) -> Reply {
+    // Who may is asked before the body is even parsed.
     c.require(Permission::AdministerProject(&project))?;
     let policy = berth_registry::policy::Policy::parse(&body)
         .map_err(|e| ApiError::InvalidRequest(format!("not a valid policy: {e}")))?;
-    // The quota bounds what a project may take from everyone's storage: a project admin
-    // sets the rest of the policy, the registry's admins its quota.
-    let current = c.api.registry.project_policy(&project).await?;
-    if policy.quota_bytes != current.quota_bytes
-        && !c.api.allows(&c.access, Permission::ManageProjects)
-    {
-        return Err(ApiError::Denied(
-            "only registry admins may change a project's quota".into(),
-        ));
-    }
-    c.api
-        .registry
-        .set_project_policy(&project, Some(&policy))
-        .await?;
-    let a = &c.access;
-    c.api.audit.record(
-        &a.principal.name(),
-        "policy.set",
-        &project,
-        "ok",
-        &a.client,
-        &serde_json::to_string(&policy).unwrap_or_default(),
-    );
+    c.api.set_policy(&c.access, &project, &policy).await?;
     ok(serde_json::to_value(policy).unwrap_or_default())
 }
 
 async fn remove_policy(c: Caller, Path(project): Path<String>) -> Reply {
-    c.require(Permission::AdministerProject(&project))?;
-    if c.api
-        .registry
-        .project_policy(&project)
-        .await?
-        .quota_bytes
-        .is_some()
-    {
-        // Removing the policy would lift the quota too.
-        c.require(Permission::ManageProjects)?;
-    }
-    c.api.registry.set_project_policy(&project, None).await?;
-    let a = &c.access;
-    c.api.audit.record(
-        &a.principal.name(),
-        "policy.rm",
-        &project,
-        "ok",
-        &a.client,
-        "",
-    );
+    c.api.remove_policy(&c.access, &project).await?;
     ok(json!({}))
 }
 
@@ -502,13 +374,7 @@ async fn run_retention(
     Path(project): Path<String>,
     Query(q): Query<RetentionParams>,
 ) -> Reply {
-    c.require(Permission::AdministerProject(&project))?;
-    let actor = berth_registry::Actor::new(c.access.principal.name(), c.access.client.clone());
-    let report = c
-        .api
-        .registry
-        .run_retention(&actor, &project, q.dry_run)
-        .await?;
+    let report = c.api.retention(&c.access, &project, q.dry_run).await?;
     let deletions: Vec<Value> = report
         .plan
         .deletions

@@ -59,6 +59,13 @@ impl ApiError {
         self.wire().1.unwrap_or(ErrorCode::Unsupported)
     }
 
+    /// The status and the detail the wire format carries, for callers that answer in
+    /// another form (the web UI's pages); internal failures say no more than on the wire.
+    pub fn status_and_detail(&self) -> (StatusCode, String) {
+        let (status, _, detail) = self.wire();
+        (status, detail)
+    }
+
     /// Whether the failure is the registry's storage (blobs or metadata) being full.
     pub fn is_storage_full(&self) -> bool {
         match self {

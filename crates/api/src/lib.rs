@@ -12,9 +12,11 @@ mod admin;
 pub mod audit;
 pub mod error;
 mod handlers;
+pub mod manage;
 pub mod observe;
 pub mod otlp;
 pub mod route;
+pub mod session;
 mod token_service;
 pub mod workers;
 
@@ -24,7 +26,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use berth_meta::MetadataStore;
+use berth_meta::{AccessStore, Store};
 use berth_registry::{Events, Registry, RegistryConfig};
 use berth_storage::BlobStore;
 use http::HeaderValue;
@@ -42,6 +44,9 @@ pub struct ApiConfig {
     pub login_limits: berth_auth::LoginLimits,
     /// A request body that delivers nothing for this long is abandoned.
     pub body_read_timeout: std::time::Duration,
+    /// What this server runs on, as `(what, which)` (storage, metadata, auth), for the
+    /// status page.
+    pub backends: Vec<(String, String)>,
 }
 
 impl Default for ApiConfig {
@@ -50,6 +55,7 @@ impl Default for ApiConfig {
             tls: false,
             login_limits: berth_auth::LoginLimits::default(),
             body_read_timeout: std::time::Duration::from_secs(60),
+            backends: Vec::new(),
         }
     }
 }
@@ -67,6 +73,8 @@ pub struct Api {
     pub workers: Arc<workers::Workers>,
     /// Work that keeps `/readyz` false while it runs (the first start's import).
     pub readiness: observe::Readiness,
+    /// Where sessions and the audit log are read (in every auth mode).
+    access_store: Arc<dyn AccessStore>,
     failed_logins: berth_auth::FailedLogins,
 }
 
@@ -76,7 +84,7 @@ impl Api {
     /// operations ([`observe::Metrics::store_observer`]); requests are added to it here.
     pub fn new(
         blobs: Arc<dyn BlobStore>,
-        meta: Arc<dyn MetadataStore>,
+        meta: Arc<dyn Store>,
         registry_config: RegistryConfig,
         config: ApiConfig,
         auth: Authenticator,
@@ -85,6 +93,7 @@ impl Api {
     ) -> Self {
         let mut events = Events::default();
         events.subscribe(Arc::new(audit.clone()));
+        let access_store: Arc<dyn AccessStore> = meta.clone();
         let registry = Arc::new(Registry::new(blobs, meta, registry_config, events));
         let failed_logins = berth_auth::FailedLogins::new(config.login_limits);
         Api {
@@ -96,6 +105,7 @@ impl Api {
             traces: None,
             workers: Arc::default(),
             readiness: observe::Readiness::default(),
+            access_store,
             failed_logins,
         }
     }
@@ -103,7 +113,15 @@ impl Api {
 
 /// The complete API as an axum router: resolve the endpoint, authorize, dispatch.
 pub fn router(api: Arc<Api>) -> Router {
+    router_with(api, Router::new())
+}
+
+/// The API with more routes (the web UI) served beside it, under the same outer layers
+/// (request ids, the access log, metrics, the Host check). Those routes identify and authorize
+/// their callers through [`Api`] themselves; `authorize` only acts on registry endpoints.
+pub fn router_with(api: Arc<Api>, more: Router<Arc<Api>>) -> Router {
     Router::new()
+        .merge(more)
         .route(
             "/auth/token",
             axum::routing::get(token_service::token).post(token_service::token),

@@ -64,6 +64,10 @@ pub enum Permission<'a> {
     ReadAudit,
     /// Operate the registry as a whole: switch read-only mode.
     OperateRegistry,
+    /// See the registry's status (storage per project, activity, GC runs, backends): its
+    /// operators — registry admins with token auth; with no administration (registry:2's
+    /// modes), whoever may use the registry at all.
+    ReadStatus,
 }
 
 impl Permission<'_> {
@@ -75,6 +79,7 @@ impl Permission<'_> {
                 | Permission::Repository(..)
                 | Permission::Catalog
                 | Permission::ListRepository(_)
+                | Permission::ReadStatus
         )
     }
 }
@@ -112,6 +117,10 @@ impl Authorizer<'_> {
         }
         match permission {
             Permission::Login => true,
+            Permission::ReadStatus => {
+                !matches!(principal, Principal::External { .. })
+                    && claims.grants("registry", "admin", "*")
+            }
             Permission::Catalog => claims.grants("registry", "catalog", "*"),
             Permission::Repository(name, action) => {
                 claims.grants("repository", name, action.as_str())
@@ -162,7 +171,8 @@ impl Authorizer<'_> {
                     Permission::ManageProjects
                     | Permission::ManageUsers
                     | Permission::ReadAudit
-                    | Permission::OperateRegistry => admin,
+                    | Permission::OperateRegistry
+                    | Permission::ReadStatus => admin,
                 }
             }
         }
@@ -363,6 +373,11 @@ mod tests {
             (&admin, C::Password, P::OperateRegistry, true),
             (&admin, C::Token(&pull_priv), P::OperateRegistry, false),
             (&boss, C::Password, P::OperateRegistry, false),
+            (&admin, C::Password, P::ReadStatus, true),
+            (&admin, C::Token(&admin_scope), P::ReadStatus, true),
+            (&admin, C::Token(&catalog_scope), P::ReadStatus, false),
+            (&boss, C::Password, P::ReadStatus, false),
+            (&anon, C::None, P::ReadStatus, false),
             (&anon, C::None, P::Login, false),
             (&anon, C::Token(&none), P::Login, true),
             (&dev, C::Password, P::Login, true),
@@ -386,6 +401,12 @@ mod tests {
             );
             assert!(a.allows(&dev, C::Password, P::Repository("x/y", Delete)));
             assert!(!a.allows(&admin, C::Password, P::ManageUsers), "{mode:?}");
+            assert_eq!(
+                a.allows(&anon, C::None, P::ReadStatus),
+                anon_may,
+                "{mode:?}"
+            );
+            assert!(a.allows(&dev, C::Password, P::ReadStatus), "{mode:?}");
         }
     }
 }

@@ -11,7 +11,7 @@ use berth_meta::Store;
 use tracing_subscriber::EnvFilter;
 
 use crate::compat::Notice;
-use crate::config::{AuthMode, Config, LogFormat};
+use crate::config::{AuthMode, Config, LogFormat, MetadataBackend, StorageDriver};
 use crate::{server, stores, tls};
 
 fn init_logging(config: &Config) {
@@ -83,6 +83,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             body_read_timeout: std::time::Duration::from_secs(
                 config.server.body_read_timeout_seconds.max(1),
             ),
+            backends: backends(&config),
         },
         auth,
         audit,
@@ -191,7 +192,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     follow_read_only(&api, &workers).await;
     import_on_first_start(&api, &workers).await;
-    let app = berth_api::router(api.clone());
+    let sessions = api.clone();
+    workers.spawn("session_prune", HOURLY, FirstRun::Now, move || {
+        let sessions = sessions.clone();
+        async move {
+            match sessions.prune_sessions().await {
+                Ok(0) => Ok(String::new()),
+                Ok(n) => Ok(format!("ended {n} expired UI sessions")),
+                Err(e) => Err(format!("pruning UI sessions failed: {e}")),
+            }
+        }
+    });
+    let app = berth_api::router_with(api.clone(), berth_ui::router(api.clone()));
     if !config.server.metrics_addr.is_empty() {
         let metrics = axum::Router::new()
             .route("/metrics", axum::routing::get(berth_api::observe::metrics))
@@ -412,6 +424,26 @@ fn audit_stream(target: &str) -> anyhow::Result<Option<Box<dyn std::io::Write + 
                 .with_context(|| format!("opening the audit stream {path}"))?,
         )),
     })
+}
+
+/// What the status page says this server runs on (never credentials).
+fn backends(config: &Config) -> Vec<(String, String)> {
+    let storage = match config.storage.driver {
+        StorageDriver::Filesystem => format!("filesystem {}", config.storage.root.display()),
+        StorageDriver::S3 => format!("s3 {}", config.storage.s3.bucket),
+    };
+    let metadata = match config.metadata_backend() {
+        MetadataBackend::Sqlite => format!("sqlite {}", config.sqlite_path().display()),
+        MetadataBackend::Postgres => "postgresql".to_owned(),
+    };
+    vec![
+        ("storage".into(), storage),
+        ("metadata".into(), metadata),
+        (
+            "auth".into(),
+            format!("{:?}", config.auth.mode).to_lowercase(),
+        ),
+    ]
 }
 
 async fn authenticator(

@@ -137,38 +137,6 @@ pub(crate) const DANGLING_CHILD_REFERENCES: &str = "SELECT mc.repository, mc.man
        (SELECT 1 FROM manifests m WHERE m.repository = mc.repository AND m.digest = mc.child)
      ORDER BY mc.repository, mc.manifest, mc.child LIMIT $1";
 
-#[cfg(test)]
-mod tests {
-    /// Every statement here numbers its parameters in order of first appearance (see the
-    /// module docs): a `$3` before a `$1` binds differently in SQLite and PostgreSQL.
-    #[test]
-    fn parameters_appear_in_numeric_order() {
-        let source = include_str!("sql.rs");
-        let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
-        for statement in source.split("pub(crate) const ").skip(1) {
-            // The string literal only: the doc comment of the next statement follows it.
-            let text = statement.split("\";").next().unwrap_or("");
-            let mut seen: Vec<u32> = Vec::new();
-            for part in text.split('$').skip(1) {
-                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
-                if let Ok(n) = digits.parse::<u32>() {
-                    if !seen.contains(&n) {
-                        seen.push(n);
-                    }
-                }
-            }
-            let mut sorted = seen.clone();
-            sorted.sort_unstable();
-            assert_eq!(
-                seen,
-                sorted,
-                "in {}",
-                statement.lines().next().unwrap_or("")
-            );
-        }
-    }
-}
-
 // Web UI sessions (`AccessStore::open_session` and friends).
 pub(crate) const INSERT_SESSION: &str =
     "INSERT INTO sessions (id_hash, username, csrf_token, created_at, expires_at)
@@ -215,4 +183,36 @@ pub(crate) fn contains_pattern(text: &str) -> String {
     }
     pattern.push('%');
     pattern
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every statement here numbers its parameters in order of first appearance (see the
+    /// module docs): a `$3` before a `$1` binds differently in SQLite and PostgreSQL.
+    #[test]
+    fn parameters_appear_in_numeric_order() {
+        let source = include_str!("sql.rs");
+        let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+        for statement in source.split("pub(crate) const ").skip(1) {
+            // The string literal only: the doc comment of the next statement follows it.
+            let text = statement.split("\";").next().unwrap_or("");
+            let mut seen: Vec<u32> = Vec::new();
+            for part in text.split('$').skip(1) {
+                let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+                if let Ok(n) = digits.parse::<u32>() {
+                    if !seen.contains(&n) {
+                        seen.push(n);
+                    }
+                }
+            }
+            let mut sorted = seen.clone();
+            sorted.sort_unstable();
+            assert_eq!(
+                seen,
+                sorted,
+                "in {}",
+                statement.lines().next().unwrap_or("")
+            );
+        }
+    }
 }

@@ -12,6 +12,7 @@
 //! index: repositories, manifests, tags, links, sessions), both behind traits.
 
 mod blobs;
+pub mod browse;
 pub mod check;
 pub mod error;
 pub mod events;
