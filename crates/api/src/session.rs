@@ -28,7 +28,7 @@ pub const SESSION_SECONDS: i64 = 12 * 3600;
 pub const SESSIONS_PER_USER: u32 = 16;
 
 /// Why a sign-in failed.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum SignInRefused {
     /// Wrong name or password.
     Invalid,
@@ -38,6 +38,9 @@ pub enum SignInRefused {
     Robot,
     /// Nothing to sign in to (`auth.mode = none`).
     NoAccounts,
+    /// The password was right but the session could not be stored (the metadata store is
+    /// down or full): said as such, never as a wrong password.
+    Store(ApiError),
 }
 
 /// A session just opened: the cookie's value (shown once, never stored) and its CSRF token.
@@ -123,14 +126,10 @@ impl Api {
             created_at: now,
             expires_at: now + SESSION_SECONDS,
         };
-        if let Err(e) = self
-            .sessions()
+        self.sessions()
             .open_session(&session, SESSIONS_PER_USER)
             .await
-        {
-            tracing::warn!(error = %e, "could not store a UI session");
-            return Err(SignInRefused::Invalid);
-        }
+            .map_err(|e| SignInRefused::Store(e.into()))?;
         self.audit.record(user, "login", "ui", "ok", client, "");
         Ok(OpenedSession {
             cookie_value,

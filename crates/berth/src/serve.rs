@@ -203,7 +203,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     });
-    let app = berth_api::router_with(api.clone(), berth_ui::router(api.clone()));
+    let app = berth_api::router_with(api.clone(), berth_ui::router());
     if !config.server.metrics_addr.is_empty() {
         let metrics = axum::Router::new()
             .route("/metrics", axum::routing::get(berth_api::observe::metrics))

@@ -295,7 +295,11 @@ impl Registry {
 
     /// A repository's tags and untagged manifests, newest push first.
     pub async fn repository_view(&self, repository: &RepositoryName) -> Result<RepositoryView> {
-        if self.meta.repository_summary(repository).await?.is_none() {
+        let exists = Page {
+            last: None,
+            limit: Some(0),
+        };
+        if self.meta.list_tags(repository, exists).await?.is_none() {
             return Err(RegistryError::NameUnknown(repository.to_string()));
         }
         let inventory = self.meta.repository_inventory(repository).await?;

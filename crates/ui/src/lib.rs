@@ -44,7 +44,7 @@ use crate::i18n::Catalog;
 pub const PREFIX: &str = "/ui";
 
 /// The UI's routes, to serve beside the registry API (`berth_api::router_with`).
-pub fn router(api: Arc<Api>) -> Router<Arc<Api>> {
+pub fn router() -> Router<Arc<Api>> {
     Router::new()
         .route("/", get(root))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
@@ -62,7 +62,7 @@ pub fn router(api: Arc<Api>) -> Router<Arc<Api>> {
         .route("/ui/projects/{name}/retention", get(projects::retention))
         .route("/ui/status", get(status::show))
         .route("/ui/audit", get(status::audit))
-        .layer(axum::middleware::from_fn_with_state(api, frame))
+        .layer(axum::middleware::from_fn(frame))
 }
 
 /// `/` in a browser opens the UI; registry clients never ask for it.
@@ -81,11 +81,7 @@ async fn root(request: Request) -> Response {
 
 /// Headers on every UI response: no framing, no inline script or style, no sniffing, pages
 /// never cached; and the language switch remembered in a cookie.
-async fn frame(
-    axum::extract::State(_api): axum::extract::State<Arc<Api>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn frame(request: Request, next: Next) -> Response {
     let switch = query_param(request.uri().query(), "lang").and_then(|l| i18n::by_tag(&l));
     let is_asset = request.uri().path().starts_with("/ui/assets/");
     let mut response = next.run(request).await;

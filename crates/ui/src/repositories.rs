@@ -35,7 +35,8 @@ struct ListPage {
     rows: Vec<RepositoryRow>,
     /// The link to the next page, when there is one.
     next: Option<String>,
-    first_page: bool,
+    /// The link to the first page, when this is not it.
+    first: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -57,14 +58,18 @@ pub async fn list(caller: Caller, Query(query): Query<ListQuery>) -> Response {
         Ok(l) => l,
         Err(e) => return caller.failed(e.into()),
     };
-    let next = listed.next.map(|after| {
+    let link = |after: Option<&str>| {
         let mut q = form_urlencoded::Serializer::new(String::new());
         if !search.is_empty() {
             q.append_pair("q", &search);
         }
-        q.append_pair("after", &after);
+        if let Some(after) = after {
+            q.append_pair("after", after);
+        }
         format!("/ui/?{}", q.finish())
-    });
+    };
+    let next = listed.next.as_deref().map(|after| link(Some(after)));
+    let first = query.after.is_some().then(|| link(None));
     let rows = listed
         .repositories
         .into_iter()
@@ -80,7 +85,7 @@ pub async fn list(caller: Caller, Query(query): Query<ListQuery>) -> Response {
         search,
         rows,
         next,
-        first_page: query.after.is_none(),
+        first,
     };
     render(StatusCode::OK, &page)
 }

@@ -139,6 +139,7 @@ pub async fn submit(caller: Caller, headers: HeaderMap, body: axum::body::Bytes)
                 SignInRefused::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "login.rate_limited"),
                 SignInRefused::Robot => (StatusCode::FORBIDDEN, "login.robot"),
                 SignInRefused::NoAccounts => return Redirect::to("/ui/").into_response(),
+                SignInRefused::Store(e) => return caller.failed(e),
             };
             login_page(&caller, status, next, user, t.get(key).into())
         }

@@ -136,14 +136,14 @@ async fn projects_of(caller: &Caller) -> Vec<String> {
             caller.api.may_list(&caller.access, name)
         })
         .await;
-    let mut projects: Vec<String> = listed
+    // A project's repositories need not be adjacent in name order (`a`, `a-b/x`, `a/y`).
+    let projects: std::collections::BTreeSet<String> = listed
         .map(|l| l.entries)
         .unwrap_or_default()
         .iter()
         .filter_map(|name| name.split('/').next().map(str::to_owned))
         .collect();
-    projects.dedup();
-    projects
+    projects.into_iter().collect()
 }
 
 pub async fn show(caller: Caller) -> Response {

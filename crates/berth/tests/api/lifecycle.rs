@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::common::*;
 use reqwest::Response;
 
-const ADMIN: (&str, &str) = ("admin", "admin-pass-1");
+pub(crate) const ADMIN: (&str, &str) = ("admin", "admin-pass-1");
 
 fn berth(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -26,7 +26,7 @@ fn berth(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-async fn token_server(data: &std::path::Path) -> Server {
+pub(crate) async fn token_server(data: &std::path::Path) -> Server {
     Server::start_on(
         data,
         &[
@@ -37,12 +37,17 @@ async fn token_server(data: &std::path::Path) -> Server {
     .await
 }
 
-fn as_user(s: &Server, who: (&str, &str), method: Method, path: &str) -> reqwest::RequestBuilder {
+pub(crate) fn as_user(
+    s: &Server,
+    who: (&str, &str),
+    method: Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
     s.req(method, path).basic_auth(who.0, Some(who.1))
 }
 
 /// Sends each (method, path, JSON body) as the admin; each must succeed.
-async fn as_admin(s: &Server, requests: &[(Method, &str, Value)]) {
+pub(crate) async fn as_admin(s: &Server, requests: &[(Method, &str, Value)]) {
     for (method, path, body) in requests {
         let r = as_user(s, ADMIN, method.clone(), path)
             .json(body)
@@ -54,7 +59,12 @@ async fn as_admin(s: &Server, requests: &[(Method, &str, Value)]) {
 }
 
 /// Pushes a one-layer image as `who`; returns the manifest's and the layer's digests.
-async fn push_as(s: &Server, who: (&str, &str), repo: &str, tag: &str) -> (String, String) {
+pub(crate) async fn push_as(
+    s: &Server,
+    who: (&str, &str),
+    repo: &str,
+    tag: &str,
+) -> (String, String) {
     let config = serde_json::to_vec(&json!({"os": "linux", "n": rand::random::<u64>()})).unwrap();
     let layer = random_bytes(2048);
     let mut digests = Vec::new();

@@ -25,4 +25,5 @@ mod postgres;
 mod restart;
 mod s3;
 mod tls;
+mod ui;
 mod uploads;
