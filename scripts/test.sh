@@ -31,6 +31,9 @@ step "interoperability with skopeo, podman, containerd and oras (one server, and
 step "full disk: Berth on a 64 MiB tmpfs refuses writes with 507, keeps what it acknowledged"
 .venv/bin/pytest -q -p no:cacheprovider tests/faults
 
+step "web UI in Chromium: sign-in, browse, copy, delete, forged requests, axe-core, zh-CN, screenshots (tests/ui/screenshots)"
+.venv/bin/pytest -q -p no:cacheprovider tests/ui
+
 step "Kubernetes manifests, Helm chart and Containerfile against the binary; the image built and run"
 .venv/bin/pytest -q -p no:cacheprovider tests/deploy
 

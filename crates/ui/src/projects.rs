@@ -10,6 +10,7 @@ use berth_registry::policy::Policy;
 use http::StatusCode;
 
 use crate::format;
+use crate::i18n::Catalog;
 use crate::pages::{message_page, render, Chrome};
 use crate::{Caller, Form};
 
@@ -86,7 +87,21 @@ pub async fn create(caller: Caller, body: axum::body::Bytes) -> Response {
 
 struct MemberRow {
     user: String,
+    /// The role in the reader's language.
     role: String,
+}
+
+/// Role names are the access model's words (`guest`, …, as the CLI and the admin API take
+/// them); the page shows them in the reader's language.
+fn role_label(t: &Catalog, role: &str) -> String {
+    match role {
+        "guest" => t.get("role.guest"),
+        "developer" => t.get("role.developer"),
+        "maintainer" => t.get("role.maintainer"),
+        "admin" => t.get("role.admin"),
+        other => other,
+    }
+    .to_owned()
 }
 
 struct RobotRow {
@@ -112,7 +127,8 @@ struct ProjectPage {
     /// A robot just created: its login and its secret, shown this once (empty otherwise).
     robot_login: String,
     robot_secret: String,
-    roles: Vec<&'static str>,
+    /// The roles a member may be given, as (value, label).
+    roles: Vec<(&'static str, String)>,
 }
 
 async fn project_page(
@@ -145,7 +161,7 @@ async fn project_page(
             .into_iter()
             .map(|(user, role)| MemberRow {
                 user,
-                role: role.as_str().to_owned(),
+                role: role_label(caller.t, role.as_str()),
             })
             .collect();
         let robots = caller
@@ -186,7 +202,10 @@ async fn project_page(
             .map(|r| r.0.clone())
             .unwrap_or_default(),
         robot_secret: created_robot.map(|r| r.1).unwrap_or_default(),
-        roles: vec!["guest", "developer", "maintainer", "admin"],
+        roles: ["guest", "developer", "maintainer", "admin"]
+            .into_iter()
+            .map(|r| (r, role_label(caller.t, r)))
+            .collect(),
     };
     let status = if !page.robot_login.is_empty() {
         StatusCode::CREATED

@@ -10,6 +10,7 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use crate::format;
+use crate::i18n::Catalog;
 use crate::pages::{render, Chrome};
 use crate::Caller;
 
@@ -120,6 +121,17 @@ fn fill_days(activity: &[DailyActivity], today: i64) -> Vec<(String, u64, u64)> 
 }
 
 /// The projects whose storage the chart shows, as the caller may see them.
+/// What each backend is for, in the reader's language (the configuration names them in
+/// English words: `storage`, `metadata`, `auth`).
+fn backend_label<'a>(t: &'a Catalog, role: &'a str) -> &'a str {
+    match role {
+        "storage" => t.get("status.backend_storage"),
+        "metadata" => t.get("status.backend_metadata"),
+        "auth" => t.get("status.backend_auth"),
+        other => other,
+    }
+}
+
 async fn projects_of(caller: &Caller) -> Vec<String> {
     if caller.api.token_auth().is_ok() {
         return caller
@@ -189,7 +201,13 @@ pub async fn show(caller: Caller) -> Response {
     let page = StatusPage {
         c: Chrome::new(&caller, t.get("status.title"), "status"),
         version: env!("CARGO_PKG_VERSION"),
-        backends: caller.api.config.backends.clone(),
+        backends: caller
+            .api
+            .config
+            .backends
+            .iter()
+            .map(|(role, which)| (backend_label(t, role).to_owned(), which.clone()))
+            .collect(),
         read_only: caller.api.registry.read_only().unwrap_or_default(),
         storage_chart: bar_chart(t.get("status.storage"), &bars),
         storage_rows: bars.into_iter().map(|(p, _, shown)| (p, shown)).collect(),
