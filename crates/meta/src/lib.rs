@@ -215,7 +215,7 @@ pub struct RepositorySummary {
     pub pushed_at: i64,
 }
 
-/// A summary from the row of `sql::REPOSITORY_SUMMARY`.
+/// A summary from the columns of `sql::summary_columns`.
 pub(crate) fn summary_of(
     name: &str,
     tags: i64,
@@ -448,8 +448,12 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn list_repositories(&self, page: Page<'_>) -> Result<Vec<String>>;
     /// Like `list_repositories`, only names containing `text` (case as given).
     async fn search_repositories(&self, text: &str, page: Page<'_>) -> Result<Vec<String>>;
-    /// `None` when the repository does not exist.
-    async fn repository_summary(&self, repo: &RepositoryName) -> Result<Option<RepositorySummary>>;
+    /// Summaries of those of `repos` that exist, in the order given; one round trip however
+    /// many (the web UI lists fifty a page).
+    async fn repository_summaries(
+        &self,
+        repos: &[RepositoryName],
+    ) -> Result<Vec<RepositorySummary>>;
 
     async fn referrers(
         &self,

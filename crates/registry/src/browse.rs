@@ -283,12 +283,7 @@ impl Registry {
         }
         let more = names.len() > n;
         names.truncate(n);
-        let mut repositories = Vec::with_capacity(names.len());
-        for name in &names {
-            if let Some(summary) = self.meta.repository_summary(name).await? {
-                repositories.push(summary);
-            }
-        }
+        let repositories = self.meta.repository_summaries(&names).await?;
         let next = more.then(|| names.last().map(|r| r.to_string())).flatten();
         Ok(RepositoryList { repositories, next })
     }

@@ -505,13 +505,25 @@ impl MetadataStore for PostgresStore {
         .await
     }
 
-    async fn repository_summary(&self, repo: &RepositoryName) -> Result<Option<RepositorySummary>> {
-        let name = repo.as_str();
-        self.observed("repository_summary", async {
+    async fn repository_summaries(
+        &self,
+        repos: &[RepositoryName],
+    ) -> Result<Vec<RepositorySummary>> {
+        let names: Vec<&str> = repos.iter().map(RepositoryName::as_str).collect();
+        self.observed("repository_summaries", async {
             let client = self.client().await?;
             let c: &Client = &client;
-            let row = query_opt(c, sql::REPOSITORY_SUMMARY, &[&name]).await?;
-            Ok(row.map(|r| summary_of(name, r.get(0), r.get(1), r.get(2), r.get(3))))
+            let rows = query(c, sql::REPOSITORY_SUMMARIES, &[&names]).await?;
+            let mut found: std::collections::HashMap<String, RepositorySummary> = rows
+                .iter()
+                .map(|r| {
+                    let name: String = r.get(0);
+                    let summary = summary_of(&name, r.get(1), r.get(2), r.get(3), r.get(4));
+                    (name, summary)
+                })
+                .collect();
+            // In the order asked for: the database's collation need not be Rust's.
+            Ok(names.iter().filter_map(|n| found.remove(*n)).collect())
         })
         .await
     }

@@ -479,21 +479,25 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
-    async fn repository_summary(&self, repo: &RepositoryName) -> Result<Option<RepositorySummary>> {
-        let name = repo.to_string();
-        self.read("repository_summary", move |conn| {
-            Ok(conn
-                .prepare_cached(sql::REPOSITORY_SUMMARY)?
-                .query_row([&name], |r| {
-                    Ok(summary_of(
-                        &name,
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                    ))
-                })
-                .optional()?)
+    async fn repository_summaries(
+        &self,
+        repos: &[RepositoryName],
+    ) -> Result<Vec<RepositorySummary>> {
+        let names: Vec<String> = repos.iter().map(ToString::to_string).collect();
+        // One statement per name, all on one connection in one blocking call: in-process
+        // SQLite pays microseconds per statement, not a round trip.
+        self.read("repository_summaries", move |conn| {
+            let mut statement = conn.prepare_cached(sql::REPOSITORY_SUMMARY)?;
+            let mut summaries = Vec::with_capacity(names.len());
+            for name in &names {
+                let summary = statement
+                    .query_row([name], |r| {
+                        Ok(summary_of(name, r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .optional()?;
+                summaries.extend(summary);
+            }
+            Ok(summaries)
         })
         .await
     }
