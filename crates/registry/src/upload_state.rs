@@ -27,6 +27,13 @@ pub struct HashState {
     pub hasher: Hasher,
 }
 
+impl HashState {
+    /// Whether these bytes hash to `digest`.
+    pub fn hashes_to(&self, digest: &berth_oci::Digest) -> bool {
+        self.hasher.algorithm() == digest.algorithm() && &self.hasher.clone().finish() == digest
+    }
+}
+
 pub type UploadSlot = Arc<tokio::sync::Mutex<Option<HashState>>>;
 
 /// What this process knows of one upload: its session, if it started here,

@@ -7,8 +7,10 @@
 
 use berth_meta::{SavedHash, UploadSession};
 use berth_oci::{Algorithm, Digest, Hasher, RepositoryName};
-use berth_storage::ByteStream;
+use berth_storage::{ByteStream, StorageError};
+use futures_util::StreamExt;
 use rand::RngCore;
+use std::sync::{Arc, Mutex};
 
 use crate::upload_state::{hasher_at, HashState};
 use crate::{Actor, Change, Registry, RegistryError, Result};
@@ -155,17 +157,19 @@ impl Registry {
     }
 
     /// Bytes stored so far: the hash state's offset when this process took the last chunk
-    /// and the client continues from there (`range`), else storage's answer — another
-    /// replica may have taken chunks since. Only an append may trust the state, since the
-    /// store re-checks the offset before writing.
+    /// and the client continues from there (`range`, or no range: a streamed chunk), else
+    /// storage's answer — another replica may have taken chunks since. Only an append may
+    /// trust the state, since the store re-checks the offset before writing: a state gone
+    /// stale (a later chunk went to another replica) is refused there, before a byte is
+    /// written, as a range the client must resume from.
     async fn current_size(
         &self,
         id: &str,
         state: Option<&HashState>,
         range: Option<ChunkRange>,
     ) -> Result<u64> {
-        if let (Some(state), Some(range)) = (state, range) {
-            if range.start == state.offset {
+        if let Some(state) = state {
+            if range.is_none_or(|r| r.start == state.offset) {
                 return Ok(state.offset);
             }
         }
@@ -192,22 +196,23 @@ impl Registry {
         let session = self.session(repository, id).await?;
         let slot = self.uploads.slot(id);
         let mut state = slot.lock().await;
-        let size = self.current_size(id, state.as_ref(), range).await?;
-        check_chunk(range, length, size)?;
-        if let (Some(length), Some(quota)) = (length, self.quota_of(repository).await?) {
-            self.check_quota(&quota, None, size + length).await?;
+        // A streamed chunk (no range) goes where this process's state says, unasked; should
+        // the store find that stale, it refuses before reading a byte, and the chunk goes
+        // where the store says instead.
+        let trusted_state = range.is_none() && state.is_some();
+        let (size, hasher) = self
+            .append_point(repository, &session, id, state.take(), range, length)
+            .await?;
+        let (body, unread) = Unread::wrap(body);
+        let mut appended = self.blobs.append_upload(id, size, body, hasher).await;
+        if let Err(StorageError::OffsetMismatch { .. }) = &appended {
+            if let Some(body) = unread.take().filter(|_| trusted_state) {
+                let (size, hasher) = self
+                    .append_point(repository, &session, id, None, range, length)
+                    .await?;
+                appended = self.blobs.append_upload(id, size, body, hasher).await;
+            }
         }
-        let saved = self.saved_hash(&session, state.as_ref(), size).await?;
-        let hasher = hasher_at(
-            &*self.blobs,
-            id,
-            size,
-            session.algorithm,
-            state.take(),
-            saved.as_ref(),
-        )
-        .await?;
-        let appended = self.blobs.append_upload(id, size, body, hasher).await;
         let appended = self.note_write(appended.map_err(RegistryError::from), true)?;
         let new_size = appended.size;
         if new_size >= SAVE_HASH_FROM {
@@ -218,6 +223,35 @@ impl Registry {
             hasher: appended.hasher,
         });
         Ok(new_size)
+    }
+
+    /// Where the next chunk of an upload goes, within the quota, and the hash of the bytes
+    /// before it (from `state` when that covers them).
+    async fn append_point(
+        &self,
+        repository: &RepositoryName,
+        session: &UploadSession,
+        id: &str,
+        state: Option<HashState>,
+        range: Option<ChunkRange>,
+        length: Option<u64>,
+    ) -> Result<(u64, Hasher)> {
+        let size = self.current_size(id, state.as_ref(), range).await?;
+        check_chunk(range, length, size)?;
+        if let (Some(length), Some(quota)) = (length, self.quota_of(repository).await?) {
+            self.check_quota(&quota, None, size + length).await?;
+        }
+        let saved = self.saved_hash(session, state.as_ref(), size).await?;
+        let hasher = hasher_at(
+            &*self.blobs,
+            id,
+            size,
+            session.algorithm,
+            state,
+            saved.as_ref(),
+        )
+        .await?;
+        Ok((size, hasher))
     }
 
     /// Finishes an upload with an optional last chunk: verifies the digest and commits the
@@ -237,6 +271,18 @@ impl Registry {
         let session = self.session(repository, id).await?;
         let slot = self.uploads.slot(id);
         let mut state = slot.lock().await;
+        if last_chunk.is_none() && range.is_none() {
+            if let Some(known) = state.take_if(|known| known.hashes_to(digest)) {
+                // The bytes this process hashed are the digest the client names, so they are
+                // all the bytes it sent (short of a SHA-256 collision): the state cannot be
+                // stale, and storage need not be asked its size. The store's commit still
+                // checks the upload is there (and, on S3, its own hash of it).
+                let outcome = self
+                    .complete(actor, repository, id, digest, known.hasher, known.offset)
+                    .await;
+                return self.note_write(outcome, true);
+            }
+        }
         // From storage, not the hash state: a stale state must not decide the digest check.
         let size = self.current_size(id, None, None).await?;
         check_chunk(range, length, size)?;
@@ -382,6 +428,35 @@ impl Registry {
         self.meta.delete_upload(id).await?;
         self.uploads.forget(id);
         Ok(())
+    }
+}
+
+/// A request body handed to a store that can be had back if the store never read from it
+/// (it refused the chunk's offset first), to be tried at another.
+struct Unread(Arc<Mutex<Option<ByteStream>>>);
+
+impl Unread {
+    /// The stream to give the store, and the handle that takes the body back while unread.
+    fn wrap(body: ByteStream) -> (ByteStream, Unread) {
+        let slot = Arc::new(Mutex::new(Some(body)));
+        let reader = Arc::clone(&slot);
+        let mut taken: Option<ByteStream> = None;
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            let body = taken.get_or_insert_with(|| {
+                reader
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .unwrap_or_else(|| Box::pin(futures_util::stream::empty()) as ByteStream)
+            });
+            body.poll_next_unpin(cx)
+        });
+        (Box::pin(stream), Unread(slot))
+    }
+
+    /// The body, if the store never polled it.
+    fn take(&self) -> Option<ByteStream> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

@@ -13,10 +13,11 @@ use berth_oci::{Algorithm, Digest, Hasher, RepositoryName};
 use berth_registry::{Actor, ChunkRange, Events, Registry, RegistryConfig};
 use berth_storage::{Appended, BlobStore, ByteStream, FsBlobStore, StorageError};
 
-/// The filesystem store, counting how often an upload is read back.
+/// The filesystem store, counting how often an upload is read back and its size asked.
 struct CountingReads {
     inner: FsBlobStore,
     reads: AtomicUsize,
+    sizes: AtomicUsize,
 }
 
 #[async_trait]
@@ -34,6 +35,7 @@ impl BlobStore for CountingReads {
         self.inner.create_upload(id).await
     }
     async fn upload_size(&self, id: &str) -> Result<Option<u64>, StorageError> {
+        self.sizes.fetch_add(1, Ordering::Relaxed);
         self.inner.upload_size(id).await
     }
     async fn append_upload(
@@ -93,6 +95,7 @@ async fn another_instance_continues_from_the_saved_hash_state() {
     let blobs = Arc::new(CountingReads {
         inner: FsBlobStore::open(dir.path()).await.unwrap(),
         reads: AtomicUsize::new(0),
+        sizes: AtomicUsize::new(0),
     });
     let meta = Arc::new(
         SqliteStore::open(&dir.path().join("m.sqlite"))
@@ -218,6 +221,118 @@ async fn another_instance_continues_from_the_saved_hash_state() {
     .await
     .unwrap();
     assert_eq!(blobs.reads.load(Ordering::Relaxed), 2);
+}
+
+/// Streamed chunks (no `Content-Range`) go where this instance's state says without asking
+/// storage; when another instance took a chunk since, the store refuses the stale offset
+/// before reading the body and the chunk goes where the store says. A final `PUT` whose
+/// digest the state already matches asks storage nothing either (an object store's GET).
+#[tokio::test]
+async fn streamed_chunks_trust_the_state_until_the_store_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = Arc::new(CountingReads {
+        inner: FsBlobStore::open(dir.path()).await.unwrap(),
+        reads: AtomicUsize::new(0),
+        sizes: AtomicUsize::new(0),
+    });
+    let meta = Arc::new(
+        SqliteStore::open(&dir.path().join("m.sqlite"))
+            .await
+            .unwrap(),
+    );
+    let replica = || {
+        Registry::new(
+            blobs.clone(),
+            meta.clone(),
+            RegistryConfig::default(),
+            Events::default(),
+        )
+    };
+    let (a, b) = (replica(), replica());
+    let actor = Actor::new("ci", "10.0.0.1");
+    let repo: RepositoryName = "team/app".parse().unwrap();
+    let sizes = || blobs.sizes.load(Ordering::Relaxed);
+
+    // One instance throughout: storage is never asked where the upload stands.
+    let data: Vec<u8> = (0..30_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let id = a
+        .start_upload(&actor, &repo, Algorithm::Sha256)
+        .await
+        .unwrap();
+    a.append_upload(&repo, &id, None, None, body(&data[..10_000]))
+        .await
+        .unwrap();
+    a.append_upload(&repo, &id, None, None, body(&data[10_000..]))
+        .await
+        .unwrap();
+    let digest = Digest::sha256_of(&data);
+    a.finish_upload(&actor, &repo, &id, &digest, None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(sizes(), 0, "no size was asked of storage");
+
+    // Chunks alternating between instances, the last back where the state is stale.
+    let other: Vec<u8> = data.iter().rev().copied().collect();
+    let id = a
+        .start_upload(&actor, &repo, Algorithm::Sha256)
+        .await
+        .unwrap();
+    a.append_upload(&repo, &id, None, None, body(&other[..1_000]))
+        .await
+        .unwrap();
+    b.append_upload(&repo, &id, None, None, body(&other[1_000..5_000]))
+        .await
+        .unwrap();
+    let size = a
+        .append_upload(&repo, &id, None, None, body(&other[5_000..]))
+        .await
+        .unwrap();
+    assert_eq!(size, other.len() as u64, "the stale chunk went to the end");
+    let digest = Digest::sha256_of(&other);
+    a.finish_upload(&actor, &repo, &id, &digest, None, None, None)
+        .await
+        .unwrap();
+
+    // The last chunk through another instance: `a`'s state covers 1,000 bytes, which do not
+    // hash to the digest, so the commit asks storage; a wrong digest is still refused.
+    let reversed: Vec<u8> = other.iter().map(|b| b ^ 0x5a).collect();
+    let id = a
+        .start_upload(&actor, &repo, Algorithm::Sha256)
+        .await
+        .unwrap();
+    a.append_upload(&repo, &id, None, None, body(&reversed[..1_000]))
+        .await
+        .unwrap();
+    b.append_upload(&repo, &id, None, None, body(&reversed[1_000..]))
+        .await
+        .unwrap();
+    let wrong = Digest::sha256_of(b"something else");
+    assert!(matches!(
+        a.finish_upload(&actor, &repo, &id, &wrong, None, None, None)
+            .await,
+        Err(berth_registry::RegistryError::DigestInvalid(_))
+    ));
+    let id = a
+        .start_upload(&actor, &repo, Algorithm::Sha256)
+        .await
+        .unwrap();
+    a.append_upload(&repo, &id, None, None, body(&reversed[..1_000]))
+        .await
+        .unwrap();
+    b.append_upload(&repo, &id, None, None, body(&reversed[1_000..]))
+        .await
+        .unwrap();
+    let digest = Digest::sha256_of(&reversed);
+    // `a`'s state covers 1,000 bytes, which do not hash to the digest: it asks storage.
+    let asked = sizes();
+    a.finish_upload(&actor, &repo, &id, &digest, None, None, None)
+        .await
+        .unwrap();
+    assert!(sizes() > asked, "a stale state sent the commit to storage");
+    assert!(matches!(
+        a.blob(&repo, &digest).await.unwrap(),
+        berth_registry::BlobLookup::Blob { size } if size == reversed.len() as u64
+    ));
 }
 
 async fn wait_for_saved(meta: &dyn MetadataStore, id: &str, offset: usize) {

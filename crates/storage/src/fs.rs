@@ -406,6 +406,18 @@ impl BlobStore for FsBlobStore {
     ) -> Result<Appended, StorageError> {
         self.observed("append_upload", async {
             let path = self.upload_path(id)?;
+            // Checked before the body is read (the contract); the disk thread checks again
+            // once it holds the file, for an append racing this one.
+            match tokio::fs::metadata(&path).await {
+                Ok(m) if m.len() != offset => {
+                    return Err(StorageError::OffsetMismatch {
+                        expected: offset,
+                        actual: m.len(),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => return not_found_as(e, StorageError::UploadNotFound),
+            }
             let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
             let direct_io = self.direct_io;
             let worker =

@@ -158,6 +158,11 @@ pub trait BlobStore: Send + Sync + 'static {
     ///
     /// An upload continues in any instance of the store from its offset and the caller's
     /// hash state; the store keeps no per-instance state of an upload.
+    ///
+    /// A wrong `offset` is refused with `OffsetMismatch` before `data` is first polled, so a
+    /// caller whose idea of the offset was stale (another instance took a chunk since) can
+    /// send the same body again at the stated size. A race the store only detects later
+    /// (two appends at once) may be refused after reading.
     async fn append_upload(
         &self,
         id: &str,

@@ -2,6 +2,8 @@
 //! `testsuites`): a backend is correct when this passes, with no per-backend test drift.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use berth_oci::{Algorithm, Digest};
 use bytes::Bytes;
@@ -128,8 +130,17 @@ async fn chunked_append_and_offsets(store: &dyn BlobStore) {
         .await
         .unwrap();
     assert_eq!(a.size, 9);
+    // Refused before the body is read: the caller may send it again elsewhere.
+    let polled = Arc::new(AtomicBool::new(false));
+    let watched = {
+        let polled = polled.clone();
+        Box::pin(stream::once(async move {
+            polled.store(true, Ordering::SeqCst);
+            Ok(Bytes::from_static(b"x"))
+        })) as ByteStream
+    };
     let wrong = store
-        .append_upload(id, 3, body(vec![b"x"]), Algorithm::Sha512.hasher())
+        .append_upload(id, 3, watched, Algorithm::Sha512.hasher())
         .await;
     assert!(matches!(
         wrong,
@@ -138,6 +149,10 @@ async fn chunked_append_and_offsets(store: &dyn BlobStore) {
             actual: 9
         })
     ));
+    assert!(
+        !polled.load(Ordering::SeqCst),
+        "a refused append read its body"
+    );
     let b = store
         .append_upload(id, 9, body(vec![b"ld"]), a.hasher)
         .await
