@@ -27,6 +27,7 @@ use berth_auth::{
 };
 use berth_meta::AccessStore;
 use berth_oci::{ErrorCode, RepositoryName};
+use berth_registry::Listable;
 use http::{header, HeaderMap, Method};
 use sha2::{Digest as _, Sha256};
 
@@ -408,6 +409,27 @@ impl Api {
             access.authorizer_credential(),
             permission,
         )
+    }
+
+    /// The bound and the decision for the caller's repository lists: the projects they may
+    /// draw from (`None`: unbounded) and the check each listed name passes.
+    pub fn listable<'a>(
+        &'a self,
+        access: &'a Access,
+    ) -> Listable<impl Fn(&RepositoryName) -> bool + 'a> {
+        let projects = match &self.auth {
+            Authenticator::Token(t) => Authorizer {
+                mode: Mode::Token,
+                model: &t.model(),
+            }
+            .listable_projects(&access.principal)
+            .map(|projects| projects.into_iter().collect()),
+            Authenticator::Open | Authenticator::Htpasswd { .. } => None,
+        };
+        Listable {
+            projects,
+            visible: move |name: &RepositoryName| self.may_list(access, name),
+        }
     }
 
     /// Is `repository` listed in the caller's catalog?

@@ -11,6 +11,8 @@
 //!
 //! Pure and in memory; every row of the decision table is unit-tested below.
 
+use std::collections::BTreeSet;
+
 use crate::access::{Action, Principal};
 use crate::policy::AccessModel;
 use crate::token::Claims;
@@ -99,6 +101,40 @@ impl Authorizer<'_> {
     ) -> bool {
         self.token_bounds(principal, credential, permission)
             && self.caller_may(principal, credential, permission)
+    }
+
+    /// The projects outside which `ListRepository` allows this caller nothing, or `None` when
+    /// listing is not bounded by project. A listing reads only these projects' repositories,
+    /// so a caller who sees two projects does not page through everyone's; each name it reads
+    /// is still decided by [`Authorizer::allows`]. A superset is always correct, only slower.
+    pub fn listable_projects(&self, principal: &Principal) -> Option<BTreeSet<String>> {
+        if self.mode != Mode::Token {
+            return None;
+        }
+        let public = || {
+            self.model
+                .projects
+                .iter()
+                .filter(|(_, public)| **public)
+                .map(|(project, _)| project.clone())
+        };
+        let projects = match principal {
+            Principal::User { admin: true, .. } | Principal::External { .. } => return None,
+            Principal::Anonymous => public().collect(),
+            Principal::User { name, .. } => public()
+                .chain(
+                    self.model
+                        .members
+                        .keys()
+                        .filter(|(_, member)| member == name)
+                        .map(|(project, _)| project.clone()),
+                )
+                .collect(),
+            Principal::Robot { project, .. } => {
+                public().chain(std::iter::once(project.clone())).collect()
+            }
+        };
+        Some(projects)
     }
 
     /// The credential's half: what a token's claim lets it reach at all.
@@ -390,6 +426,44 @@ mod tests {
             );
         }
 
+        // Listing reads only the projects the caller could see a repository of.
+        let names = ["pub", "pub/app", "priv/app", "priv/a/b", "other/x", "solo"];
+        for principal in [&anon, &admin, &dev, &boss, &outsider, &robot, &external] {
+            let Some(projects) = token_mode.listable_projects(principal) else {
+                assert!(matches!(
+                    principal,
+                    Principal::User { admin: true, .. } | Principal::External { .. }
+                ));
+                continue;
+            };
+            for name in names {
+                let credential = if principal.is_anonymous() {
+                    C::None
+                } else {
+                    C::Password
+                };
+                if token_mode.allows(principal, credential, P::ListRepository(name)) {
+                    let project = name.split('/').next().unwrap_or(name);
+                    assert!(projects.contains(project), "{principal:?} lists {name}");
+                }
+            }
+        }
+        let listable = |p: &Principal| {
+            token_mode
+                .listable_projects(p)
+                .map(|s| s.into_iter().collect::<Vec<_>>())
+        };
+        assert_eq!(listable(&anon), Some(vec!["pub".to_owned()]));
+        assert_eq!(
+            listable(&dev),
+            Some(vec!["priv".to_owned(), "pub".to_owned()])
+        );
+        assert_eq!(listable(&outsider), Some(vec!["pub".to_owned()]));
+        assert_eq!(
+            listable(&robot),
+            Some(vec!["priv".to_owned(), "pub".to_owned()])
+        );
+
         // registry:2 modes: repositories for everyone (open) or every user (htpasswd); no
         // administration at all.
         for (mode, anon_may) in [(Mode::Open, true), (Mode::Htpasswd, false)] {
@@ -407,6 +481,7 @@ mod tests {
                 "{mode:?}"
             );
             assert!(a.allows(&dev, C::Password, P::ReadStatus), "{mode:?}");
+            assert_eq!(a.listable_projects(&anon), None, "{mode:?}");
         }
     }
 }

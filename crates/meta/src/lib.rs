@@ -448,6 +448,16 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn list_repositories(&self, page: Page<'_>) -> Result<Vec<String>>;
     /// Like `list_repositories`, only names containing `text` (case as given).
     async fn search_repositories(&self, text: &str, page: Page<'_>) -> Result<Vec<String>>;
+    /// Like `search_repositories` (`text` empty: every name), only repositories of
+    /// `projects` (those named like the project and those under `<project>/`). Its cost
+    /// follows those projects' repositories, not the registry's: the listings of a caller
+    /// who sees a few projects use it.
+    async fn list_project_repositories(
+        &self,
+        projects: &[String],
+        text: &str,
+        page: Page<'_>,
+    ) -> Result<Vec<String>>;
     /// Summaries of those of `repos` that exist, in the order given; one round trip however
     /// many (the web UI lists fifty a page).
     async fn repository_summaries(

@@ -175,6 +175,28 @@ macro_rules! summary_columns {
 pub(crate) const SEARCH_REPOSITORIES: &str = "SELECT name FROM repositories
      WHERE name > $1 AND name LIKE $2 ESCAPE '\\' ORDER BY name LIMIT $3";
 
+/// The repository named like project `$1` itself, when it is after `$2` and contains `$3`.
+pub(crate) const PROJECT_OWN_REPOSITORY: &str = "SELECT name FROM repositories
+     WHERE name = $1 AND name > $2 AND name LIKE $3 ESCAPE '\\'";
+/// Repositories in project range [`$1`, `$2`) ([`crate::project_range`]) after `$3` containing
+/// `$4`, at most `$5`: an ordered scan of the primary key over that range only.
+pub(crate) const PROJECT_RANGE_REPOSITORIES: &str = "SELECT name FROM repositories
+     WHERE name >= $1 AND name < $2 AND name > $3 AND name LIKE $4 ESCAPE '\\'
+     ORDER BY name LIMIT $5";
+/// Both of the above for every project of `$1` (ranges `$2`, `$3`; all `text[]`) at once,
+/// merged in name order: PostgreSQL only. Each project costs an index probe and at most `$6`
+/// rows, whatever the registry's size.
+pub(crate) const PROJECTS_REPOSITORIES: &str = "SELECT r.name
+     FROM unnest($1::text[], $2::text[], $3::text[]) AS p(project, lo, hi)
+     CROSS JOIN LATERAL (
+        (SELECT name FROM repositories
+          WHERE name = p.project AND name > $4 AND name LIKE $5 ESCAPE '\\')
+        UNION ALL
+        (SELECT name FROM repositories
+          WHERE name >= p.lo AND name < p.hi AND name > $4 AND name LIKE $5 ESCAPE '\\'
+          ORDER BY name LIMIT $6)) r
+     ORDER BY r.name LIMIT $6";
+
 /// The summary columns of repository `$1` (SQLite, which runs it once per name in-process).
 pub(crate) const REPOSITORY_SUMMARY: &str = concat!(
     "SELECT ",

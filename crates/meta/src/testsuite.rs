@@ -34,6 +34,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     quotas_count_each_blob_once_and_hold_under_concurrency(store.clone()).await;
     access_data_moves_the_generation(&*store).await;
     ui_reads_search_summarize_and_count(&*store).await;
+    listings_by_project_read_those_projects_only(&*store).await;
     sessions_expire_close_and_are_capped_per_user(&*store).await;
     audit_is_recorded_queried_and_pruned(&*store).await;
 }
@@ -126,6 +127,70 @@ async fn ui_reads_search_summarize_and_count(store: &dyn Store) {
         .map(|d| (d.day, d.pushes, d.pulls))
         .collect();
     assert_eq!(days, [(day, 1, 2), (day + 2, 0, 1)]);
+}
+
+async fn listings_by_project_read_those_projects_only(store: &dyn Store) {
+    let layer = Digest::sha256_of(b"project listing layer");
+    // Neighbours of `suite-pl` in every order a collation might use: its own name, names
+    // under it, and projects that share its first letters.
+    for name in [
+        "suite-pl",
+        "suite-pl/a",
+        "suite-pl/b/c",
+        "suite-pl-x/a",
+        "suite-pl.y/z",
+        "suite-pl_w/v",
+        "suite-pl0/q",
+        "suite-plz/q",
+        "suite-pm/a",
+    ] {
+        store
+            .add_blob(&repo(name), &layer, 5, None, None)
+            .await
+            .unwrap();
+    }
+    let page = |last, limit| Page { last, limit };
+    let projects = [
+        "suite-pm".to_owned(),
+        "suite-pl".to_owned(),
+        "suite-none".to_owned(),
+    ];
+    let list = |text: &'static str, last, limit| {
+        let projects = &projects;
+        async move {
+            store
+                .list_project_repositories(projects, text, page(last, limit))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        list("", None, Some(10)).await,
+        ["suite-pl", "suite-pl/a", "suite-pl/b/c", "suite-pm/a"]
+    );
+    assert_eq!(list("", None, Some(2)).await, ["suite-pl", "suite-pl/a"]);
+    assert_eq!(
+        list("", Some("suite-pl/a"), None).await,
+        ["suite-pl/b/c", "suite-pm/a"]
+    );
+    assert_eq!(list("b/", None, Some(10)).await, ["suite-pl/b/c"]);
+    assert_eq!(
+        list("/a", Some("suite-pl"), Some(10)).await,
+        ["suite-pl/a", "suite-pm/a"]
+    );
+    assert!(list("", None, Some(0)).await.is_empty());
+    assert!(store
+        .list_project_repositories(&[], "", page(None, Some(10)))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .list_project_repositories(&["suite-pl-x".to_owned()], "", page(None, None))
+            .await
+            .unwrap(),
+        ["suite-pl-x/a"]
+    );
 }
 
 async fn sessions_expire_close_and_are_capped_per_user(store: &dyn Store) {

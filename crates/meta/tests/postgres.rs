@@ -22,6 +22,22 @@ async fn postgres_passes_the_shared_testsuite() {
     berth_meta::testsuite::run_all(Arc::new(store)).await;
 }
 
+/// The same suite in a database whose collation is a language's (ICU English), not the byte
+/// order the test cluster defaults to, as many production databases are created: listings,
+/// project ranges and pagination must not depend on the collation.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_with_a_language_collation_passes_the_shared_testsuite() {
+    let cluster = Cluster::start();
+    let url = cluster
+        .database_with(
+            "suite_icu",
+            "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'",
+        )
+        .await;
+    let store = open(&url).await;
+    berth_meta::testsuite::run_all(Arc::new(store)).await;
+}
+
 /// Replicas that start at once against a new database apply every migration exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_starting_together_migrate_once() {

@@ -10,6 +10,7 @@ use berth_oci::{Digest, Reference, RepositoryName};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use crate::listing::Listable;
 use crate::{Actor, Registry, RegistryError, Result};
 
 /// Repository names read from the store at a time while a page of visible ones is filled.
@@ -247,14 +248,14 @@ fn is_image_config(media_type: &str) -> bool {
 
 impl Registry {
     /// Repositories whose names contain `search` (all when empty) after `after`, at most `n`,
-    /// only those `visible` lets the caller see, with what the list shows of each. Like the
-    /// catalog, hidden names are skipped while the page fills, so nothing reveals them.
+    /// only those the caller may see, with what the list shows of each. Like the catalog,
+    /// hidden names are skipped while the page fills, so nothing reveals them.
     pub async fn browse_repositories(
         &self,
         search: &str,
         after: Option<&str>,
         n: u32,
-        visible: impl Fn(&RepositoryName) -> bool,
+        listable: Listable<impl Fn(&RepositoryName) -> bool>,
     ) -> Result<RepositoryList> {
         let n = n.max(1) as usize;
         let mut names: Vec<RepositoryName> = Vec::with_capacity(n + 1);
@@ -264,18 +265,16 @@ impl Registry {
                 last: cursor.as_deref(),
                 limit: Some(SEARCH_BATCH),
             };
-            let batch = if search.is_empty() {
-                self.meta.list_repositories(page).await?
-            } else {
-                self.meta.search_repositories(search, page).await?
-            };
+            let batch = self
+                .repository_names(listable.projects.as_deref(), search, page)
+                .await?;
             let exhausted = batch.len() < SEARCH_BATCH as usize;
             cursor = batch.last().cloned();
             names.extend(
                 batch
                     .iter()
                     .filter_map(|r| r.parse::<RepositoryName>().ok())
-                    .filter(|name| visible(name)),
+                    .filter(|name| (listable.visible)(name)),
             );
             if names.len() > n || exhausted {
                 break;

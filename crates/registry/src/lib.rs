@@ -39,7 +39,7 @@ pub use error::{RegistryError, Result};
 pub use events::{Actor, Change, Event, Events, Subscriber};
 pub use gc::{GcReport, GcStats};
 pub use import::{ImportProgress, ImportReport, Skipped};
-pub use listing::{Listed, Referrer};
+pub use listing::{Listable, Listed, Referrer};
 pub use manifests::Pushed;
 pub use uploads::{ChunkRange, SAVE_HASH_FROM};
 

@@ -33,7 +33,35 @@ fn page_of(mut entries: Vec<String>, n: Option<u32>) -> Listed {
     }
 }
 
+/// Which repositories a caller's listing may contain: those of `projects` only when the
+/// authorizer bounds it so (`None`: any), and of those, the names `visible` allows. The bound
+/// is what keeps a listing for a caller who sees two projects from reading everyone's names;
+/// `visible` stays the decision.
+pub struct Listable<F: Fn(&RepositoryName) -> bool> {
+    pub projects: Option<Vec<String>>,
+    pub visible: F,
+}
+
 impl Registry {
+    /// Names containing `search` (all when empty) within `projects`, one page of the store.
+    pub(crate) async fn repository_names(
+        &self,
+        projects: Option<&[String]>,
+        search: &str,
+        page: Page<'_>,
+    ) -> Result<Vec<String>> {
+        Ok(match projects {
+            Some([]) => Vec::new(),
+            Some(projects) => {
+                self.meta
+                    .list_project_repositories(projects, search, page)
+                    .await?
+            }
+            None if search.is_empty() => self.meta.list_repositories(page).await?,
+            None => self.meta.search_repositories(search, page).await?,
+        })
+    }
+
     /// Tags of `repository` after `last`, at most `n` of them.
     pub async fn tags(
         &self,
@@ -52,14 +80,14 @@ impl Registry {
         Ok(page_of(tags, n))
     }
 
-    /// Repositories after `last` that `visible` lets the caller see, at most `n` of them.
-    /// Pagination runs over what the caller may see: hidden repositories are skipped while the
-    /// page is filled, so neither the page nor `next` reveals a name the caller may not see.
+    /// Repositories after `last` that the caller may see, at most `n` of them. Pagination
+    /// runs over what the caller may see: hidden repositories are skipped while the page is
+    /// filled, so neither the page nor `next` reveals a name the caller may not see.
     pub async fn catalog(
         &self,
         last: Option<&str>,
         n: u32,
-        visible: impl Fn(&RepositoryName) -> bool,
+        listable: Listable<impl Fn(&RepositoryName) -> bool>,
     ) -> Result<Listed> {
         if n == 0 {
             return Ok(page_of(Vec::new(), Some(0)));
@@ -73,14 +101,15 @@ impl Registry {
                 last: cursor.as_deref(),
                 limit: Some(batch),
             };
-            let repos = self.meta.list_repositories(page).await?;
+            let repos = self
+                .repository_names(listable.projects.as_deref(), "", page)
+                .await?;
             let exhausted = repos.len() < batch as usize;
             cursor = repos.last().cloned();
-            found.extend(
-                repos
-                    .into_iter()
-                    .filter(|r| r.parse::<RepositoryName>().is_ok_and(|name| visible(&name))),
-            );
+            found.extend(repos.into_iter().filter(|r| {
+                r.parse::<RepositoryName>()
+                    .is_ok_and(|name| (listable.visible)(&name))
+            }));
             if found.len() >= wanted || exhausted {
                 break;
             }

@@ -50,9 +50,12 @@ pub async fn list(caller: Caller, Query(query): Query<ListQuery>) -> Response {
     let listed = caller
         .api
         .registry
-        .browse_repositories(&search, query.after.as_deref(), PAGE_SIZE, |name| {
-            caller.api.may_list(&caller.access, name)
-        })
+        .browse_repositories(
+            &search,
+            query.after.as_deref(),
+            PAGE_SIZE,
+            caller.api.listable(&caller.access),
+        )
         .await;
     let listed = match listed {
         Ok(l) => l,

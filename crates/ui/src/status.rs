@@ -144,9 +144,7 @@ async fn projects_of(caller: &Caller) -> Vec<String> {
     let listed = caller
         .api
         .registry
-        .catalog(None, PROJECT_SCAN, |name| {
-            caller.api.may_list(&caller.access, name)
-        })
+        .catalog(None, PROJECT_SCAN, caller.api.listable(&caller.access))
         .await;
     // A project's repositories need not be adjacent in name order (`a`, `a-b/x`, `a/y`).
     let projects: std::collections::BTreeSet<String> = listed

@@ -49,7 +49,7 @@ pub async fn catalog(api: &Api, access: &Access, query: &Query) -> Result<Respon
     let n = page_size(query)?.unwrap_or(MAX_PAGE);
     let listed = api
         .registry
-        .catalog(query.get("last"), n, |name| api.may_list(access, name))
+        .catalog(query.get("last"), n, api.listable(access))
         .await?;
     let mut response = json_response(json!({ "repositories": listed.entries }));
     if let Some(last) = listed.next {

@@ -502,6 +502,7 @@ async fn the_catalog_walk_reveals_no_private_names() {
     for (name, public) in [
         ("a-secret", false),
         ("mine", false),
+        ("mine-secret", false),
         ("pub", true),
         ("z-secret", false),
     ] {
@@ -514,20 +515,38 @@ async fn the_catalog_walk_reveals_no_private_names() {
         .await;
     }
     add_dev(&s, Some(("mine", "guest"))).await;
-    let mut all = Vec::new();
-    for project in ["a-secret", "mine", "pub", "z-secret"] {
+    // A repository named like its project, and a hidden project whose names sort between
+    // the visible project's own name and its repositories.
+    let mut all = vec!["mine".to_owned()];
+    admin_blob(&s, "mine", b"x").await;
+    for project in ["a-secret", "mine", "mine-secret", "pub", "z-secret"] {
         for i in 0..3 {
             let repo = format!("{project}/r{i}");
             admin_blob(&s, &repo, b"x").await;
             all.push(repo);
         }
     }
+    all.sort();
     let expected: Vec<String> = all
         .iter()
-        .filter(|r| r.starts_with("mine/") || r.starts_with("pub/"))
+        .filter(|r| *r == "mine" || r.starts_with("mine/") || r.starts_with("pub/"))
         .cloned()
         .collect();
-    for credential in ["basic", "token"] {
+    let robot: Value = admin(
+        &s,
+        Method::POST,
+        "/api/v1/robots",
+        json!({"project": "mine", "name": "lister", "actions": "pull"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let robot = (
+        robot["name"].as_str().unwrap().to_owned(),
+        robot["secret"].as_str().unwrap().to_owned(),
+    );
+    for credential in ["basic", "token", "robot"] {
         let token = token_for(&s, ("dev", "dev-password"), &["registry:catalog:*"]).await;
         let mut seen = Vec::new();
         let mut path = "/v2/_catalog?n=1".to_owned();
@@ -535,6 +554,7 @@ async fn the_catalog_walk_reveals_no_private_names() {
             let mut req = s.req(Method::GET, &path);
             req = match credential {
                 "basic" => req.basic_auth("dev", Some("dev-password")),
+                "robot" => req.basic_auth(&robot.0, Some(&robot.1)),
                 _ => req.bearer_auth(&token),
             };
             let r = req.send().await.unwrap();

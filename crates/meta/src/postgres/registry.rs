@@ -505,6 +505,30 @@ impl MetadataStore for PostgresStore {
         .await
     }
 
+    async fn list_project_repositories(
+        &self,
+        projects: &[String],
+        text: &str,
+        page: Page<'_>,
+    ) -> Result<Vec<String>> {
+        let (last, limit) = (page.last.unwrap_or(""), limit_of(page));
+        let pattern = sql::contains_pattern(text);
+        let (lows, highs): (Vec<String>, Vec<String>) =
+            projects.iter().map(|p| crate::project_range(p)).unzip();
+        self.observed("list_project_repositories", async {
+            let client = self.client().await?;
+            let c: &Client = &client;
+            let rows = query(
+                c,
+                sql::PROJECTS_REPOSITORIES,
+                &[&projects, &lows, &highs, &last, &pattern, &limit],
+            )
+            .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+    }
+
     async fn repository_summaries(
         &self,
         repos: &[RepositoryName],

@@ -479,6 +479,38 @@ impl MetadataStore for SqliteStore {
         .await
     }
 
+    async fn list_project_repositories(
+        &self,
+        projects: &[String],
+        text: &str,
+        page: Page<'_>,
+    ) -> Result<Vec<String>> {
+        let (last, limit) = (page.last.unwrap_or("").to_owned(), limit_of(page));
+        let pattern = sql::contains_pattern(text);
+        let projects = projects.to_vec();
+        // Each project's first `limit` names, merged: SQLite compares bytes, as Rust does.
+        self.read("list_project_repositories", move |conn| {
+            let mut own = conn.prepare_cached(sql::PROJECT_OWN_REPOSITORY)?;
+            let mut range = conn.prepare_cached(sql::PROJECT_RANGE_REPOSITORIES)?;
+            let mut names = Vec::new();
+            for project in &projects {
+                let (low, high) = crate::project_range(project);
+                for name in own.query_map((project, &last, &pattern), |r| r.get(0))? {
+                    names.push(name?);
+                }
+                let rows = range.query_map((&low, &high, &last, &pattern, limit), |r| r.get(0))?;
+                for name in rows {
+                    names.push(name?);
+                }
+            }
+            names.sort_unstable();
+            names.dedup();
+            names.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            Ok(names)
+        })
+        .await
+    }
+
     async fn repository_summaries(
         &self,
         repos: &[RepositoryName],

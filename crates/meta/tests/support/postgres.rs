@@ -185,13 +185,18 @@ impl Cluster {
 
     /// A new, empty database; its URL.
     pub async fn database(&self, name: &str) -> String {
+        self.database_with(name, "").await
+    }
+
+    /// A new, empty database created with `options` (e.g. its collation); its URL.
+    pub async fn database_with(&self, name: &str, options: &str) -> String {
         let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
         let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
             .await
             .expect("connect to the test cluster");
         tokio::spawn(connection);
         client
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .batch_execute(&format!("CREATE DATABASE \"{name}\" {options}"))
             .await
             .expect("create database");
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
