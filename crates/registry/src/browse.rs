@@ -13,8 +13,6 @@ use serde::Deserialize;
 use crate::listing::Listable;
 use crate::{Actor, Registry, RegistryError, Result};
 
-/// Repository names read from the store at a time while a page of visible ones is filled.
-const SEARCH_BATCH: u32 = 500;
 /// Image configs larger than this are not shown (they are a few KiB in practice).
 const CONFIG_LIMIT: u64 = 1 << 20;
 
@@ -257,18 +255,19 @@ impl Registry {
         n: u32,
         listable: Listable<impl Fn(&RepositoryName) -> bool>,
     ) -> Result<RepositoryList> {
+        let batch_size = listable.batch(n.max(1) + 1);
         let n = n.max(1) as usize;
         let mut names: Vec<RepositoryName> = Vec::with_capacity(n + 1);
         let mut cursor = after.map(str::to_owned);
         loop {
             let page = Page {
                 last: cursor.as_deref(),
-                limit: Some(SEARCH_BATCH),
+                limit: Some(batch_size),
             };
             let batch = self
                 .repository_names(listable.projects.as_deref(), search, page)
                 .await?;
-            let exhausted = batch.len() < SEARCH_BATCH as usize;
+            let exhausted = batch.len() < batch_size as usize;
             cursor = batch.last().cloned();
             names.extend(
                 batch

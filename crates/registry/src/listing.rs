@@ -5,8 +5,9 @@ use berth_oci::{Digest, RepositoryName};
 
 use crate::{Registry, RegistryError, Result};
 
-/// Repositories read from the store at a time while a catalog page is filled.
-const CATALOG_BATCH: u32 = 500;
+/// Repository names read from the store at a time while a page is filled from every
+/// project, many of which the caller may not see.
+const UNBOUNDED_BATCH: u32 = 500;
 
 /// One page of a lexically ordered listing, and where the next starts (its last entry).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +41,18 @@ fn page_of(mut entries: Vec<String>, n: Option<u32>) -> Listed {
 pub struct Listable<F: Fn(&RepositoryName) -> bool> {
     pub projects: Option<Vec<String>>,
     pub visible: F,
+}
+
+impl<F: Fn(&RepositoryName) -> bool> Listable<F> {
+    /// Names to read from the store at a time for a page of `wanted`: the page itself when
+    /// bounded by project (each project then costs at most that many rows, and the bound
+    /// already leaves out what the caller cannot see), else a larger batch.
+    pub(crate) fn batch(&self, wanted: u32) -> u32 {
+        match self.projects {
+            Some(_) => wanted,
+            None => wanted.max(UNBOUNDED_BATCH),
+        }
+    }
 }
 
 impl Registry {
@@ -93,7 +106,7 @@ impl Registry {
             return Ok(page_of(Vec::new(), Some(0)));
         }
         let wanted = n as usize + 1;
-        let batch = (n + 1).max(CATALOG_BATCH);
+        let batch = listable.batch(n + 1);
         let mut found: Vec<String> = Vec::with_capacity(wanted.min(1024));
         let mut cursor = last.map(str::to_owned);
         loop {
