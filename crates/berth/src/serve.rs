@@ -192,6 +192,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     });
     follow_read_only(&api, &workers).await;
     import_on_first_start(&api, &workers).await;
+    workers.spawn(
+        "memory_trim",
+        MEMORY_TRIM,
+        FirstRun::AfterPeriod,
+        || async {
+            tokio::task::spawn_blocking(crate::trim_malloc)
+                .await
+                .map(|_| String::new())
+                .map_err(|e| format!("trimming the allocator: {e}"))
+        },
+    );
     let sessions = api.clone();
     workers.spawn("session_prune", HOURLY, FirstRun::Now, move || {
         let sessions = sessions.clone();
@@ -403,6 +414,9 @@ const LEASE_PERIODS: u32 = 3;
 
 /// How often an unfinished registry:2 import is tried again.
 const IMPORT_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often freed memory goes back to the kernel (`crate::trim_malloc`).
+const MEMORY_TRIM: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often noted pulls are written to the metadata store (retention's pull times).
 const PULL_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);

@@ -13,7 +13,7 @@
 //!
 //! An upload is a multipart upload plus a record object that lists its parts and holds the
 //! tail not yet large enough to be a part. An append reads the record, streams whole parts
-//! (buffering at most one part in memory), and rewrites the record in one conditional PUT: a
+//! (one in flight while the next fills: at most two parts in memory), and rewrites the record in one conditional PUT: a
 //! failed append leaves the old record, so the upload stays where it was. Nothing about an
 //! upload lives in the process, so any replica continues any upload.
 //!
@@ -28,7 +28,9 @@
 mod copy;
 mod record;
 
+use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -418,6 +420,9 @@ impl S3BlobStore {
 /// (above the allocator's mmap threshold), unmapped once its part is sent, where the network's
 /// small frames kept as they are stayed in the allocator's arenas after the upload (tens of
 /// MiB of resident memory after a 1 GiB push).
+/// A part's ETag once the store has it.
+type PartResult = Result<String, StorageError>;
+
 struct PartBuffer {
     filling: BytesMut,
 }
@@ -581,12 +586,29 @@ impl BlobStore for S3BlobStore {
             // fails, the next one writes the same part numbers again.
             let mut written: Vec<String> = Vec::new();
             let mut written_bytes = 0u64;
-            while let Some(chunk) = data.next().await {
+            // One part is sent while the next fills, so the client's bytes keep flowing while
+            // the store takes a part (sending and reading in turn ran at the sum of both
+            // times). Both stay in this task: an append that fails drops its part in flight.
+            let mut sending: Option<Pin<Box<dyn Future<Output = PartResult> + Send + '_>>> = None;
+            loop {
+                let next = match sending.as_mut() {
+                    None => data.next().await,
+                    Some(part) => tokio::select! {
+                        sent = part => {
+                            sending = None;
+                            written.push(sent?);
+                            continue;
+                        }
+                        next = data.next() => next,
+                    },
+                };
+                let Some(chunk) = next else { break };
                 let chunk = chunk.map_err(StorageError::Client)?;
                 hasher.update(&chunk);
                 pending.push(&chunk);
                 loop {
-                    let index = record.header.parts.len() + written.len();
+                    let index =
+                        record.header.parts.len() + written.len() + usize::from(sending.is_some());
                     let size = self.part_size(index);
                     if pending.len() < size {
                         break;
@@ -604,17 +626,18 @@ impl BlobStore for S3BlobStore {
                             m
                         }
                     };
-                    let etag_of_part = self
-                        .put_part(
-                            id,
-                            &multipart,
-                            index,
-                            pending.take(size, self.part_size(index + 1)),
-                        )
-                        .await?;
-                    written.push(etag_of_part);
+                    if let Some(part) = sending.take() {
+                        written.push(part.await?);
+                    }
+                    let payload = pending.take(size, self.part_size(index + 1));
+                    sending = Some(Box::pin(async move {
+                        self.put_part(id, &multipart, index, payload).await
+                    }));
                     written_bytes += size;
                 }
+            }
+            if let Some(part) = sending.take() {
+                written.push(part.await?);
             }
             record.header.parts.extend(written);
             record.header.parts_bytes += written_bytes;
