@@ -391,6 +391,33 @@ impl Api {
     /// The one decision of every interface, taken by [`berth_auth::Authorizer`] over the
     /// access model as it is now.
     pub fn allows(&self, access: &Access, permission: Permission<'_>) -> bool {
+        self.with_authorizer(|authorizer| {
+            authorizer.allows(
+                &access.principal,
+                access.authorizer_credential(),
+                permission,
+            )
+        })
+    }
+
+    /// The bound and the decision for the caller's repository lists: the projects they may
+    /// draw from (`None`: unbounded, [`Authorizer::listable_projects`]) and the check each
+    /// listed name passes.
+    pub fn listable<'a>(
+        &'a self,
+        access: &'a Access,
+    ) -> Listable<impl Fn(&RepositoryName) -> bool + 'a> {
+        let projects = self
+            .with_authorizer(|authorizer| authorizer.listable_projects(&access.principal))
+            .map(|projects| projects.into_iter().collect());
+        Listable {
+            projects,
+            visible: move |name: &RepositoryName| self.may_list(access, name),
+        }
+    }
+
+    /// Runs `decide` with the authorizer of this registry's mode over the model as it is now.
+    fn with_authorizer<R>(&self, decide: impl FnOnce(&Authorizer<'_>) -> R) -> R {
         let (mode, model) = match &self.auth {
             Authenticator::Open => (Mode::Open, None),
             Authenticator::Htpasswd { .. } => (Mode::Htpasswd, None),
@@ -398,38 +425,12 @@ impl Api {
         };
         // The registry:2 modes decide without a model; one empty model serves them all.
         static EMPTY: std::sync::OnceLock<AccessModel> = std::sync::OnceLock::new();
-        let authorizer = Authorizer {
+        decide(&Authorizer {
             mode,
             model: model
                 .as_deref()
                 .unwrap_or_else(|| EMPTY.get_or_init(AccessModel::default)),
-        };
-        authorizer.allows(
-            &access.principal,
-            access.authorizer_credential(),
-            permission,
-        )
-    }
-
-    /// The bound and the decision for the caller's repository lists: the projects they may
-    /// draw from (`None`: unbounded) and the check each listed name passes.
-    pub fn listable<'a>(
-        &'a self,
-        access: &'a Access,
-    ) -> Listable<impl Fn(&RepositoryName) -> bool + 'a> {
-        let projects = match &self.auth {
-            Authenticator::Token(t) => Authorizer {
-                mode: Mode::Token,
-                model: &t.model(),
-            }
-            .listable_projects(&access.principal)
-            .map(|projects| projects.into_iter().collect()),
-            Authenticator::Open | Authenticator::Htpasswd { .. } => None,
-        };
-        Listable {
-            projects,
-            visible: move |name: &RepositoryName| self.may_list(access, name),
-        }
+        })
     }
 
     /// Is `repository` listed in the caller's catalog?

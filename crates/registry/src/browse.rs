@@ -255,32 +255,12 @@ impl Registry {
         n: u32,
         listable: Listable<impl Fn(&RepositoryName) -> bool>,
     ) -> Result<RepositoryList> {
-        let batch_size = listable.batch(n.max(1) + 1);
-        let n = n.max(1) as usize;
-        let mut names: Vec<RepositoryName> = Vec::with_capacity(n + 1);
-        let mut cursor = after.map(str::to_owned);
-        loop {
-            let page = Page {
-                last: cursor.as_deref(),
-                limit: Some(batch_size),
-            };
-            let batch = self
-                .repository_names(listable.projects.as_deref(), search, page)
-                .await?;
-            let exhausted = batch.len() < batch_size as usize;
-            cursor = batch.last().cloned();
-            names.extend(
-                batch
-                    .iter()
-                    .filter_map(|r| r.parse::<RepositoryName>().ok())
-                    .filter(|name| (listable.visible)(name)),
-            );
-            if names.len() > n || exhausted {
-                break;
-            }
-        }
-        let more = names.len() > n;
-        names.truncate(n);
+        let n = n.max(1);
+        let mut names = self
+            .visible_repositories(&listable, search, after, n + 1)
+            .await?;
+        let more = names.len() > n as usize;
+        names.truncate(n as usize);
         let repositories = self.meta.repository_summaries(&names).await?;
         let next = more.then(|| names.last().map(|r| r.to_string())).flatten();
         Ok(RepositoryList { repositories, next })

@@ -56,23 +56,48 @@ impl<F: Fn(&RepositoryName) -> bool> Listable<F> {
 }
 
 impl Registry {
-    /// Names containing `search` (all when empty) within `projects`, one page of the store.
-    pub(crate) async fn repository_names(
+    /// Up to `wanted` names after `after`, containing `search` (all when empty), that the
+    /// caller may see, in name order. Hidden names are skipped while the page fills, so a page
+    /// and the cursor after it reveal only visible ones.
+    pub(crate) async fn visible_repositories(
         &self,
-        projects: Option<&[String]>,
+        listable: &Listable<impl Fn(&RepositoryName) -> bool>,
         search: &str,
-        page: Page<'_>,
-    ) -> Result<Vec<String>> {
-        Ok(match projects {
-            Some([]) => Vec::new(),
-            Some(projects) => {
-                self.meta
-                    .list_project_repositories(projects, search, page)
-                    .await?
+        after: Option<&str>,
+        wanted: u32,
+    ) -> Result<Vec<RepositoryName>> {
+        let batch = listable.batch(wanted);
+        let mut found: Vec<RepositoryName> = Vec::with_capacity((wanted as usize).min(1024));
+        let mut cursor = after.map(str::to_owned);
+        while found.len() < wanted as usize {
+            let page = Page {
+                last: cursor.as_deref(),
+                limit: Some(batch),
+            };
+            let names = match listable.projects.as_deref() {
+                Some([]) => Vec::new(),
+                Some(projects) => {
+                    self.meta
+                        .list_project_repositories(projects, search, page)
+                        .await?
+                }
+                None if search.is_empty() => self.meta.list_repositories(page).await?,
+                None => self.meta.search_repositories(search, page).await?,
+            };
+            let exhausted = names.len() < batch as usize;
+            cursor = names.last().cloned();
+            found.extend(
+                names
+                    .iter()
+                    .filter_map(|r| r.parse::<RepositoryName>().ok())
+                    .filter(|name| (listable.visible)(name)),
+            );
+            if exhausted {
+                break;
             }
-            None if search.is_empty() => self.meta.list_repositories(page).await?,
-            None => self.meta.search_repositories(search, page).await?,
-        })
+        }
+        found.truncate(wanted as usize);
+        Ok(found)
     }
 
     /// Tags of `repository` after `last`, at most `n` of them.
@@ -105,28 +130,12 @@ impl Registry {
         if n == 0 {
             return Ok(page_of(Vec::new(), Some(0)));
         }
-        let wanted = n as usize + 1;
-        let batch = listable.batch(n + 1);
-        let mut found: Vec<String> = Vec::with_capacity(wanted.min(1024));
-        let mut cursor = last.map(str::to_owned);
-        loop {
-            let page = Page {
-                last: cursor.as_deref(),
-                limit: Some(batch),
-            };
-            let repos = self
-                .repository_names(listable.projects.as_deref(), "", page)
-                .await?;
-            let exhausted = repos.len() < batch as usize;
-            cursor = repos.last().cloned();
-            found.extend(repos.into_iter().filter(|r| {
-                r.parse::<RepositoryName>()
-                    .is_ok_and(|name| (listable.visible)(&name))
-            }));
-            if found.len() >= wanted || exhausted {
-                break;
-            }
-        }
+        let found = self
+            .visible_repositories(&listable, "", last, n + 1)
+            .await?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         Ok(page_of(found, Some(n)))
     }
 

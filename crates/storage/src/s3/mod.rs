@@ -13,8 +13,9 @@
 //!
 //! An upload is a multipart upload plus a record object that lists its parts and holds the
 //! tail not yet large enough to be a part. An append reads the record, streams whole parts
-//! (one in flight while the next fills: at most two parts in memory), and rewrites the record in one conditional PUT: a
-//! failed append leaves the old record, so the upload stays where it was. Nothing about an
+//! (one in flight while the next fills: at most two parts in memory), and rewrites the record
+//! in one conditional PUT: a failed append leaves the old record, so the upload stays where it
+//! was. Nothing about an
 //! upload lives in the process, so any replica continues any upload.
 //!
 //! A commit of an upload that never filled a part is a single PUT of the blob. A larger one
@@ -415,14 +416,14 @@ impl S3BlobStore {
     }
 }
 
+/// A part's ETag once the store has it.
+type PartResult = Result<String, StorageError>;
+
 /// Collects a stream's chunks into one contiguous buffer per part. Copying each chunk costs a
 /// memcpy, and buys memory that goes back to the system: a part-sized buffer is one mapping
 /// (above the allocator's mmap threshold), unmapped once its part is sent, where the network's
 /// small frames kept as they are stayed in the allocator's arenas after the upload (tens of
 /// MiB of resident memory after a 1 GiB push).
-/// A part's ETag once the store has it.
-type PartResult = Result<String, StorageError>;
-
 struct PartBuffer {
     filling: BytesMut,
 }
