@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::direct::DirectSink;
+use crate::write_behind::{self, WriteBehind};
 use crate::{
     is_valid_upload_id, paths, Appended, BlobStore, ByteStream, Capacity, Observer, StorageError,
 };
@@ -37,33 +37,11 @@ const PIPELINE_DEPTH: usize = 2;
 /// they cross to the disk worker in batches of at least this many bytes. One hand-off per frame
 /// cost two thread wake-ups each, 16,000 per GiB, and a quarter of the registry's CPU on an
 /// upload.
-const BATCH_BYTES: usize = 1024 * 1024;
-/// While an upload streams in, ask the kernel to start writing back every this many bytes, so
-/// the fsync that acknowledges the upload only waits for the tail instead of the whole blob.
-const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
-
-/// Starts (does not wait for) writeback of a file range.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a file descriptor we own; it only schedules I/O.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
-
+const BATCH_BYTES: usize = 512 * 1024;
 #[derive(Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
-    direct_io: bool,
+    write_window: u64,
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -71,7 +49,7 @@ impl std::fmt::Debug for FsBlobStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FsBlobStore")
             .field("root", &self.root)
-            .field("direct_io", &self.direct_io)
+            .field("write_window", &self.write_window)
             .finish()
     }
 }
@@ -84,7 +62,7 @@ impl FsBlobStore {
         tokio::fs::create_dir_all(root.join("docker/registry/v2/blobs")).await?;
         Ok(FsBlobStore {
             root,
-            direct_io: true,
+            write_window: write_behind::WINDOW,
             observer: None,
         })
     }
@@ -94,7 +72,7 @@ impl FsBlobStore {
     pub fn existing(root: impl Into<PathBuf>) -> Self {
         FsBlobStore {
             root: root.into(),
-            direct_io: true,
+            write_window: write_behind::WINDOW,
             observer: None,
         }
     }
@@ -113,10 +91,10 @@ impl FsBlobStore {
         crate::observed(self.observer.as_ref(), op, work).await
     }
 
-    /// Whether large appends may bypass the page cache (`direct.rs`); on by default, and a
-    /// filesystem that refuses `O_DIRECT` falls back by itself.
-    pub fn with_direct_io(mut self, enabled: bool) -> Self {
-        self.direct_io = enabled;
+    /// Sets the write-behind window (`write_behind.rs`); tests make it small to exercise it.
+    #[cfg(test)]
+    fn with_write_window(mut self, bytes: u64) -> Self {
+        self.write_window = bytes;
         self
     }
 
@@ -230,18 +208,15 @@ enum Chunk {
     End,
 }
 
-/// Appends switch to direct writes once they pass this size (see `direct.rs`).
-const DIRECT_AFTER: u64 = 4 * 1024 * 1024;
-
 /// The disk side of an append: runs on a blocking thread, writes every batch, and on `End`
 /// reports the new size, or cuts the file back to `offset` if the stream ended early.
 fn append_worker(
     path: &Path,
-    direct_io: bool,
+    write_window: u64,
     offset: u64,
     mut rx: mpsc::Receiver<Chunk>,
 ) -> Result<u64, StorageError> {
-    let file = match OpenOptions::new().write(true).read(true).open(path) {
+    let file = match OpenOptions::new().write(true).open(path) {
         Ok(f) => f,
         Err(e) => return not_found_as(e, StorageError::UploadNotFound),
     };
@@ -252,73 +227,44 @@ fn append_worker(
             actual,
         });
     }
-    std::thread::scope(|scope| {
-        let mut direct: Option<DirectSink> = None;
-        let mut direct_tried = !direct_io;
-        let mut size = offset;
-        let mut unflushed = offset;
-        let mut outcome: io::Result<bool> = Ok(false);
-        while let Some(chunk) = rx.blocking_recv() {
-            match chunk {
-                Chunk::Data(batch) => {
-                    if size - offset >= DIRECT_AFTER && !direct_tried {
-                        direct_tried = true;
-                        match DirectSink::start(scope, path, &file, size) {
-                            Ok(sink) => direct = sink,
-                            Err(e) => {
-                                outcome = Err(e);
-                                break;
-                            }
-                        }
-                    }
-                    let written = batch.frames.iter().try_fold(size, |at, frame| {
-                        match &mut direct {
-                            Some(sink) => sink.push(frame)?,
-                            None => file.write_all_at(frame, at)?,
-                        }
-                        Ok(at + frame.len() as u64)
-                    });
-                    match written {
-                        Ok(end) => size = end,
-                        Err(e) => {
-                            outcome = Err(e);
-                            break;
-                        }
-                    }
-                    if direct.is_none() && size - unflushed >= WRITEBACK_EVERY {
-                        start_writeback(&file, unflushed, size - unflushed);
-                        unflushed = size;
+    let mut behind = WriteBehind::new(offset, write_window);
+    let mut size = offset;
+    let mut outcome: io::Result<bool> = Ok(false);
+    while let Some(chunk) = rx.blocking_recv() {
+        match chunk {
+            Chunk::Data(batch) => {
+                let written = batch.frames.iter().try_fold(size, |at, frame| {
+                    file.write_all_at(frame, at)?;
+                    Ok(at + frame.len() as u64)
+                });
+                match written.and_then(|end| behind.written(&file, end).map(|()| end)) {
+                    Ok(end) => size = end,
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
                     }
                 }
-                Chunk::End => {
-                    outcome = Ok(true);
-                    break;
-                }
+            }
+            Chunk::End => {
+                outcome = Ok(true);
+                break;
             }
         }
-        let outcome = match (direct, outcome) {
-            (Some(sink), Ok(true)) => sink.finish(&file).map(|()| true),
-            (Some(sink), other) => match sink.abandon() {
-                Some(e) => Err(e),
-                None => other,
-            },
-            (None, other) => other,
-        };
-        match outcome {
-            Ok(true) => Ok(size),
-            Ok(false) => {
-                file.set_len(offset)?;
-                Err(StorageError::Client(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "request body ended early",
-                )))
-            }
-            Err(e) => {
-                let _ = file.set_len(offset);
-                Err(StorageError::Io(e))
-            }
+    }
+    match outcome {
+        Ok(true) => Ok(size),
+        Ok(false) => {
+            file.set_len(offset)?;
+            Err(StorageError::Client(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "request body ended early",
+            )))
         }
-    })
+        Err(e) => {
+            let _ = file.set_len(offset);
+            Err(StorageError::Io(e))
+        }
+    }
 }
 
 #[async_trait]
@@ -419,9 +365,9 @@ impl BlobStore for FsBlobStore {
                 Err(e) => return not_found_as(e, StorageError::UploadNotFound),
             }
             let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-            let direct_io = self.direct_io;
+            let write_window = self.write_window;
             let worker =
-                tokio::task::spawn_blocking(move || append_worker(&path, direct_io, offset, rx));
+                tokio::task::spawn_blocking(move || append_worker(&path, write_window, offset, rx));
             // Frames are hashed here, as they arrive, rather than on the disk thread: at most a
             // few hundred microseconds of CPU per frame, and the task that reads the socket
             // stays busy long enough for the socket to fill, so it wakes once per several
@@ -652,15 +598,15 @@ mod tests {
         crate::testsuite::run_all(async || FsBlobStore::open(dir.path()).await.unwrap()).await;
     }
 
-    /// The buffered path, which filesystems without `O_DIRECT` take.
+    /// Windows of 64 KiB, so the suite's appends (up to 12 MB) start, wait for and drop many.
     #[tokio::test]
-    async fn passes_the_shared_suite_without_direct_io() {
+    async fn passes_the_shared_suite_with_a_small_write_behind_window() {
         let dir = tempfile::tempdir().unwrap();
         crate::testsuite::run_all(async || {
             FsBlobStore::open(dir.path())
                 .await
                 .unwrap()
-                .with_direct_io(false)
+                .with_write_window(64 * 1024)
         })
         .await;
     }

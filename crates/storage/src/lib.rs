@@ -6,12 +6,12 @@
 //! visible under its digest atomically and durably. [`testsuite`] is the shared suite every
 //! backend must pass.
 
-mod direct;
 pub mod fs;
 mod paths;
 pub mod s3;
 pub mod testsuite;
 pub mod transfer;
+mod write_behind;
 
 use std::io;
 use std::ops::Range;
