@@ -38,6 +38,7 @@ const PIPELINE_DEPTH: usize = 2;
 /// cost two thread wake-ups each, 16,000 per GiB, and a quarter of the registry's CPU on an
 /// upload.
 const BATCH_BYTES: usize = 512 * 1024;
+
 #[derive(Clone)]
 pub struct FsBlobStore {
     root: PathBuf,
