@@ -13,10 +13,10 @@
 //!
 //! An upload is a multipart upload plus a record object that lists its parts and holds the
 //! tail not yet large enough to be a part. An append reads the record, streams whole parts
-//! (one in flight while the next fills: at most two parts in memory), and rewrites the record
-//! in one conditional PUT: a failed append leaves the old record, so the upload stays where it
-//! was. Nothing about an
-//! upload lives in the process, so any replica continues any upload.
+//! (two in flight while the next fills: at most three parts in memory), and rewrites the
+//! record in one conditional PUT: a failed append leaves the old record, so the upload stays
+//! where it was. Nothing about an upload lives in the process, so any replica continues any
+//! upload.
 //!
 //! A commit of an upload that never filled a part is a single PUT of the blob. A larger one
 //! completes its multipart upload and copies the result to the blob's key (server-side: one
@@ -38,6 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use berth_oci::{Digest, Hasher};
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::FuturesOrdered;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::multipart::{MultipartStore, PartId};
@@ -58,6 +59,8 @@ pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const MAX_PARTS: usize = 10_000;
 /// Part sizes grow by one `part_size` every this many parts (see [`S3BlobStore::part_size`]).
 const PARTS_PER_STEP: usize = 1_000;
+/// Parts of one append sent at once while the next fills (each is a part-sized buffer).
+const PARTS_IN_FLIGHT: usize = 2;
 /// How long a presigned blob URL stays valid (Distribution's S3 driver uses 20 minutes).
 /// Distribution's repository index under the root, which `berth import` reads.
 const INDEX: &str = "docker/registry/v2/repositories";
@@ -587,29 +590,30 @@ impl BlobStore for S3BlobStore {
             // fails, the next one writes the same part numbers again.
             let mut written: Vec<String> = Vec::new();
             let mut written_bytes = 0u64;
-            // One part is sent while the next fills, so the client's bytes keep flowing while
-            // the store takes a part (sending and reading in turn ran at the sum of both
-            // times). Both stay in this task: an append that fails drops its part in flight.
-            let mut sending: Option<Pin<Box<dyn Future<Output = PartResult> + Send + '_>>> = None;
+            // Up to PARTS_IN_FLIGHT parts are sent while the next fills, so the client's bytes
+            // keep flowing while the store takes a part, and a store that handles each request
+            // on one core (Garage hashes every part) works on several. All stay in this task,
+            // in part order: an append that fails drops its parts in flight.
+            let mut sending: FuturesOrdered<Pin<Box<dyn Future<Output = PartResult> + Send + '_>>> =
+                FuturesOrdered::new();
             loop {
-                let next = match sending.as_mut() {
-                    None => data.next().await,
-                    Some(part) => tokio::select! {
-                        sent = part => {
-                            sending = None;
+                let next = if sending.is_empty() {
+                    data.next().await
+                } else {
+                    tokio::select! {
+                        Some(sent) = sending.next() => {
                             written.push(sent?);
                             continue;
                         }
                         next = data.next() => next,
-                    },
+                    }
                 };
                 let Some(chunk) = next else { break };
                 let chunk = chunk.map_err(StorageError::Client)?;
                 hasher.update(&chunk);
                 pending.push(&chunk);
                 loop {
-                    let index =
-                        record.header.parts.len() + written.len() + usize::from(sending.is_some());
+                    let index = record.header.parts.len() + written.len() + sending.len();
                     let size = self.part_size(index);
                     if pending.len() < size {
                         break;
@@ -627,18 +631,20 @@ impl BlobStore for S3BlobStore {
                             m
                         }
                     };
-                    if let Some(part) = sending.take() {
-                        written.push(part.await?);
+                    if sending.len() >= PARTS_IN_FLIGHT {
+                        if let Some(sent) = sending.next().await {
+                            written.push(sent?);
+                        }
                     }
                     let payload = pending.take(size, self.part_size(index + 1));
-                    sending = Some(Box::pin(async move {
+                    sending.push_back(Box::pin(async move {
                         self.put_part(id, &multipart, index, payload).await
                     }));
                     written_bytes += size;
                 }
             }
-            if let Some(part) = sending.take() {
-                written.push(part.await?);
+            while let Some(sent) = sending.next().await {
+                written.push(sent?);
             }
             record.header.parts.extend(written);
             record.header.parts_bytes += written_bytes;
