@@ -435,14 +435,18 @@ def test_pulls_at_full_disk_are_audited(tmpfs, berth_on):
         assert r.status == 201, f"pushing {digest} to an empty disk: {r}"
     image = ("v1", image_manifest(config, [layer]),
              {sha256(config): len(config), sha256(layer): len(layer)})
-    r = push_manifest(http, image[0], image[1])
-    assert r.status == 201, f"pushing {REPO}:v1 to an empty disk: {r}"
+    # Repeated pulls of one reference by one client are folded into one event a minute, so
+    # each pull here is of a tag of its own.
+    pulls = 5
+    tags = [f"v{i}" for i in range(1, pulls + 1)]
+    for tag in tags:
+        r = push_manifest(http, tag, image[1])
+        assert r.status == 201, f"pushing {REPO}:{tag} to an empty disk: {r}"
 
     fill(filler)
     assert free_bytes(data_dir) == 0, f"the filler left {free_bytes(data_dir)} bytes free"
-    pulls = 5
-    for _ in range(pulls):
-        assert_pulls(http, image, "at 100% full")
+    for tag in tags:
+        assert_pulls(http, (tag, *image[1:]), "at 100% full")
     time.sleep(1.5)  # longer than the audit writer's retries
     filler.unlink()
     digest, r = push_blob(http, os.urandom(MiB))

@@ -359,7 +359,8 @@ impl Default for AuthConfig {
 pub struct AuditConfig {
     /// Also stream audit events as JSON lines: empty (off), `stdout`, or a file path.
     pub stream: String,
-    /// Record every manifest pull (logins, pushes, deletes and changes are always recorded).
+    /// Record manifest pulls, repeats of one reference by one caller and client folded into one
+    /// summary a minute (logins, pushes, deletes and changes are always recorded).
     pub pulls: bool,
     /// Events older than this many days are deleted (hourly); 0 keeps them forever.
     pub retention_days: u64,
