@@ -61,6 +61,26 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// An event that happens now.
+fn event_now(
+    actor: &str,
+    action: &str,
+    resource: &str,
+    outcome: &str,
+    client: &str,
+    detail: &str,
+) -> AuditEvent {
+    AuditEvent {
+        at_ms: now_ms(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        resource: resource.to_owned(),
+        outcome: outcome.to_owned(),
+        client: client.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
 /// Writes one batch. A full disk is waited out (the queue holds what comes meanwhile, and
 /// drops and counts the newest beyond it), logged once; other failures are retried three
 /// times, then the batch is dropped with an error.
@@ -163,30 +183,14 @@ impl AuditLog {
         client: &str,
         detail: &str,
     ) {
-        let event = AuditEvent {
-            at_ms: now_ms(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            resource: resource.to_owned(),
-            outcome: "denied".to_owned(),
-            client: client.to_owned(),
-            detail: detail.to_owned(),
-        };
+        let event = event_now(actor, action, resource, "denied", client, detail);
         self.fold(String::new(), event);
     }
 
     /// Records a manifest pull: the first per (client, caller, reference) in a window is
     /// written, the others are counted into one summary.
     pub fn record_pull(&self, actor: &str, resource: &str, client: &str) {
-        let event = AuditEvent {
-            at_ms: now_ms(),
-            actor: actor.to_owned(),
-            action: "pull".to_owned(),
-            resource: resource.to_owned(),
-            outcome: "ok".to_owned(),
-            client: client.to_owned(),
-            detail: String::new(),
-        };
+        let event = event_now(actor, "pull", resource, "ok", client, "");
         self.fold(format!("{actor} {resource}"), event);
     }
 
@@ -278,15 +282,7 @@ impl AuditLog {
         client: &str,
         detail: &str,
     ) {
-        self.send(AuditEvent {
-            at_ms: now_ms(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            resource: resource.to_owned(),
-            outcome: outcome.to_owned(),
-            client: client.to_owned(),
-            detail: detail.to_owned(),
-        });
+        self.send(event_now(actor, action, resource, outcome, client, detail));
     }
 
     fn send(&self, event: AuditEvent) {
@@ -366,6 +362,15 @@ mod tests {
     use super::*;
     use berth_meta::{AuditQuery, SqliteStore};
 
+    /// A real SQLite store in a directory that lives as long as the returned guard.
+    async fn sqlite() -> (tempfile::TempDir, Arc<SqliteStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("m.sqlite"))
+            .await
+            .unwrap();
+        (dir, Arc::new(store))
+    }
+
     async fn events(store: &SqliteStore, want: usize) -> Vec<AuditEvent> {
         for _ in 0..100 {
             let found = store
@@ -385,12 +390,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_of_refusals_is_one_event_and_one_summary() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            SqliteStore::open(&dir.path().join("m.sqlite"))
-                .await
-                .unwrap(),
-        );
+        let (_dir, store) = sqlite().await;
         let log = AuditLog::spawn(store.clone(), None, false, Duration::from_millis(200));
         for i in 0..3000 {
             log.record_refusal(
@@ -425,12 +425,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flood_of_pulls_is_one_event_per_puller_and_reference_and_one_summary() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            SqliteStore::open(&dir.path().join("m.sqlite"))
-                .await
-                .unwrap(),
-        );
+        let (_dir, store) = sqlite().await;
         let log = AuditLog::spawn(store.clone(), None, true, Duration::from_millis(300));
         for _ in 0..3000 {
             log.record_pull("ci", "team/app:v1", "10.0.0.9");
